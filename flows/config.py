@@ -1,0 +1,120 @@
+"""The retrain flow's parameters: one typed config, rendered by the Prefect UI as a form.
+
+The same model loads from a YAML/TOML file (``RetrainConfig.from_file``) and is overridden by
+CLI flags. Defaults are the tuned, shipped configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+DATA_DIR = Path(os.environ.get("RECS_DATA_DIR", "data"))
+
+
+class _Strict(BaseModel):
+    """Unknown keys are an error, so a typo in a config file is not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticConfig(_Strict):
+    """Size of the generated dataset (written in the Last.fm 360K file format)."""
+
+    users: int = Field(2_000, ge=10, le=360_000)
+    artists: int = Field(5_000, ge=10, le=300_000)
+    rows: int = Field(100_000, ge=10, le=17_600_000)
+    genres: int = Field(40, ge=1)
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    """Where the listening data comes from and how it is filtered."""
+
+    dataset: Literal["lastfm-2k", "lastfm-360k", "synthetic"] = "synthetic"
+    source: str | None = Field(None, description="A path or URL overriding the dataset's own location.")
+    sha256: str | None = Field(None, description="Expected SHA-256 of the download; enforced when given.")
+    cache_dir: Path = DATA_DIR / "cache"
+    min_listeners: int = Field(1, ge=1, description="Drop artists with fewer listeners.")
+    min_artists: int = Field(1, ge=1, description="Drop users with fewer artists.")
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+class WeightConfig(_Strict):
+    """How raw play counts become confidences (see tasks/weight.py)."""
+
+    scheme: Literal["bm25", "tfidf", "log", "none"] = "bm25"
+    k1: float = 100.0
+    b: float = 0.8
+    alpha: float = 1.0
+    eps: float = 1.0
+
+
+class ModelConfig(_Strict):
+    """One model and its hyper-parameters (see tasks/factorize.py)."""
+
+    name: Literal["als", "lsa", "bpr", "lmf", "explicit", "itemknn", "blend"] = "als"
+    weight: WeightConfig = WeightConfig()
+    factors: int = Field(64, ge=1)
+    regularization: float = 0.01
+    alpha: float = 1.0
+    iterations: int = Field(15, ge=1)
+    learning_rate: float = 0.01
+    neighbours: int = Field(100, ge=1, description="item-kNN neighbourhood size")
+    blend_weight: float = Field(0.5, ge=0, le=1, description="share of the factor model in a blend")
+    random_state: int = 42
+
+
+class IndexConfig(_Strict):
+    """Annoy index for related artists and approximate user top-N."""
+
+    n_trees: int = Field(50, ge=1)
+    search_k: int = Field(-1, description="-1: Annoy's default (n_trees * n)")
+    recall_sample: int = Field(1_000, ge=10, description="artists/users checked against exact search")
+    approximate_users: bool | None = Field(
+        None, description="Annoy for user top-N; None: only for catalogues of 50K+ artists"
+    )
+
+
+class EvalConfig(_Strict):
+    """Holdout evaluation."""
+
+    holdout: float = Field(0.2, gt=0, lt=1)
+    min_artists: int = Field(5, ge=2, description="users with fewer artists are never held out")
+    k: list[int] = [10]
+    seed: int = 0
+
+
+class StorageConfig(_Strict):
+    """Where results are published."""
+
+    db: str = Field(f"sqlite:///{DATA_DIR / 'recs.db'}", description="SQLAlchemy URL")
+    retention: int = Field(5, ge=1, description="published runs kept")
+    max_regression: float | None = Field(
+        None, ge=0, description="refuse to publish if precision@10 drops by more than this fraction"
+    )
+
+
+class RetrainConfig(_Strict):
+    """Everything one retrain needs."""
+
+    data: DataConfig = DataConfig()
+    related_model: ModelConfig = ModelConfig()
+    user_model: ModelConfig = ModelConfig()
+    index: IndexConfig = IndexConfig()
+    n: int = Field(10, ge=1, le=500, description="length of related-artist and user top-N lists")
+    eval: EvalConfig = EvalConfig()
+    storage: StorageConfig = StorageConfig()
+    work_dir: Path = DATA_DIR / "runs"
+
+    @classmethod
+    def from_file(cls, path: Path) -> RetrainConfig:
+        """Load from ``.yaml``/``.yml``/``.toml``; unknown keys are an error."""
+        text = Path(path).read_text()
+        raw = tomllib.loads(text) if Path(path).suffix == ".toml" else yaml.safe_load(text)
+        return cls.model_validate(raw or {})

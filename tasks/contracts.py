@@ -1,0 +1,177 @@
+"""The typed values that travel between pipeline stages.
+
+Each arrow of the flow (download -> parse -> encode -> weight -> split -> factorize -> index ->
+recommend -> evaluate -> publish) carries one of these, so any stage can be read, tested and
+replaced alone. Stage logic lives in plain functions in the sibling modules; these are only the
+shapes they agree on.
+
+Conventions used throughout:
+- "user code" / "artist code" is the 0-based row / column of the encoded matrix.
+- Sparse matrices are ``scipy.sparse.csr_matrix`` (users x artists unless stated), float32,
+  sorted indices, no explicit zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A dataset on local disk.
+
+    ``path`` is the downloaded file, or the directory an archive was extracted into.
+    ``sha256`` is the hex digest of the downloaded bytes (the archive, not its members).
+    """
+
+    source: str
+    path: Path
+    sha256: str
+    from_cache: bool
+
+
+@dataclass(frozen=True)
+class BadRows:
+    """What parsing dropped or merged, counted by kind (e.g. ``non_numeric_plays``: 3).
+
+    ``rows_read`` counts data rows seen (header excluded); ``rows_kept`` the rows in the tidy
+    frame after duplicates were summed.
+    """
+
+    rows_read: int
+    rows_kept: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """Tidy play counts: one row per (user, artist).
+
+    ``frame`` columns: ``user`` (str, the source's user id), ``artist`` (str, the source's artist
+    key: HetRec id, MusicBrainz id, or normalised name), ``artist_name`` (str, display name),
+    ``plays`` (float32, > 0).
+    """
+
+    frame: pd.DataFrame
+    bad_rows: BadRows
+    dataset: str
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Users and artists as categorical codes, play counts as a sparse matrix.
+
+    ``plays``: CSR, users x artists, float32 raw play counts.
+    ``user_keys[code]`` -> source user id; ``artist_keys[code]`` -> source artist key;
+    ``artist_names[code]`` -> display name. All three are 1-D object arrays of str.
+    """
+
+    plays: sp.csr_matrix
+    user_keys: np.ndarray
+    artist_keys: np.ndarray
+    artist_names: np.ndarray
+
+    @property
+    def n_users(self) -> int:
+        return self.plays.shape[0]
+
+    @property
+    def n_artists(self) -> int:
+        return self.plays.shape[1]
+
+    @property
+    def listeners(self) -> np.ndarray:
+        """int64, per artist code: number of users with plays > 0."""
+        return np.bincount(self.plays.indices, minlength=self.n_artists)
+
+    @property
+    def artist_plays(self) -> np.ndarray:
+        """float64, per artist code: total plays."""
+        return np.asarray(self.plays.sum(axis=0, dtype=np.float64)).ravel()
+
+
+@dataclass(frozen=True)
+class Split:
+    """A holdout split of one matrix: ``train + test`` has the same pairs as the input.
+
+    Both CSR, users x artists, same shape and dtype as the input; disjoint non-zeros.
+    ``rule`` names how it was made (e.g. ``per-user 0.2 min=5``), ``seed`` makes it repeatable.
+    """
+
+    train: sp.csr_matrix
+    test: sp.csr_matrix
+    rule: str
+    seed: int
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Anything that scores artists for users: factor models, item-kNN, blends."""
+
+    name: str
+
+    def score(self, users: np.ndarray, heard: sp.csr_matrix) -> np.ndarray:
+        """Scores for ``users`` (int array of user codes) against every artist.
+
+        ``heard`` is the rows of the training matrix for those users (CSR, len(users) x artists);
+        models that score from a user's history (item-kNN) use it, factor models ignore it.
+        Returns dense float32, len(users) x n_artists. Callers batch users so this stays small.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class Factors:
+    """A fitted latent-factor model.
+
+    ``user_factors``: float32, n_users x f.  ``artist_factors``: float32, n_artists x f.
+    Score of (u, a) is ``user_factors[u] @ artist_factors[a]``. ``fit_seconds`` is wall time of
+    the fit alone; ``params`` the hyper-parameters actually used (JSON-serialisable).
+    """
+
+    name: str
+    params: dict
+    user_factors: np.ndarray
+    artist_factors: np.ndarray
+    fit_seconds: float
+
+    def score(self, users: np.ndarray, heard: sp.csr_matrix) -> np.ndarray:
+        return self.user_factors[users] @ self.artist_factors.T
+
+
+@dataclass(frozen=True)
+class TopN:
+    """Top-N lists, one row per code (artist codes for related artists, user codes for users).
+
+    ``ids``: int32, n x N artist codes, best first, padded with -1 where fewer than N exist.
+    ``scores``: float32, n x N, same layout (NaN where padded).
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.ids.shape[1]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One evaluation figure. ``k`` is None for metrics without a cut-off (RMSE, recall of Annoy
+    uses k=N). ``model`` is the model name, or ``popularity`` / ``random`` for baselines, or
+    ``annoy`` for index recall."""
+
+    model: str
+    metric: str
+    k: int | None
+    value: float

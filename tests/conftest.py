@@ -1,0 +1,32 @@
+"""Shared fixtures: the real HetRec 2K dataset from ../shared/datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = Path(os.environ.get("RECS_SHARED_DATASETS", ROOT.parent / "shared" / "datasets"))
+HETREC_DIR = SHARED_DATASETS / "hetrec2011-lastfm-2k"
+HETREC_ZIP = SHARED_DATASETS / "hetrec2011-lastfm-2k.zip"
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@pytest.fixture(scope="session")
+def hetrec_dir() -> Path:
+    """The extracted HetRec 2011 Last.fm 2K folder (read-only)."""
+    if not HETREC_DIR.is_dir():
+        pytest.skip(f"HetRec 2K not found at {HETREC_DIR}; set RECS_SHARED_DATASETS")
+    return HETREC_DIR
+
+
+@pytest.fixture(scope="session")
+def hetrec_zip() -> Path:
+    """The HetRec 2K archive, laid out like the official one (read-only)."""
+    if not HETREC_ZIP.is_file():
+        pytest.skip(f"HetRec 2K zip not found at {HETREC_ZIP}; set RECS_SHARED_DATASETS")
+    return HETREC_ZIP
