@@ -58,7 +58,7 @@ class WeightConfig(_Strict):
 class ModelConfig(_Strict):
     """One model and its hyper-parameters (see tasks/factorize.py)."""
 
-    name: Literal["als", "lsa", "bpr", "lmf", "explicit", "itemknn", "blend"] = "als"
+    name: Literal["als", "lsa", "bpr", "lmf", "explicit", "itemknn", "blend", "spark_als"] = "als"
     weight: WeightConfig = WeightConfig()
     factors: int = Field(64, ge=1)
     regularization: float = 0.01
