@@ -1,0 +1,110 @@
+"""Holdout splits of a users x artists matrix: per-user fraction, implicit-style random, leave-k-out.
+
+Every split returns a ``Split`` whose ``train + test`` holds exactly the input's pairs. Validation
+for tuning is a second split of ``train`` (``validation_split``), so tuning never sees test pairs.
+
+All are vectorised: one random key per stored pair, then a rank within each CSR row from a
+``lexsort`` on (key, row); no Python loop over users.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from implicit.evaluation import train_test_split
+
+from tasks.contracts import Split
+from tasks.errors import RecsError
+
+
+def _check(plays: sp.csr_matrix) -> sp.csr_matrix:
+    if not sp.issparse(plays) or plays.ndim != 2:
+        raise RecsError("split needs a 2-D sparse users x artists matrix; pass Encoded.plays")
+    plays = sp.csr_matrix(plays)
+    plays.sum_duplicates()  # canonical: sorted indices, one entry per pair
+    plays.eliminate_zeros()
+    return plays
+
+
+def _rank_within_rows(plays: sp.csr_matrix, seed: int) -> np.ndarray:
+    """int64, one per stored pair: its position 0..n_u-1 in a random order of its user's row."""
+    counts = np.diff(plays.indptr)
+    rows = np.repeat(np.arange(plays.shape[0]), counts)
+    keys = np.random.default_rng(seed).random(plays.nnz)
+    order = np.lexsort((keys, rows))  # rows ascending, random within a row
+    rank = np.empty(plays.nnz, dtype=np.int64)
+    rank[order] = np.arange(plays.nnz) - plays.indptr[rows[order]]
+    return rank
+
+
+def _by_mask(plays: sp.csr_matrix, test_mask: np.ndarray, rule: str, seed: int) -> Split:
+    """Split stored pairs by a boolean mask over ``plays.data``, keeping CSR layout and dtype."""
+    rows = np.repeat(np.arange(plays.shape[0]), np.diff(plays.indptr))
+
+    def part(mask: np.ndarray) -> sp.csr_matrix:
+        indptr = np.zeros(plays.shape[0] + 1, dtype=plays.indptr.dtype)
+        np.cumsum(np.bincount(rows[mask], minlength=plays.shape[0]), out=indptr[1:])
+        # the stored order is row-major with sorted columns, so masking keeps it canonical
+        return sp.csr_matrix(
+            (plays.data[mask], plays.indices[mask], indptr), shape=plays.shape, dtype=plays.dtype
+        )
+
+    return Split(train=part(~test_mask), test=part(test_mask), rule=rule, seed=seed)
+
+
+def per_user_holdout(
+    plays: sp.csr_matrix, fraction: float = 0.2, min_artists: int = 5, seed: int = 0
+) -> Split:
+    """Hold out ``round(fraction * n_u)`` (at least 1) random artists of every user with
+    ``n_u >= min_artists`` artists; other users stay wholly in train.
+
+    ``plays``: CSR, users x artists (any values; float32 plays in the pipeline).
+    """
+    if not 0 < fraction < 1:
+        raise RecsError(f"holdout fraction must be between 0 and 1 (exclusive), got {fraction}")
+    if min_artists < 2:
+        raise RecsError(f"min_artists must be at least 2 so a held-out user keeps history, got {min_artists}")
+    plays = _check(plays)
+    counts = np.diff(plays.indptr)
+    n_test = np.where(
+        counts >= min_artists,
+        np.clip(np.rint(fraction * counts), 1, np.maximum(counts - 1, 1)),
+        0,
+    ).astype(np.int64)
+    rows = np.repeat(np.arange(plays.shape[0]), counts)
+    mask = _rank_within_rows(plays, seed) < n_test[rows]
+    return _by_mask(plays, mask, f"per-user {fraction:g} min={min_artists}", seed)
+
+
+def leave_k_out(plays: sp.csr_matrix, k: int = 1, seed: int = 0) -> Split:
+    """Hold out ``k`` random artists of every user with more than ``k`` artists.
+
+    Not implicit's ``leave_k_out_split``: it shuffles with NumPy's global RNG, so its split does
+    not repeat for a given ``random_state``.
+    """
+    if k < 1:
+        raise RecsError(f"leave-k-out needs k >= 1, got {k}")
+    plays = _check(plays)
+    counts = np.diff(plays.indptr)
+    n_test = np.where(counts > k, k, 0)
+    rows = np.repeat(np.arange(plays.shape[0]), counts)
+    mask = _rank_within_rows(plays, seed) < n_test[rows]
+    return _by_mask(plays, mask, f"leave-{k}-out", seed)
+
+
+def random_split(plays: sp.csr_matrix, fraction: float = 0.2, seed: int = 0) -> Split:
+    """implicit's ``train_test_split``: every pair goes to test with probability ``fraction``
+    (users may lose all their history; kept for comparison with implicit's published numbers)."""
+    if not 0 < fraction < 1:
+        raise RecsError(f"test fraction must be between 0 and 1 (exclusive), got {fraction}")
+    plays = _check(plays)
+    train, test = train_test_split(plays, train_percentage=1.0 - fraction, random_state=seed)
+    train.sort_indices()
+    test.sort_indices()
+    return Split(train=train, test=test, rule=f"random {fraction:g}", seed=seed)
+
+
+def validation_split(split: Split, fraction: float = 0.2, min_artists: int = 5) -> Split:
+    """A per-user holdout of ``split.train`` (for tuning), seeded apart from the test split."""
+    inner = per_user_holdout(split.train, fraction, min_artists, seed=split.seed + 1_000_003)
+    return Split(inner.train, inner.test, f"validation of ({split.rule}): {inner.rule}", inner.seed)
