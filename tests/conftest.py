@@ -30,3 +30,23 @@ def hetrec_zip() -> Path:
     if not HETREC_ZIP.is_file():
         pytest.skip(f"HetRec 2K zip not found at {HETREC_ZIP}; set RECS_SHARED_DATASETS")
     return HETREC_ZIP
+
+
+@pytest.fixture(scope="session")
+def hetrec_url(hetrec_zip: Path):
+    """``http://127.0.0.1:PORT/hetrec2011-lastfm-2k.zip``: the HetRec 2K archive served by a
+    loopback HTTP server for the whole session (real HTTP, no network)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(hetrec_zip.parent)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/{hetrec_zip.name}"
+    server.shutdown()
+    server.server_close()

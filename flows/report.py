@@ -1,0 +1,230 @@
+"""What each retrain leaves in the Prefect UI: a metrics table and a markdown report with plots.
+
+The content is built by plain functions (``metrics_rows``, ``render_report``) so tests can read it
+without Prefect; ``publish_artifacts`` is the one call that talks to the Prefect API. Artifacts are
+keyed (``ARTIFACT_KEYS``), so the Artifacts page shows the latest run's version of each and keeps
+the history of earlier ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tasks.contracts import BadRows, Encoded, Metric, TopN
+
+METRICS_KEY = "retrain-metrics"
+REPORT_KEY = "retrain-report"
+ARTIFACT_KEYS = (METRICS_KEY, REPORT_KEY)
+BASELINES = ("popularity", "random")
+# Shown in the report's related-artists section when present in the catalogue; otherwise the
+# most-listened artists stand in (the synthetic dataset has made-up names).
+WELL_KNOWN = ("Coldplay", "Bob Dylan", "The Beatles", "Radiohead")
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """Everything the report shows about one run, gathered by the flow.
+
+    ``related``: TopN over artist codes (artists x N) from the related-artists model.
+    ``artist_factors``: float32, artists x f, of the related-artists model (for the norm plot).
+    ``timings``: wall seconds per stage, in flow order.
+    """
+
+    run_id: str
+    dataset: str
+    source: str
+    sha256: str
+    encoded: Encoded
+    bad_rows: BadRows
+    split_rule: str
+    test_pairs: int
+    models: dict[str, dict]
+    metrics: list[Metric]
+    related: TopN
+    artist_factors: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _label(metric: Metric) -> str:
+    return metric.metric if metric.k is None else f"{metric.metric}@{metric.k}"
+
+
+def metrics_rows(metrics: list[Metric]) -> list[dict]:
+    """One row per (model, metric): the model's value beside the popularity and random baselines.
+
+    ``vs_popularity`` is the model's value divided by popularity's (None where popularity has no
+    such metric or scored 0). Baselines and Annoy recall get rows of their own with the model
+    columns filled as they apply, so nothing measured is dropped.
+    """
+    by_key = {(m.model, m.metric, m.k): m.value for m in metrics}
+    rows = []
+    for m in metrics:
+        if m.model in BASELINES:
+            continue
+        pop = by_key.get(("popularity", m.metric, m.k))
+        rnd = by_key.get(("random", m.metric, m.k))
+        rows.append(
+            {
+                "model": m.model,
+                "metric": _label(m),
+                "value": round(m.value, 4),
+                "popularity": None if pop is None else round(pop, 4),
+                "random": None if rnd is None else round(rnd, 4),
+                "vs_popularity": round(m.value / pop, 2) if pop else None,
+            }
+        )
+    return rows
+
+
+def _png_data_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=72, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def ranking_plot(metrics: list[Metric]) -> str | None:
+    """Bar chart of precision@K and nDCG@K per model and baseline, as a PNG data URI.
+
+    None when the run measured neither (nothing to draw).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wanted = [m for m in metrics if m.metric in ("precision", "ndcg") and m.k is not None]
+    if not wanted:
+        return None
+    labels = sorted({_label(m) for m in wanted})
+    models = sorted({m.model for m in wanted}, key=lambda name: (name in BASELINES, name))
+    values = {(m.model, _label(m)): m.value for m in wanted}
+    fig, ax = plt.subplots(figsize=(6, 3))
+    width = 0.8 / len(models)
+    x = np.arange(len(labels))
+    for i, model in enumerate(models):
+        ax.bar(x + i * width, [values.get((model, lab), 0.0) for lab in labels], width, label=model)
+    ax.set_xticks(x + 0.4 - width / 2, labels)
+    ax.set_ylabel("per-user mean on holdout")
+    ax.set_title("Ranking quality by model")
+    ax.legend(fontsize="small")
+    uri = _png_data_uri(fig)
+    plt.close(fig)
+    return uri
+
+
+def norm_plot(artist_factors: np.ndarray, listeners: np.ndarray) -> str:
+    """Scatter of artist embedding norm against listeners (log x), as a PNG data URI.
+
+    Popular artists get long vectors in implicit models; the plot makes that bias visible (and is
+    why related artists are ranked by cosine, not by inner product).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    norms = np.linalg.norm(artist_factors, axis=1)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.scatter(np.maximum(listeners, 1), norms, s=2, alpha=0.3)
+    ax.set_xscale("log")
+    ax.set_xlabel("listeners")
+    ax.set_ylabel("artist factor norm")
+    ax.set_title("Embedding norm vs popularity")
+    uri = _png_data_uri(fig)
+    plt.close(fig)
+    return uri
+
+
+def showcase_artists(encoded: Encoded, count: int = 3) -> np.ndarray:
+    """Artist codes to show related artists for: the well-known names present, else the most listened."""
+    names = encoded.artist_names.astype(str)
+    lowered = np.char.lower(names)
+    codes = [int(np.flatnonzero(lowered == w.lower())[0]) for w in WELL_KNOWN if (lowered == w.lower()).any()]
+    if len(codes) < count:
+        popular = np.argsort(-encoded.listeners, kind="stable")
+        codes += [int(c) for c in popular if int(c) not in codes][: count - len(codes)]
+    return np.asarray(codes[:count], dtype=np.int64)
+
+
+def _related_lines(report: RunReport, shown: int = 5) -> list[str]:
+    names = report.encoded.artist_names
+    lines = []
+    for code in showcase_artists(report.encoded):
+        ids = report.related.ids[code]
+        related = [str(names[i]) for i in ids[ids >= 0][:shown]]
+        lines.append(f"- **{names[code]}** → {', '.join(related) or '(none)'}")
+    return lines
+
+
+def _md_table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
+    return out
+
+
+def render_report(report: RunReport) -> str:
+    """The run's markdown report: dataset, bad rows, models, metrics, Annoy recall, related
+    artists for a few well-known artists, timings per stage, and two embedded PNG plots."""
+    enc = report.encoded
+    nnz = enc.plays.nnz
+    density = nnz / max(1, enc.n_users * enc.n_artists)
+    lines = [
+        f"# Retrain report — run `{report.run_id}`",
+        "",
+        "## Dataset",
+        "",
+        f"- **{report.dataset}** from `{report.source}` (sha256 `{report.sha256[:12]}…`)",
+        f"- {enc.n_users:,} users × {enc.n_artists:,} artists, {nnz:,} pairs "
+        f"(density {density:.2e}), {float(enc.plays.sum()):,.0f} plays",
+        f"- split: {report.split_rule}; {report.test_pairs:,} held-out pairs",
+        "",
+        "## Bad rows",
+        "",
+        f"{report.bad_rows.rows_read:,} rows read, {report.bad_rows.rows_kept:,} kept, "
+        f"{report.bad_rows.total:,} dropped or merged.",
+        "",
+    ]
+    if report.bad_rows.counts:
+        lines += _md_table(["kind", "rows"], [[k, f"{v:,}"] for k, v in sorted(report.bad_rows.counts.items())])
+        lines.append("")
+    lines += ["## Models", ""]
+    lines += _md_table(["role", "params"], [[role, f"`{params}`"] for role, params in report.models.items()])
+    lines += ["", "## Metrics (holdout, train-heard artists excluded)", ""]
+    rows = metrics_rows(report.metrics)
+    lines += _md_table(
+        ["model", "metric", "value", "popularity", "random", "× popularity"],
+        [[r["model"], r["metric"], r["value"], r["popularity"], r["random"], r["vs_popularity"]] for r in rows],
+    )
+    recall = [m for m in report.metrics if m.model == "annoy"]
+    lines += ["", "## Annoy recall vs exact search", ""]
+    lines += [f"- {m.metric}@{m.k}: **{m.value:.3f}**" for m in recall] or ["- not measured"]
+    ranking = ranking_plot(report.metrics)
+    if ranking:
+        lines += ["", f"![ranking quality by model]({ranking})"]
+    lines += ["", "## Related artists (first 5)", ""]
+    lines += _related_lines(report)
+    lines += ["", f"![embedding norm vs popularity]({norm_plot(report.artist_factors, enc.listeners)})"]
+    lines += ["", "## Timings (wall seconds per stage)", ""]
+    lines += _md_table(["stage", "seconds"], [[k, f"{v:.2f}"] for k, v in report.timings.items()])
+    lines.append(f"| **total** | **{sum(report.timings.values()):.2f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def publish_artifacts(report: RunReport) -> None:
+    """Create the keyed table and markdown artifacts for the current flow run."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_table_artifact(
+        table=metrics_rows(report.metrics),
+        key=METRICS_KEY,
+        description=f"Holdout metrics of run {report.run_id}, each model beside the baselines",
+    )
+    create_markdown_artifact(
+        markdown=render_report(report),
+        key=REPORT_KEY,
+        description=f"Retrain report of run {report.run_id}",
+    )
