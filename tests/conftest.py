@@ -50,3 +50,13 @@ def hetrec_url(hetrec_zip: Path):
     yield f"http://127.0.0.1:{server.server_port}/{hetrec_zip.name}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def hetrec_encoded(hetrec_dir: Path):
+    """``Encoded`` of HetRec 2K (1,892 users x 17,632 artists, 92,834 pairs; artist keys are the
+    HetRec ids as str, e.g. "89" -> "Lady Gaga"), parsed once per session. Treat as read-only."""
+    from tasks.encode import encode
+    from tasks.parse import parse
+
+    return encode(parse(hetrec_dir))

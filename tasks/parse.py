@@ -1,0 +1,395 @@
+"""Parse: a dataset on local disk -> tidy play counts (``tasks.contracts.Interactions``).
+
+Formats, detected from the path (``detect``):
+
+- ``lastfm-2k``: the HetRec 2011 Last.fm 2K folder. ``user_artists.dat`` (``userID artistID
+  weight``) with names from ``artists.dat`` (``id name url pictureURL``); tab-separated, CRLF,
+  one header line, UTF-8. The artist key is the HetRec id (``"89"`` is Lady Gaga).
+- ``lastfm-360k``: the Last.fm 360K play file ``usersha1-artmbid-artname-plays.tsv`` (or any
+  header-less file of four tab-separated columns): user SHA-1, artist MusicBrainz id (may be
+  empty), artist name, plays. The artist key is the mbid, else the normalised name (NFKC,
+  lower-cased, trimmed, inner whitespace collapsed), so "The  Beatles" and "the beatles" meet.
+- ``table``: ``.csv`` (comma), ``.tsv``/``.txt`` (tab) with a header, or ``.parquet``; columns
+  ``user``, ``artist``, ``plays`` and optionally ``artist_name``.
+
+Bad rows are dropped and counted by kind in ``BadRows.counts``; each dropped row is counted once,
+under the first rule it breaks, in this order:
+
+- ``missing_fields``: fewer fields than the format has, or an empty user or plays field;
+- ``extra_fields``: more fields than the format has (cannot tell which one is the name);
+- ``undecodable_bytes``: a field that is not valid UTF-8;
+- ``empty_artist``: no artist key (no id, or in 360K neither mbid nor name);
+- ``non_numeric_plays``: plays that is not a finite number (``"12x"``, ``"1e999"``);
+- ``nan_plays``: plays that is ``NaN``;
+- ``non_positive_plays``: plays of zero or less.
+
+Rows repeating a (user, artist) pair are merged into the first: plays summed, the first display
+name kept; ``duplicate_pairs`` counts the rows merged away. So ``rows_read == rows_kept +
+bad_rows.total``. A missing display name falls back to the artist key. A file in which more than
+half of the rows are dropped is refused with a ``RecsError`` (probably the wrong file or format).
+
+Files are read in blocks by pyarrow's streaming CSV reader and cleaned with vectorised pyarrow
+compute; strings are dictionary-encoded per block, so the 17.5 M-row 360K file stays well inside a
+few GB of memory.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from tasks.contracts import BadRows, Interactions
+from tasks.errors import RecsError
+
+HETREC_PLAYS = "user_artists.dat"
+HETREC_ARTISTS = "artists.dat"
+LASTFM_360K_PLAYS = "usersha1-artmbid-artname-plays.tsv"
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": ""}
+# Kinds in the order rows are checked (module docstring); duplicates are counted last.
+BAD_ROW_KINDS = (
+    "missing_fields",
+    "extra_fields",
+    "undecodable_bytes",
+    "empty_artist",
+    "non_numeric_plays",
+    "nan_plays",
+    "non_positive_plays",
+    "duplicate_pairs",
+)
+MAX_BAD_SHARE = 0.5
+# ~160K rows of the 360K file per block: big enough for pyarrow to be fast, small enough that
+# the per-block dictionaries and the rare pure-Python fallback for undecodable bytes stay cheap.
+BLOCK_SIZE = 16 << 20
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+_NAN = r"(?i)^[+-]?nan$"
+
+
+def parse(path: Path, dataset: str | None = None) -> Interactions:
+    """Read ``path`` (a file or an extracted folder) into tidy play counts.
+
+    Returns ``Interactions`` whose frame has one row per (user, artist): ``user``, ``artist``,
+    ``artist_name`` as pandas Categoricals of str (categories in order of first appearance) and
+    ``plays`` float32 > 0. ``dataset`` names it (default: the detected format).
+    Raises ``RecsError`` for a missing/unrecognised path or a file that is mostly bad rows.
+    """
+    fmt, file = detect(Path(path))
+    bad: Counter[str] = Counter()
+    if fmt == "lastfm-2k":
+        batches = _hetrec_batches(file, bad)
+    elif fmt == "lastfm-360k":
+        batches = _lastfm360k_batches(file, bad)
+    else:
+        batches = _table_batches(file, bad)
+    frame, rows_read = _collect(batches, bad)
+    _refuse_mostly_bad(file, rows_read, bad)
+    frame, merged = _merge_duplicates(frame)
+    if merged:
+        bad["duplicate_pairs"] = merged
+    counts = {kind: bad[kind] for kind in BAD_ROW_KINDS if bad[kind]}
+    bad_rows = BadRows(rows_read=rows_read, rows_kept=len(frame), counts=counts)
+    return Interactions(frame=frame, bad_rows=bad_rows, dataset=dataset or fmt)
+
+
+def detect(path: Path) -> tuple[str, Path]:
+    """The format (``lastfm-2k``, ``lastfm-360k`` or ``table``) and the play file to read."""
+    if not path.exists():
+        raise RecsError(f"{path} does not exist; check the path or download the dataset first")
+    if path.is_dir():
+        return _detect_dir(path)
+    if path.name == HETREC_PLAYS:
+        return "lastfm-2k", path
+    if path.name == LASTFM_360K_PLAYS:
+        return "lastfm-360k", path
+    if path.suffix.lower() == ".parquet":
+        return "table", path
+    header = _first_line(path)
+    if {"user", "artist", "plays"} <= set(_split_header(header)):
+        return "table", path
+    if header.count("\t") == 3:
+        return "lastfm-360k", path
+    raise RecsError(
+        f"cannot tell the format of {path}: expected a header with columns user, artist, plays, "
+        "or the Last.fm 360K layout (user, mbid, name, plays; tab-separated, no header)"
+    )
+
+
+def _detect_dir(folder: Path) -> tuple[str, Path]:
+    # An archive may hold its files at the root or under one top folder.
+    for name, fmt in ((HETREC_PLAYS, "lastfm-2k"), (LASTFM_360K_PLAYS, "lastfm-360k")):
+        found = sorted(folder.glob(name)) or sorted(folder.glob(f"*/{name}"))
+        if found:
+            return fmt, found[0]
+    tables = sorted(p for p in folder.iterdir() if p.suffix.lower() in TABLE_SUFFIXES)
+    if len(tables) == 1:
+        return detect(tables[0])
+    raise RecsError(
+        f"{folder} holds no {HETREC_PLAYS} (HetRec 2K), no {LASTFM_360K_PLAYS} (Last.fm 360K) "
+        "and not exactly one .csv/.tsv/.parquet table; point --source at the play file itself"
+    )
+
+
+def _first_line(path: Path) -> str:
+    with path.open("rb") as fh:
+        return fh.readline(1 << 16).decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+def _split_header(line: str) -> list[str]:
+    sep = "\t" if "\t" in line else ","
+    return [field.strip().strip('"').lower() for field in line.split(sep)]
+
+
+# --- readers: each yields record batches with binary columns user, artist, name, plays -----------
+
+
+def _delimited(
+    path: Path,
+    names: list[str],
+    keep: list[str],
+    bad: Counter[str],
+    *,
+    delimiter: str,
+    quoted: bool,
+    header: bool,
+) -> Iterator[pa.RecordBatch]:
+    """Stream ``path`` as batches of the ``keep`` columns, all read as raw bytes.
+
+    Bytes, not str, so one undecodable field costs its row rather than the whole file.
+    Lines with the wrong number of fields are skipped and counted.
+    """
+
+    def wrong_width(row: pacsv.InvalidRow) -> str:
+        bad["missing_fields" if row.actual_columns < row.expected_columns else "extra_fields"] += 1
+        return "skip"
+
+    try:
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(
+                column_names=names, skip_rows=1 if header else 0, block_size=BLOCK_SIZE
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter,
+                quote_char='"' if quoted else False,
+                invalid_row_handler=wrong_width,
+            ),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=keep, column_types={name: pa.binary() for name in keep}
+            ),
+        )
+        yield from reader
+    except pa.ArrowInvalid as exc:
+        message = str(exc).splitlines()[0]
+        raise RecsError(f"cannot read {path}: {message}; check that it is a text table") from exc
+
+
+def _lastfm360k_batches(path: Path, bad: Counter[str]) -> Iterator[pa.RecordBatch]:
+    names = ["user", "mbid", "name", "plays"]
+    for batch in _delimited(path, names, names, bad, delimiter="\t", quoted=False, header=False):
+        yield _cleaned(batch["user"], batch["mbid"], batch["name"], batch["plays"], bad, True)
+
+
+def _hetrec_batches(path: Path, bad: Counter[str]) -> Iterator[pa.RecordBatch]:
+    artists_file = path.with_name(HETREC_ARTISTS)
+    if not artists_file.is_file():
+        raise RecsError(
+            f"{artists_file} is missing beside {path.name}; extract the whole HetRec 2K archive"
+        )
+    # 17,632 lines of metadata: pandas is simplest, and a bad name here must not cost plays.
+    artists = pd.read_csv(
+        artists_file,
+        sep="\t",
+        quoting=csv.QUOTE_NONE,
+        usecols=[0, 1],
+        dtype=str,
+        keep_default_na=False,
+        encoding="utf-8",
+        encoding_errors="replace",
+        on_bad_lines="skip",
+    )
+    ids = pa.array(artists.iloc[:, 0].str.strip().tolist(), pa.string())
+    names = pa.array(artists.iloc[:, 1].tolist(), pa.string())
+    columns = ["user", "artist", "plays"]
+    for batch in _delimited(path, columns, columns, bad, delimiter="\t", quoted=False, header=True):
+        artist = batch["artist"]
+        name = pc.take(names, pc.index_in(pc.utf8_trim_whitespace(_lenient(artist)), value_set=ids))
+        yield _cleaned(batch["user"], artist, name, batch["plays"], bad, False)
+
+
+def _table_batches(path: Path, bad: Counter[str]) -> Iterator[pa.RecordBatch]:
+    if path.suffix.lower() == ".parquet":
+        yield from _parquet_batches(path, bad)
+        return
+    header = _split_header(_first_line(path))
+    delimiter = TABLE_SUFFIXES.get(path.suffix.lower()) or ("\t" if "\t" in _first_line(path) else ",")
+    keep = [c for c in ("user", "artist", "artist_name", "plays") if c in header]
+    for batch in _delimited(path, header, keep, bad, delimiter=delimiter, quoted=True, header=True):
+        name = batch["artist_name"] if "artist_name" in keep else None
+        yield _cleaned(batch["user"], batch["artist"], name, batch["plays"], bad, False)
+
+
+def _parquet_batches(path: Path, bad: Counter[str]) -> Iterator[pa.RecordBatch]:
+    try:
+        table_file = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise RecsError(f"cannot read {path}: not a readable Parquet file ({exc})") from exc
+    columns = {c.lower(): c for c in table_file.schema_arrow.names}
+    missing = {"user", "artist", "plays"} - columns.keys()
+    if missing:
+        raise RecsError(f"{path} lacks column(s) {', '.join(sorted(missing))}; needs user, artist, plays")
+    wanted = [columns[c] for c in ("user", "artist", "artist_name", "plays") if c in columns]
+    for batch in table_file.iter_batches(batch_size=1 << 20, columns=wanted):
+        col = {name.lower(): batch[name] for name in batch.schema.names}
+        plays = col["plays"]
+        if not pa.types.is_string(plays.type) and not pa.types.is_binary(plays.type):
+            plays = plays.cast(pa.string())
+        as_bytes = [
+            None if col.get(c) is None else col[c].cast(pa.string()).cast(pa.binary())
+            for c in ("user", "artist", "artist_name")
+        ]
+        yield _cleaned(as_bytes[0], as_bytes[1], as_bytes[2], plays.cast(pa.binary()), bad, False)
+
+
+# --- cleaning --------------------------------------------------------------------------------
+
+
+def _decode(column: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Binary -> UTF-8 strings, and a mask of the rows that were not valid UTF-8 (decoded as "")."""
+    try:
+        return column.cast(pa.string()), np.zeros(len(column), dtype=bool)
+    except pa.ArrowInvalid:
+        pass
+    # Rare: only a block holding an undecodable field pays for this per-value loop.
+    values, invalid = [], np.zeros(len(column), dtype=bool)
+    for i, raw in enumerate(column.to_pylist()):
+        try:
+            values.append(None if raw is None else raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            values.append("")
+            invalid[i] = True
+    return pa.array(values, pa.string()), invalid
+
+
+def _lenient(column: pa.Array) -> pa.Array:
+    return _decode(column)[0]
+
+
+def _normalised(names: pa.Array) -> pa.Array:
+    folded = pc.utf8_lower(pc.utf8_normalize(names, form="NFKC"))
+    return pc.utf8_trim_whitespace(pc.replace_substring_regex(folded, r"\s+", " "))
+
+
+def _cleaned(
+    user: pa.Array,
+    artist: pa.Array,
+    name: pa.Array | None,
+    plays: pa.Array,
+    bad: Counter[str],
+    key_from_name: bool,
+) -> pa.RecordBatch:
+    """One block of raw fields -> the kept rows as (user, artist, artist_name, plays).
+
+    ``key_from_name``: the 360K rule, an empty ``artist`` (mbid) is replaced by the normalised name.
+    """
+    n = len(user)
+    user, bad_user = _decode(user)
+    artist, bad_artist = _decode(artist)
+    plays, bad_plays = _decode(plays)
+    if name is None:
+        name, bad_name = artist, np.zeros(n, dtype=bool)
+    elif pa.types.is_binary(name.type):
+        name, bad_name = _decode(name)
+    else:
+        bad_name = np.zeros(n, dtype=bool)
+    name = pc.utf8_trim_whitespace(pc.fill_null(name, ""))
+    user = pc.utf8_trim_whitespace(pc.fill_null(user, ""))
+    artist = pc.utf8_trim_whitespace(pc.fill_null(artist, ""))
+    plays = pc.utf8_trim_whitespace(pc.fill_null(plays, ""))
+    if key_from_name:
+        artist = pc.if_else(pc.equal(artist, ""), _normalised(name), artist)
+    name = pc.if_else(pc.equal(name, ""), artist, name)
+
+    numeric = _mask(pc.match_substring_regex(plays, _NUMBER))
+    values = pc.cast(pc.if_else(pa.array(numeric), plays, "0"), pa.float64()).to_numpy()
+    rules: list[tuple[str, np.ndarray]] = [
+        ("missing_fields", _mask(pc.equal(user, "")) | _mask(pc.equal(plays, ""))),
+        ("undecodable_bytes", bad_user | bad_artist | bad_plays | bad_name),
+        ("empty_artist", _mask(pc.equal(artist, ""))),
+        ("non_numeric_plays", ~numeric & ~_mask(pc.match_substring_regex(plays, _NAN))
+         | numeric & ~np.isfinite(values)),
+        ("nan_plays", ~numeric),
+        ("non_positive_plays", values <= 0),
+    ]
+    keep = np.ones(n, dtype=bool)
+    for kind, broken in rules:
+        dropped = broken & keep
+        bad[kind] += int(dropped.sum())
+        keep &= ~dropped
+    kept = pa.array(keep)
+    return pa.RecordBatch.from_arrays(
+        [
+            pc.dictionary_encode(pc.filter(user, kept)),
+            pc.dictionary_encode(pc.filter(artist, kept)),
+            pc.dictionary_encode(pc.filter(name, kept)),
+            pa.array(values[keep].astype(np.float32)),
+        ],
+        names=["user", "artist", "artist_name", "plays"],
+    )
+
+
+def _mask(result: pa.Array) -> np.ndarray:
+    return result.to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _collect(batches: Iterator[pa.RecordBatch], bad: Counter[str]) -> tuple[pd.DataFrame, int]:
+    """All cleaned blocks as one frame (Categorical strings) and the number of data rows read."""
+    kept = list(batches)
+    rows_read = sum(b.num_rows for b in kept) + sum(bad.values())
+    if not kept:
+        schema = pa.schema(
+            [(c, pa.dictionary(pa.int32(), pa.string())) for c in ("user", "artist", "artist_name")]
+            + [("plays", pa.float32())]
+        )
+        table = schema.empty_table()
+    else:
+        table = pa.Table.from_batches(kept)
+    del kept
+    # to_pandas unifies the per-block dictionaries into one set of categories per column.
+    frame = table.unify_dictionaries().to_pandas(split_blocks=True, self_destruct=True)
+    return frame, rows_read
+
+
+def _refuse_mostly_bad(path: Path, rows_read: int, bad: Counter[str]) -> None:
+    dropped = sum(bad.values())
+    if rows_read == 0:
+        raise RecsError(f"{path} has no data rows; check that the download or export completed")
+    if dropped > MAX_BAD_SHARE * rows_read:
+        kinds = ", ".join(f"{k}: {v:,}" for k, v in bad.most_common() if v)
+        raise RecsError(
+            f"{path}: {dropped:,} of {rows_read:,} rows are bad ({kinds}); "
+            "check the file's format and encoding (UTF-8, columns user, artist, plays)"
+        )
+
+
+def _merge_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Sum plays of repeated (user, artist) pairs into their first row; returns rows merged away."""
+    users = frame["user"].cat.codes.to_numpy().astype(np.int64)
+    artists = frame["artist"].cat.codes.to_numpy().astype(np.int64)
+    pair = users * max(len(frame["artist"].cat.categories), 1) + artists
+    repeated = pd.Series(pair).duplicated().to_numpy()
+    merged = int(repeated.sum())
+    if not merged:
+        return frame, 0
+    totals = pd.Series(frame["plays"].to_numpy(np.float64)).groupby(pair, sort=False).sum()
+    first = frame.loc[~repeated].reset_index(drop=True)
+    first["plays"] = totals.reindex(pair[~repeated]).to_numpy().astype(np.float32)
+    return first, merged
+
