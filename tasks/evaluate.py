@@ -1,0 +1,246 @@
+"""Holdout evaluation: ranking metrics at K, coverage, novelty, RMSE, and the baselines beside them.
+
+Ranking metrics follow Microsoft Recommenders' ``python_evaluation`` (binary relevance), over the
+users with at least one test artist; a user's train (heard) artists are never recommended:
+
+- ``precision@K``: hits in the top K / K, averaged over users (a user with 3 test artists can
+  reach at most 0.3 at K=10).
+- ``recall@K``: hits / number of the user's test artists, averaged.
+- ``ndcg@K``: DCG = sum over hits of 1 / log2(1 + rank), divided by the ideal DCG of
+  ``min(K, |test|)`` hits at the top, averaged.
+- ``map@K``: sum over hits of (hits so far / rank), divided by ``min(K, |test|)``, averaged.
+- ``implicit_precision@K``: what ``implicit.evaluation`` calls precision: pooled
+  ``sum(hits) / sum(min(K, |test|))`` over users. Higher than precision@K when users have fewer
+  than K test artists; reported under its own name so nobody compares it with precision@K.
+- ``coverage@K``: distinct artists in all top-K lists / artists with any train listener.
+- ``novelty@K``: mean over all recommended (user, artist) of ``-log2(listeners / train pairs)``
+  (Castells et al.'s choice model, as Microsoft Recommenders computes it; an artist nobody heard
+  in train contributes 0, as there).
+
+RMSE, each named for what it is measured against:
+
+- ``rmse_binary`` (implicit models): scores vs 1 on the held-out pairs and vs 0 on as many
+  sampled (user, artist) pairs the user has in neither train nor test.
+- ``rmse_log_plays`` (the ``explicit`` model): scores vs its own training target, the ``log``
+  weighting of the held-out play counts.
+
+``evaluate`` scores a model; ``report`` adds the ``popularity`` and ``random`` baselines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from tasks.contracts import Metric, Scorer, Split, TopN
+from tasks.errors import RecsError
+from tasks.recommend import user_top_n
+
+DEFAULT_BATCH = 2_048
+
+
+class Popularity:
+    """Baseline ``Scorer``: every user gets artists by number of train listeners."""
+
+    name = "popularity"
+
+    def __init__(self, train: sp.csr_matrix):
+        # float32 listeners per artist; ties broken towards more total plays
+        listeners = np.bincount(train.indices, minlength=train.shape[1]).astype(np.float64)
+        plays = np.asarray(train.sum(axis=0, dtype=np.float64)).ravel()
+        tiebreak = plays / (plays.max() + 1.0) if len(plays) and plays.max() > 0 else 0.0
+        self.popularity = (listeners + tiebreak).astype(np.float32)
+
+    def score(self, users: np.ndarray, heard: sp.csr_matrix) -> np.ndarray:
+        return np.tile(self.popularity, (len(users), 1))
+
+
+class RandomScorer:
+    """Baseline ``Scorer``: uniform random scores, repeatable for a seed and a sequence of calls."""
+
+    name = "random"
+
+    def __init__(self, n_artists: int, seed: int = 0):
+        self.n_artists = n_artists
+        self.rng = np.random.default_rng(seed)
+
+    def score(self, users: np.ndarray, heard: sp.csr_matrix) -> np.ndarray:
+        return self.rng.random((len(users), self.n_artists), dtype=np.float32)
+
+
+def hits(ids: np.ndarray, test: sp.csr_matrix) -> np.ndarray:
+    """bool, same shape as ``ids`` (users x K artist codes, -1 padded): is the artist in that
+    user's row of ``test`` (CSR, same users in the same order)."""
+    test = sp.csr_matrix(test)
+    test.sort_indices()
+    if test.nnz == 0:
+        return np.zeros(ids.shape, dtype=bool)
+    n_users, n_artists = test.shape
+    keys = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(test.indptr)) * n_artists + test.indices
+    query = np.arange(n_users, dtype=np.int64)[:, None] * n_artists + ids
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return (ids >= 0) & (keys[pos] == query)
+
+
+def ranking_at_k(ids: np.ndarray, test: sp.csr_matrix, k: int) -> dict[str, float]:
+    """precision, recall, ndcg, map and implicit's pooled precision at ``k``.
+
+    ``ids``: int, users x >= k artist codes best first (-1 padded), for the users of ``test``
+    (CSR, same users x artists). Users without test artists are left out; none left: all 0.
+    """
+    if ids.shape[0] != test.shape[0]:
+        raise RecsError(f"ranking_at_k got {ids.shape[0]} top-N rows for {test.shape[0]} test users")
+    if ids.shape[1] < k:
+        raise RecsError(f"top-N lists have {ids.shape[1]} artists, fewer than K={k}; recommend at least K")
+    n_test = np.diff(test.indptr)
+    keep = n_test > 0
+    if not keep.any():
+        return dict.fromkeys(("precision", "recall", "ndcg", "map", "implicit_precision"), 0.0)
+    hit = hits(ids[keep, :k], test[keep]).astype(np.float64)
+    n_test = n_test[keep]
+    n_hits = hit.sum(axis=1)
+    ideal = np.minimum(n_test, k)
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = hit @ discount
+    idcg = np.cumsum(discount)[ideal - 1]
+    ranks = np.arange(1, k + 1)
+    ap = (np.cumsum(hit, axis=1) / ranks * hit).sum(axis=1) / ideal
+    return {
+        "precision": float(np.mean(n_hits / k)),
+        "recall": float(np.mean(n_hits / n_test)),
+        "ndcg": float(np.mean(dcg / idcg)),
+        "map": float(np.mean(ap)),
+        "implicit_precision": float(n_hits.sum() / ideal.sum()),
+    }
+
+
+def coverage_and_novelty(ids: np.ndarray, train: sp.csr_matrix, k: int) -> dict[str, float]:
+    """Catalogue coverage and novelty of the top-``k`` lists ``ids`` (users x >= k, -1 padded),
+    relative to ``train`` (CSR, users x artists)."""
+    top = ids[:, :k]
+    top = top[top >= 0]
+    listeners = np.bincount(train.indices, minlength=train.shape[1])
+    in_catalogue = int((listeners > 0).sum())
+    if top.size == 0 or in_catalogue == 0:
+        return {"coverage": 0.0, "novelty": 0.0}
+    coverage = np.unique(top[listeners[top] > 0]).size / in_catalogue
+    with np.errstate(divide="ignore"):
+        item_novelty = np.where(listeners > 0, -np.log2(listeners / train.nnz), 0.0)
+    return {"coverage": float(coverage), "novelty": float(item_novelty[top].mean())}
+
+
+def pair_scores(scorer: Scorer, train: sp.csr_matrix, pairs: sp.csr_matrix, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+    """float64, one per stored pair of ``pairs`` (CSR, users x artists) in CSR order: the
+    scorer's score of that (user, artist). Scores whole rows for batches of users that have pairs."""
+    users = np.flatnonzero(np.diff(pairs.indptr))
+    out = np.empty(pairs.nnz)
+    for lo in range(0, len(users), batch_size):
+        batch = users[lo : lo + batch_size]
+        scores = scorer.score(batch, train[batch])
+        rows = pairs[batch]
+        local = np.repeat(np.arange(len(batch)), np.diff(rows.indptr))
+        start, stop = pairs.indptr[batch[0]], pairs.indptr[batch[-1] + 1]
+        out[start:stop] = scores[local, rows.indices]
+    return out
+
+
+def unheard_pairs(split: Split, seed: int = 0, tries: int = 20) -> sp.csr_matrix:
+    """For each held-out pair, one random artist of the same user in neither train nor test
+    (CSR, users x artists, values 1). Rejection sampling, vectorised; a user who has heard
+    nearly every artist may get fewer."""
+    test = split.test
+    n_users, n_artists = test.shape
+    known = (split.train != 0) + (test != 0)
+    known = sp.csr_matrix(known)
+    known.sort_indices()
+    known_keys = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(known.indptr)) * n_artists + known.indices
+    users = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(test.indptr))
+    rng = np.random.default_rng(seed)
+    chosen = np.empty(0, dtype=np.int64)
+    for _ in range(tries):
+        if not len(users):
+            break
+        keys = users * n_artists + rng.integers(0, n_artists, len(users))
+        fresh = ~np.isin(keys, known_keys) & ~np.isin(keys, chosen)
+        # one draw per slot, so a key drawn twice in this round keeps only its first copy
+        keys_fresh, first = np.unique(keys[fresh], return_index=True)
+        chosen = np.concatenate([chosen, keys_fresh])
+        taken = np.zeros(len(users), dtype=bool)
+        taken[np.flatnonzero(fresh)[first]] = True
+        users = users[~taken]
+    rows, cols = np.divmod(np.sort(chosen), n_artists)
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=test.shape)
+
+
+def rmse(predicted: np.ndarray, target: np.ndarray) -> float:
+    """Root mean squared error of two equal-length float arrays (NaN when empty)."""
+    if len(target) == 0:
+        return float("nan")
+    return float(np.sqrt(np.mean((np.asarray(predicted, np.float64) - target) ** 2)))
+
+
+def rmse_binary(scorer: Scorer, split: Split, seed: int = 0, batch_size: int = DEFAULT_BATCH) -> float:
+    """RMSE of scores vs 1 on held-out pairs and vs 0 on as many sampled unheard pairs."""
+    positives = sp.csr_matrix(split.test)
+    negatives = unheard_pairs(split, seed)
+    predicted = np.concatenate(
+        [pair_scores(scorer, split.train, positives, batch_size), pair_scores(scorer, split.train, negatives, batch_size)]
+    )
+    target = np.concatenate([np.ones(positives.nnz), np.zeros(negatives.nnz)])
+    return rmse(predicted, target)
+
+
+def evaluate(
+    scorer: Scorer,
+    split: Split,
+    ks: Sequence[int] = (10,),
+    *,
+    rmse_target: sp.csr_matrix | None = None,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH,
+) -> list[Metric]:
+    """Every metric of ``scorer`` on ``split`` (train: what the scorer was fitted on and what it
+    must not recommend; test: held-out pairs).
+
+    ``rmse_target``: for a model fitted on the observed values (``explicit``), the held-out pairs
+    with its training target as values (CSR like ``split.test``); gives ``rmse_log_plays``.
+    Otherwise ``rmse_binary`` is reported. Baselines skip RMSE (their scores are not estimates).
+    """
+    ks = sorted(set(ks))
+    if not ks or ks[0] < 1:
+        raise RecsError(f"evaluation needs cut-offs K >= 1, got {list(ks)}")
+    if split.train.shape != split.test.shape:
+        raise RecsError(f"train {split.train.shape} and test {split.test.shape} differ in shape; split one matrix")
+    users = np.flatnonzero(np.diff(split.test.indptr))  # only users with test artists are scored
+    top: TopN = user_top_n(scorer, split.train, ks[-1], batch_size, users=users)
+    test = split.test[users]
+    out: list[Metric] = []
+    for k in ks:
+        values = ranking_at_k(top.ids, test, k) | coverage_and_novelty(top.ids, split.train, k)
+        out += [Metric(scorer.name, name, k, value) for name, value in values.items()]
+    if isinstance(scorer, (Popularity, RandomScorer)):
+        return out
+    if rmse_target is not None:
+        predicted = pair_scores(scorer, split.train, rmse_target, batch_size)
+        out.append(Metric(scorer.name, "rmse_log_plays", None, rmse(predicted, rmse_target.data)))
+    else:
+        out.append(Metric(scorer.name, "rmse_binary", None, rmse_binary(scorer, split, seed, batch_size)))
+    return out
+
+
+def report(
+    scorer: Scorer,
+    split: Split,
+    ks: Sequence[int] = (10,),
+    *,
+    rmse_target: sp.csr_matrix | None = None,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH,
+) -> list[Metric]:
+    """``evaluate`` for the model, then the ``popularity`` and ``random`` baselines on the same split."""
+    metrics = evaluate(scorer, split, ks, rmse_target=rmse_target, seed=seed, batch_size=batch_size)
+    for baseline in (Popularity(split.train), RandomScorer(split.train.shape[1], seed)):
+        metrics += evaluate(baseline, split, ks, seed=seed, batch_size=batch_size)
+    return metrics
