@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import typer
@@ -39,3 +40,147 @@ def one_line_errors(fn: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _run_config(config_file, dataset, source, db, model):
+    """RetrainConfig from an optional file, then the flags on top (validated as a whole)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from flows.config import RetrainConfig
+
+    try:
+        raw = (RetrainConfig.from_file(config_file) if config_file else RetrainConfig()).model_dump()
+        if dataset:
+            raw["data"]["dataset"] = dataset
+        if source:
+            raw["data"]["source"] = source
+        if db:
+            raw["storage"]["db"] = db
+        if model:
+            raw["related_model"]["name"] = raw["user_model"]["name"] = model
+        return RetrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RecsError(f"invalid config: {where}: {first['msg']}; fix the config file or flag") from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        reason = " ".join(str(exc).split())
+        raise RecsError(f"cannot read config {config_file}: {reason}; give a readable .yaml or .toml file") from None
+
+
+def _example_query(db: str, artist: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db)
+    sql = ("SELECT rank, related_artist_name, round(score, 3) FROM current_related_artists "
+           f"WHERE lower(artist_name) = lower('{artist.replace(chr(39), chr(39) * 2)}') ORDER BY rank;")
+    if url.get_backend_name() == "sqlite":
+        return f'sqlite3 {url.database} "{sql}"'
+    plain = url.set(drivername="postgresql").render_as_string(hide_password=True)
+    return f'psql "{plain}" -c "{sql}"'
+
+
+@app.command()
+@one_line_errors
+def run(
+    config_file: Path = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                     help="YAML or TOML RetrainConfig; flags below override it."),
+    dataset: str = typer.Option(None, help="lastfm-2k | lastfm-360k | synthetic"),
+    source: str = typer.Option(None, help="A path or URL overriding the dataset's own location."),
+    db: str = typer.Option(None, help="SQLAlchemy URL to publish into (default sqlite:///data/recs.db)."),
+    model: str = typer.Option(None, help="Model for both related artists and user recommendations."),
+) -> None:
+    """Retrain once (the `retrain` Prefect flow) and publish the run; prints a summary."""
+    from rich.table import Table
+
+    from flows.report import metrics_rows
+    from flows.retrain import retrain
+
+    config = _run_config(config_file, dataset, source, db, model)
+    try:
+        result = retrain(config)
+    except RecsError:
+        raise
+    except Exception as exc:  # a bug or an environment failure: still one line, details in the log above
+        raise RecsError(f"retrain failed: {type(exc).__name__}: {exc}; see the log above") from None
+
+    table = Table("model", "metric", "value", "popularity", "× popularity", title=f"run {result.run_id}")
+    for row in metrics_rows(result.metrics):
+        table.add_row(row["model"], row["metric"], f"{row['value']:.4f}",
+                      "" if row["popularity"] is None else f"{row['popularity']:.4f}",
+                      "" if row["vs_popularity"] is None else f"{row['vs_popularity']:.2f}")
+    console.print(table)
+    console.print(f"published run [bold]{result.run_id}[/bold] to {result.db} "
+                  f"in {sum(result.timings.values()):.1f} s")
+    console.print("try: " + _example_query(config.storage.db, result.example_artist), highlight=False, soft_wrap=True)
+
+
+_READ_DB = typer.Option(None, "--db", envvar="RECS_DB",
+                        help="SQLAlchemy URL to read (default: the config's, sqlite:///data/recs.db).")
+
+
+def _read_engine(db: str | None):
+    from flows.config import StorageConfig
+    from storage.engine import make_engine
+
+    return make_engine(db or StorageConfig().db)
+
+
+def _top_table(title: str, rows) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table("rank", "artist", "key", "score", title=Text(title))
+    for row in rows:
+        table.add_row(str(row.rank), Text(row.artist_name), Text(row.artist_key), f"{row.score:.4f}")
+    console.print(table)
+
+
+@app.command()
+@one_line_errors
+def related(
+    artist: str = typer.Argument(..., help="Artist name (any letter case) or the source's artist key."),
+    n: int = typer.Option(10, min=1, help="How many related artists to show."),
+    db: str = _READ_DB,
+) -> None:
+    """Related artists of ARTIST in the latest published run."""
+    from storage.queries import related_artists
+
+    result = related_artists(_read_engine(db), artist, n)
+    _top_table(f"related to {result.artist_name} (run {result.run_id})", result.rows)
+
+
+@app.command()
+@one_line_errors
+def recommend(
+    user: str = typer.Argument(..., help="The source's user id."),
+    n: int = typer.Option(10, min=1, help="How many artists to show."),
+    db: str = _READ_DB,
+) -> None:
+    """New artists for USER from the latest published run."""
+    from storage.queries import recommendations
+
+    result = recommendations(_read_engine(db), user, n)
+    _top_table(f"for user {result.user_key} (run {result.run_id})", result.rows)
+
+
+@app.command()
+@one_line_errors
+def runs(
+    limit: int = typer.Option(20, min=1, help="How many of the newest runs to list."),
+    db: str = _READ_DB,
+) -> None:
+    """Published, failed, rejected and pruned runs, newest first."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from storage.queries import list_runs
+
+    table = Table("run", "status", "started (UTC)", "dataset", "models (related / user)", "rows", "precision@10",
+                  "message")
+    for r in list_runs(_read_engine(db), limit):
+        table.add_row(str(r.run_id), r.status, f"{r.started_at:%Y-%m-%d %H:%M:%S}", Text(r.dataset),
+                      Text(f"{r.related_model} / {r.user_model}"), f"{r.n_related + r.n_recommendations:,}",
+                      "" if r.precision_at_10 is None else f"{r.precision_at_10:.4f}", Text(r.message or ""))
+    console.print(table)

@@ -1,0 +1,427 @@
+"""The ``retrain`` flow: one pass from listening data to a published run.
+
+    download -> parse -> encode -> split -> weight -> factorize -> index -> recommend -> evaluate -> publish
+
+Each step is a thin Prefect task around a plain stage function in tasks/ or storage/; this module
+adds only orchestration: retries with back-off where the network or the database can fail for a
+while, caching of the deterministic input steps across runs, timeouts where a stage can hang, and
+no Prefect result persistence for anything large (matrices and factors stay in memory or go to
+files under ``config.work_dir``).
+
+The split comes before weighting so held-out pairs never enter the BM25/TF-IDF statistics (artist
+lengths, user idf) of the matrix the models are fitted on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import http.client
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.context import FlowRunContext
+from prefect.tasks import exponential_backoff
+
+from flows.config import DataConfig, ModelConfig, RetrainConfig
+from flows.report import RunReport, publish_artifacts
+from tasks.contracts import Downloaded, Encoded, Factors, Interactions, Metric, Split
+from tasks.errors import RecsError
+
+T = TypeVar("T")
+
+# Large values (matrices, factors, top-N arrays) pass between tasks in memory only: no result
+# persistence, and no input hashing for a cache key (hashing a 17 M-pair matrix costs seconds).
+IN_MEMORY: dict[str, Any] = {"cache_policy": NONE, "persist_result": False}
+
+
+# -- retry policy ------------------------------------------------------------------------------
+
+_TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
+                     errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPIPE}
+
+
+def _is_transient(exc: BaseException | None) -> bool:
+    """True if ``exc`` or anything in its cause/context chain is a network or DB-connection error
+    worth retrying (refused/reset connection, timeout, HTTP 5xx, SQLAlchemy OperationalError);
+    False for everything else (404, checksum mismatch, bad data), which a retry cannot fix."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, urllib.error.HTTPError):
+            return exc.code >= 500
+        if isinstance(exc, OperationalError | InterfaceError | TimeoutError | socket.timeout
+                      | ConnectionError | http.client.RemoteDisconnected | http.client.IncompleteRead):
+            return True
+        if isinstance(exc, urllib.error.URLError):
+            return _is_transient(exc.reason) if isinstance(exc.reason, BaseException) else False
+        if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry only errors another attempt can fix."""
+    try:
+        state.result()
+    except Exception as exc:  # the failed state re-raises the task's exception
+        return _is_transient(exc)
+    return False
+
+
+# -- cache keys --------------------------------------------------------------------------------
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def download_key(context, parameters: dict) -> str:
+    """Cache key of a download: the resolved source URL/path and the expected sha256 (if given)."""
+    data: DataConfig = parameters["data"]
+    return "download-" + _digest(_source_of(data), data.sha256, str(Path(data.cache_dir).resolve()))
+
+
+def parse_key(context, parameters: dict) -> str:
+    """Cache key of a parse: the downloaded bytes (source + their sha256) and the dataset format."""
+    got: Downloaded = parameters["downloaded"]
+    return "parse-" + _digest(got.source, got.sha256, parameters["dataset"])
+
+
+# -- tasks -------------------------------------------------------------------------------------
+
+
+def _source_of(data: DataConfig) -> str:
+    from tasks.datasets import resolve
+
+    return resolve(data)
+
+
+@task(name="download", cache_key_fn=download_key, persist_result=True, retry_jitter_factor=0.5,
+      retry_condition_fn=_retry_transient, timeout_seconds=4 * 3600)
+def download_task(data: DataConfig) -> Downloaded:
+    """Fetch (or generate) the dataset into ``data.cache_dir``; small result, cached by source."""
+    from tasks.download import fetch
+
+    return fetch(_source_of(data), data.cache_dir, sha256=data.sha256)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A parse result kept on disk: ``path`` is a Parquet file of the tidy frame."""
+
+    path: Path
+    bad_rows: Any
+    dataset: str
+
+
+@task(name="parse", cache_key_fn=parse_key, persist_result=True, timeout_seconds=3 * 3600)
+def parse_task(downloaded: Downloaded, dataset: str, out_dir: Path) -> Parsed:
+    """Parse into the tidy frame and write it as Parquet next to the download; the cached result
+    is only the path and the bad-row counts, never the frame."""
+    from tasks.parse import parse
+
+    interactions = parse(downloaded.path, dataset)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"parsed-{downloaded.sha256[:16]}-{dataset}.parquet"
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        interactions.frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return Parsed(path=path, bad_rows=interactions.bad_rows, dataset=interactions.dataset)
+
+
+@task(name="encode", **IN_MEMORY)
+def encode_task(parsed: Parsed, data: DataConfig) -> Encoded:
+    import pandas as pd
+
+    from tasks.encode import encode
+
+    frame = pd.read_parquet(parsed.path)
+    return encode(Interactions(frame=frame, bad_rows=parsed.bad_rows, dataset=parsed.dataset),
+                  min_listeners=data.min_listeners, min_artists=data.min_artists)
+
+
+@task(name="split", **IN_MEMORY)
+def split_task(encoded: Encoded, config: RetrainConfig) -> Split:
+    from tasks.split import per_user_holdout
+
+    return per_user_holdout(encoded.plays, fraction=config.eval.holdout,
+                            min_artists=config.eval.min_artists, seed=config.eval.seed)
+
+
+@task(name="weight", task_run_name="weight-{model.name}", **IN_MEMORY)
+def weight_task(train, model: ModelConfig):
+    from tasks.weight import weight
+
+    return weight(train, model.weight)
+
+
+@task(name="factorize", task_run_name="factorize-{model.name}", **IN_MEMORY)
+def factorize_task(weighted, model: ModelConfig, out_dir: Path):
+    from tasks.factorize import fit, save
+
+    fitted = fit(weighted, model)
+    if isinstance(fitted, Factors):
+        save(fitted, out_dir / model.name)
+    return fitted
+
+
+@task(name="index", **IN_MEMORY)
+def index_task(artist_factors: np.ndarray, config: RetrainConfig, path: Path, inner_product: bool = False):
+    from tasks.index import build_index
+
+    return build_index(artist_factors, config.index, path, inner_product=inner_product,
+                       seed=config.related_model.random_state)
+
+
+@dataclass(frozen=True)
+class Recommended:
+    """The published lists and how well Annoy matched exact search on a sample."""
+
+    related: Any  # TopN, artists x n
+    users: Any  # TopN, users x n
+    recall: list[Metric]
+
+
+def _sample(count: int, size: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(count, size=min(size, count), replace=False))
+
+
+@task(name="recommend", **IN_MEMORY)
+def recommend_task(related_scorer, user_scorer, heard, config: RetrainConfig, run_dir: Path) -> Recommended:
+    """Related artists (Annoy on cosine, recall checked against exact on a sample) for every
+    artist, and top-N new artists for every user with everything they ever heard excluded."""
+    from tasks.recommend import (
+        recall_at_n, related_annoy, related_exact, use_approximate_users, user_top_n, user_top_n_annoy,
+    )
+
+    n, cfg = config.n, config.index
+    artist_factors = related_scorer.artist_factors
+    index = index_task(artist_factors, config, run_dir / "related.annoy")
+    related = related_annoy(index.load(), n, cfg.search_k)
+    rows = _sample(len(artist_factors), cfg.recall_sample, config.eval.seed)
+    recall = [Metric("annoy", "related_recall", n, recall_at_n(related, related_exact(artist_factors, n, rows), rows))]
+
+    if isinstance(user_scorer, Factors) and use_approximate_users(cfg, heard.shape[1]):
+        uindex = index_task(user_scorer.artist_factors, config, run_dir / "users.annoy", inner_product=True)
+        users = user_top_n_annoy(user_scorer.user_factors, user_scorer.artist_factors, uindex.load(), heard, n,
+                                 cfg.search_k)
+        rows = _sample(heard.shape[0], cfg.recall_sample, config.eval.seed)
+        exact = user_top_n(user_scorer, heard, n, users=rows)
+        recall.append(Metric("annoy", "user_recall", n, recall_at_n(users, exact, rows)))
+    else:
+        users = user_top_n(user_scorer, heard, n)
+    return Recommended(related=related, users=users, recall=recall)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """One fitted model: its config, the ``Scorer`` and the weighted train matrix it was fitted on
+    (CSR, users x artists, float32 confidences)."""
+
+    model: ModelConfig
+    scorer: Any
+    train: Any
+
+    @property
+    def params(self) -> dict:
+        """The hyper-parameters the model used (``Factors.params``), else its config."""
+        return getattr(self.scorer, "params", None) or self.model.model_dump()
+
+
+@task(name="evaluate", **IN_MEMORY)
+def evaluate_task(fitted: list[Fitted], split: Split, config: RetrainConfig) -> list[Metric]:
+    """Holdout metrics of each fitted model (train-heard artists excluded), with the popularity
+    and random baselines once beside them."""
+    from tasks.evaluate import evaluate, report
+    from tasks.weight import weight
+
+    metrics: list[Metric] = []
+    for i, f in enumerate(fitted):
+        own = Split(train=f.train, test=split.test, rule=split.rule, seed=split.seed)
+        # the explicit model predicts its weighted training target; RMSE compares with that
+        target = weight(split.test, f.model.weight) if f.model.name == "explicit" else None
+        run = report if i == 0 else evaluate  # the first model brings the baselines
+        metrics += run(f.scorer, own, config.eval.k, rmse_target=target, seed=config.eval.seed)
+    return metrics
+
+
+# -- the flow ----------------------------------------------------------------------------------
+
+
+@task(name="publish", retry_jitter_factor=0.5, retry_condition_fn=_retry_transient, timeout_seconds=3 * 3600,
+      **IN_MEMORY)
+def publish_task(config: RetrainConfig, downloaded: Downloaded, encoded: Encoded, recommended: Recommended,
+                 metrics: list[Metric], related_model: str, user_model: str) -> int:
+    """Load the run's rows and make them visible in one transaction; returns the new run_id."""
+    from storage.engine import make_engine
+    from storage.publish import RunOutputs, publish
+
+    outputs = RunOutputs(
+        encoded=encoded, related=recommended.related, recommendations=recommended.users, metrics=metrics,
+        config=config.model_dump(mode="json"), dataset=config.data.dataset, source=downloaded.source,
+        data_sha256=downloaded.sha256, related_model=related_model, user_model=user_model,
+        code_version=_code_version(),
+    )
+    engine = make_engine(config.storage.db)
+    try:
+        return publish(engine, outputs, retention=config.storage.retention,
+                       max_regression=config.storage.max_regression)
+    finally:
+        engine.dispose()
+
+
+def _code_version() -> str:
+    """The package version, plus the git commit when running from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = version("lastfm-recs")
+    except PackageNotFoundError:
+        text = "unknown"
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{text}+{commit}" if commit else text
+
+
+def _safe_url(url: str) -> str:
+    """The database URL with any password masked, for logs and summaries."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """What a retrain returns (and ``recs run`` prints): small, JSON-friendly."""
+
+    run_id: int
+    db: str
+    metrics: list[Metric]
+    timings: dict[str, float]
+    example_artist: str  # the most listened artist, for an example query
+
+
+class _Timer:
+    """Wall seconds per stage, in call order, for the report."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, stage: str, fn: Callable[..., T], *args, **kwargs) -> T:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _run_dir(config: RetrainConfig) -> Path:
+    ctx = FlowRunContext.get()
+    name = str(ctx.flow_run.id) if ctx and ctx.flow_run else time.strftime("%Y%m%dT%H%M%S")
+    path = Path(config.work_dir) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _same_model(a: ModelConfig, b: ModelConfig) -> bool:
+    return a.model_dump() == b.model_dump()
+
+
+@flow(name="retrain", description="Retrain related artists and per-user recommendations and publish them.")
+def retrain(config: RetrainConfig = RetrainConfig()) -> RetrainResult:
+    """Run every stage once and publish the run; returns its ``run_id``, metrics and timings.
+
+    Raises the first stage's ``RecsError`` (also logged as one line) so the run ends FAILED with
+    that reason; nothing is published then and readers keep the previous run.
+    """
+    logger = get_run_logger()
+    try:
+        return _retrain(config, logger)
+    except RecsError as exc:
+        logger.error("retrain failed: %s", exc)
+        raise
+
+
+def _fit_models(config: RetrainConfig, split: Split, run_dir: Path, timer: _Timer) -> tuple[Fitted, Fitted]:
+    """Fit the related-artists and user models on the train split, once each (once in all when
+    both roles name the same configuration)."""
+    related_cfg, user_cfg = config.related_model, config.user_model
+    fitted = []
+    for cfg in (related_cfg, user_cfg) if not _same_model(related_cfg, user_cfg) else (related_cfg,):
+        weighted = timer("weight", weight_task, split.train, cfg)
+        scorer = timer("factorize", factorize_task, weighted, cfg, run_dir)
+        fitted.append(Fitted(model=cfg, scorer=scorer, train=weighted))
+    if len(fitted) == 2 and fitted[0].scorer.name == fitted[1].scorer.name:
+        # same model name with different settings: keep their metrics apart
+        fitted = [Fitted(f.model, dataclasses.replace(f.scorer, name=f"{f.scorer.name}-{role}"), f.train)
+                  for f, role in zip(fitted, ("related", "users"))]
+    if not hasattr(fitted[0].scorer, "artist_factors"):
+        raise RecsError(f"related_model {related_cfg.name!r} has no artist factors to compare artists by; "
+                        "use a factor model (als, lsa, bpr, lmf, explicit) for related_model")
+    return fitted[0], fitted[-1]
+
+
+def _retrying(t, config: RetrainConfig):
+    """``t`` with the run's retry count and exponential back-off (transient errors only)."""
+    return t.with_options(retries=config.retry.attempts,
+                          retry_delay_seconds=exponential_backoff(backoff_factor=config.retry.backoff_seconds))
+
+
+def _retrain(config: RetrainConfig, logger) -> RetrainResult:
+    timer = _Timer()
+    run_dir = _run_dir(config)
+    data = config.data
+    download = _retrying(download_task, config)
+    downloaded = timer("download", download, data)
+    if not Path(downloaded.path).exists():  # a cached result whose file was deleted since
+        downloaded = timer("download", download.with_options(refresh_cache=True), data)
+    parsed = timer("parse", parse_task, downloaded, data.dataset, Path(data.cache_dir) / "parsed")
+    if not parsed.path.exists():
+        parsed = timer("parse", parse_task.with_options(refresh_cache=True), downloaded, data.dataset,
+                       Path(data.cache_dir) / "parsed")
+    encoded = timer("encode", encode_task, parsed, data)
+    logger.info("%s: %d users x %d artists, %d pairs; %d bad rows", data.dataset, encoded.n_users,
+                encoded.n_artists, encoded.plays.nnz, parsed.bad_rows.total)
+    split = timer("split", split_task, encoded, config)
+    related, users = _fit_models(config, split, run_dir, timer)
+    heard = encoded.plays if isinstance(users.scorer, Factors) else weight_task(encoded.plays, users.model)
+    recommended = timer("recommend", recommend_task, related.scorer, users.scorer, heard, config, run_dir)
+    fitted = [related] if related is users else [related, users]
+    metrics = timer("evaluate", evaluate_task, fitted, split, config) + recommended.recall
+    for m in metrics:
+        logger.info("%-12s %-22s %s", m.model, m.metric if m.k is None else f"{m.metric}@{m.k}", f"{m.value:.4f}")
+    run_id = timer("publish", _retrying(publish_task, config), config, downloaded, encoded, recommended, metrics,
+                   related.scorer.name, users.scorer.name)
+    report = RunReport(
+        run_id=str(run_id), dataset=data.dataset, source=downloaded.source, sha256=downloaded.sha256,
+        encoded=encoded, bad_rows=parsed.bad_rows, split_rule=split.rule, test_pairs=split.test.nnz,
+        models={"related artists": related.params, "user recommendations": users.params},
+        metrics=metrics, related=recommended.related, artist_factors=related.scorer.artist_factors,
+        timings=timer.seconds,
+    )
+    publish_artifacts(report)
+    top = str(encoded.artist_names[int(np.argmax(encoded.listeners))])
+    return RetrainResult(run_id=run_id, db=_safe_url(config.storage.db), metrics=metrics, timings=timer.seconds,
+                         example_artist=top)

@@ -1,0 +1,192 @@
+"""End to end through a real Prefect server: work pool, deployment from deployments/prefect.yaml,
+its schedule, a triggered run picked up by a process worker, published rows and artifacts.
+
+Everything runs on loopback with its own PREFECT_HOME, so it touches no user's Prefect state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from flows.report import ARTIFACT_KEYS, METRICS_KEY
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT = [sys.executable, "-m", "prefect"]
+POOL = "recs-process"
+DEPLOYMENT = "retrain/weekly-retrain"
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"prefect server not healthy after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a process group this test started (the server or worker and their children)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def prefect_env(tmp_path_factory):
+    """A real ``prefect server start`` on a free loopback port; yields the env to talk to it."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_CLI_PROMPT": "false",
+        "PREFECT_SERVER_UI_ENABLED": "false",
+        # the scheduler would otherwise first look at new deployments after 60 s
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+    }
+    log = home / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=home, start_new_session=True,
+        )
+    try:
+        _wait_healthy(api, proc, log)
+        yield env
+    finally:
+        _stop(proc)
+
+
+def _cli(env: dict, *args: str, timeout: float = 240) -> str:
+    done = subprocess.run([*PREFECT, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+async def _scheduled_runs(client, deployment_id):
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    return await client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+    )
+
+
+async def _until(predicate, timeout: float, what: str, poll: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(poll)
+
+
+def test_scheduled_deployment_runs_with_a_process_worker(prefect_env, hetrec_url, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    _cli(prefect_env, "work-pool", "create", POOL, "--type", "process")
+    _cli(prefect_env, "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
+
+    db = tmp_path / "recs.db"
+    config = {
+        "data": {"dataset": "lastfm-2k", "source": hetrec_url, "cache_dir": str(tmp_path / "cache")},
+        "storage": {"db": f"sqlite:///{db}"},
+        "work_dir": str(tmp_path / "runs"),
+    }
+
+    async def scenario():
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(DEPLOYMENT)
+            assert deployment.work_pool_name == POOL
+            assert deployment.global_concurrency_limit.limit == 1
+            assert deployment.concurrency_options.collision_strategy == "ENQUEUE"
+            [schedule] = deployment.schedules
+            assert schedule.schedule.cron == "0 3 * * 1" and schedule.active
+
+            scheduled = await _until(lambda: _scheduled_runs(client, deployment.id), 90, "scheduled runs")
+            times = sorted(run.expected_start_time for run in scheduled)
+            assert len(times) >= 2
+            assert all(b - a == timedelta(days=7) for a, b in zip(times, times[1:]))
+            assert all(t.weekday() == 0 and t.hour == 3 for t in times)
+
+            triggered = await run_deployment(DEPLOYMENT, parameters={"config": config}, timeout=0)
+            worker_log = tmp_path / "worker.log"
+            with worker_log.open("wb") as out:
+                worker = subprocess.Popen(
+                    [*PREFECT, "worker", "start", "--pool", POOL, "--type", "process"],
+                    env=prefect_env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            try:
+                async def finished():
+                    run = await client.read_flow_run(triggered.id)
+                    return run if run.state.is_final() else None
+
+                run = await _until(finished, 420, "the triggered run to finish", poll=2)
+            finally:
+                _stop(worker)
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+            log_text = "\n".join(entry.message for entry in logs)
+            assert run.state.is_completed(), f"{run.state}\n{log_text[-3000:]}\n{worker_log.read_text()[-3000:]}"
+
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
+            return artifacts
+
+    with temporary_settings({PREFECT_API_URL: prefect_env["PREFECT_API_URL"]}):
+        artifacts = asyncio.run(scenario())
+
+    by_key = {a.key: a for a in artifacts}
+    assert set(ARTIFACT_KEYS) <= set(by_key)
+    table = by_key[METRICS_KEY].data
+    rows = table if isinstance(table, list) else __import__("json").loads(table)
+    assert any(r["model"] != "annoy" and r["popularity"] is not None for r in rows)
+
+    with sqlite3.connect(db) as con:
+        published = con.execute("SELECT run_id FROM runs WHERE status = 'published'").fetchall()
+        assert len(published) == 1
+        related = con.execute("SELECT count(*) FROM current_related_artists").fetchone()[0]
+        recs = con.execute("SELECT count(DISTINCT user_key) FROM current_user_recommendations").fetchone()[0]
+    assert related > 0
+    assert recs > 0

@@ -1,0 +1,127 @@
+"""The retrain flow against a real (temporary) Prefect API, on HetRec 2K served over loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sqlite3
+
+import pytest
+
+from flows.config import RetrainConfig
+from flows.report import METRICS_KEY, REPORT_KEY
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def _config(tmp, source: str, **retry) -> RetrainConfig:
+    return RetrainConfig.model_validate({
+        "data": {"dataset": "lastfm-2k", "source": source, "cache_dir": str(tmp / "cache")},
+        "storage": {"db": f"sqlite:///{tmp / 'recs.db'}"},
+        "work_dir": str(tmp / "runs"),
+        "retry": retry or {"attempts": 1, "backoff_seconds": 0},
+    })
+
+
+async def _read(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId,
+    )
+
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return artifacts, tasks, logs
+
+
+@pytest.fixture(scope="module")
+def two_runs(harness, hetrec_url, tmp_path_factory):
+    """The same config run twice: the second reuses the cached download and parse."""
+    from flows.retrain import retrain
+
+    tmp = tmp_path_factory.mktemp("flow")
+    config = _config(tmp, hetrec_url)
+    states = [retrain(config, return_state=True) for _ in range(2)]
+    return tmp, config, states
+
+
+def _current_run(db) -> tuple[int, int]:
+    with sqlite3.connect(db) as con:
+        [(run_id,)] = con.execute("SELECT max(run_id) FROM runs WHERE status = 'published'").fetchall()
+        [(rows,)] = con.execute("SELECT count(*) FROM current_related_artists").fetchall()
+    return run_id, rows
+
+
+def test_flow_publishes_and_reports(two_runs):
+    tmp, config, states = two_runs
+    assert all(s.is_completed() for s in states), [s.message for s in states]
+    first, second = (s.result() for s in states)
+    assert second.run_id > first.run_id
+    run_id, rows = _current_run(tmp / "recs.db")
+    assert run_id == second.run_id
+    assert rows > 0
+
+    with sqlite3.connect(tmp / "recs.db") as con:
+        coldplay = con.execute(
+            "SELECT count(*) FROM current_related_artists WHERE lower(artist_name) = 'coldplay'").fetchone()[0]
+        users = con.execute("SELECT count(DISTINCT user_key) FROM current_user_recommendations").fetchone()[0]
+    assert coldplay == config.n
+    assert users == 1892
+
+    # the model is measured beside the popularity baseline of the same run, and beats it
+    value = {(m.model, m.metric, m.k): m.value for m in second.metrics}
+    model = config.user_model.name
+    assert value[(model, "precision", 10)] > value[("popularity", "precision", 10)]
+    assert value[("annoy", "related_recall", config.n)] >= 0.9
+
+    artifacts, _, _ = asyncio.run(_read(states[1].state_details.flow_run_id))
+    by_key = {a.key: a for a in artifacts}
+    assert {METRICS_KEY, REPORT_KEY} <= set(by_key)
+    report = by_key[REPORT_KEY].data
+    assert "data:image/png;base64," in report
+    for section in ("## Dataset", "## Bad rows", "## Models", "## Annoy recall", "## Related artists", "## Timings"):
+        assert section in report
+    assert "**Coldplay** →" in report
+
+
+def test_download_and_parse_are_cached_across_runs(two_runs):
+    _, _, states = two_runs
+    names = []
+    for state in states:
+        _, tasks, _ = asyncio.run(_read(state.state_details.flow_run_id))
+        names.append({t.name.split("-")[0]: t.state.name for t in tasks})
+    assert names[0]["download"] != "Cached"
+    assert names[1]["download"] == "Cached"
+    assert names[1]["parse"] == "Cached"
+    assert names[1]["encode"] == "Completed"  # large values are never cached
+
+
+def test_failing_stage_fails_the_run_and_keeps_the_previous_one(two_runs):
+    from flows.retrain import retrain
+
+    tmp, _, states = two_runs
+    before = _current_run(tmp / "recs.db")
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = _config(tmp, f"http://127.0.0.1:{port}/hetrec2011-lastfm-2k.zip", attempts=1, backoff_seconds=0)
+
+    state = retrain(config, return_state=True)
+
+    assert state.is_failed()
+    _, tasks, logs = asyncio.run(_read(state.state_details.flow_run_id))
+    download = [t for t in tasks if t.name.startswith("download")]
+    assert download and download[0].run_count == 2  # a refused connection is retried
+    reasons = [log.message for log in logs if log.message.startswith("retrain failed: ")]
+    assert len(reasons) == 1 and "\n" not in reasons[0]
+    assert f"127.0.0.1:{port}" in reasons[0]
+    assert _current_run(tmp / "recs.db") == before
