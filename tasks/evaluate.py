@@ -19,6 +19,8 @@ users with at least one test artist; a user's train (heard) artists are never re
 
 RMSE, each named for what it is measured against:
 
+Only for factor models, whose scores estimate a preference (item-kNN and blend scores rank):
+
 - ``rmse_binary`` (implicit models): scores vs 1 on the held-out pairs and vs 0 on as many
   sampled (user, artist) pairs the user has in neither train nor test.
 - ``rmse_log_plays`` (the ``explicit`` model): scores vs its own training target, the ``log``
@@ -34,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from tasks.contracts import Metric, Scorer, Split, TopN
+from tasks.contracts import Factors, Metric, Scorer, Split, TopN
 from tasks.errors import RecsError
 from tasks.recommend import user_top_n
 
@@ -206,7 +208,8 @@ def evaluate(
 
     ``rmse_target``: for a model fitted on the observed values (``explicit``), the held-out pairs
     with its training target as values (CSR like ``split.test``); gives ``rmse_log_plays``.
-    Otherwise ``rmse_binary`` is reported. Baselines skip RMSE (their scores are not estimates).
+    Otherwise ``rmse_binary`` is reported. RMSE is only computed for ``Factors`` models: item-kNN,
+    blends and the baselines give rankings, not estimates of a preference.
     """
     ks = sorted(set(ks))
     if not ks or ks[0] < 1:
@@ -220,7 +223,7 @@ def evaluate(
     for k in ks:
         values = ranking_at_k(top.ids, test, k) | coverage_and_novelty(top.ids, split.train, k)
         out += [Metric(scorer.name, name, k, value) for name, value in values.items()]
-    if isinstance(scorer, (Popularity, RandomScorer)):
+    if not isinstance(scorer, Factors):
         return out
     if rmse_target is not None:
         predicted = pair_scores(scorer, split.train, rmse_target, batch_size)

@@ -124,6 +124,16 @@ def test_rmse_binary_is_against_ones_on_test_and_zeros_on_sampled_pairs():
     assert rmse_binary(_Constant(6, 0.5), split) == pytest.approx(0.5)
 
 
+def test_rmse_log_plays_is_against_the_given_target():
+    split = _tiny_split()
+    target = split.test.copy()
+    target.data = np.log1p(np.arange(1, target.nnz + 1, dtype=np.float32))
+    zero = Factors("explicit", {}, np.zeros((4, 2), np.float32), np.zeros((6, 2), np.float32), 0.0)
+    got = {m.metric: m.value for m in evaluate(zero, split, ks=[1], rmse_target=target)}
+    assert "rmse_binary" not in got
+    assert got["rmse_log_plays"] == pytest.approx(np.sqrt(np.mean(target.data.astype(np.float64) ** 2)))
+
+
 def test_pair_scores_reads_each_pair_in_csr_order():
     factors = Factors("f", {}, np.arange(8, dtype=np.float32).reshape(4, 2), np.eye(6, 2, dtype=np.float32) * 2, 0.0)
     split = _tiny_split()
@@ -135,7 +145,8 @@ def test_pair_scores_reads_each_pair_in_csr_order():
 
 def test_report_has_model_and_both_baselines_at_every_k():
     split = _tiny_split()
-    metrics = report(_Constant(6, 0.0), split, ks=[1, 2])
+    zero = Factors("constant", {}, np.zeros((4, 2), np.float32), np.zeros((6, 2), np.float32), 0.0)
+    metrics = report(zero, split, ks=[1, 2])
     assert all(isinstance(m, Metric) for m in metrics)
     names = {(m.model, m.metric, m.k) for m in metrics}
     for model in ("constant", "popularity", "random"):
@@ -143,6 +154,8 @@ def test_report_has_model_and_both_baselines_at_every_k():
             for metric in ("precision", "recall", "ndcg", "map", "implicit_precision", "coverage", "novelty"):
                 assert (model, metric, k) in names
     assert ("constant", "rmse_binary", None) in names
+    assert not any(m.metric.startswith("rmse") for m in metrics if m.model != "constant")
+    assert not any(m.metric.startswith("rmse") for m in evaluate(_Constant(6, 0.0), split))  # not a Factors
     with pytest.raises(RecsError, match="K >= 1"):
         evaluate(_Constant(6, 0.0), split, ks=[0])
 

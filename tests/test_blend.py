@@ -1,0 +1,76 @@
+"""Item-kNN and the factor/item-kNN blend: scoring rules, per-user standardisation, dispatch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from flows.config import ModelConfig
+from tasks.blend import Blend, standardise
+from tasks.contracts import Factors, Scorer
+from tasks.factorize import fit
+from tasks.neighbours import ItemKNN
+
+
+def test_standardise_uses_only_unheard_artists():
+    scores = np.array([[100.0, 1.0, 2.0, 3.0], [5.0, 5.0, 5.0, 5.0]], dtype=np.float32)
+    heard = sp.csr_matrix(np.array([[1, 0, 0, 0], [0, 1, 0, 0]], dtype=np.float32))
+    out = standardise(scores.copy(), heard)
+    unheard = np.array([1.0, 2.0, 3.0])
+    assert np.allclose(out[0, 1:], (unheard - unheard.mean()) / unheard.std(), atol=1e-6)
+    assert np.allclose(out[1], 0.0)  # a constant row carries no preference
+
+
+def test_itemknn_scores_are_summed_similarity_to_heard_artists_whatever_the_values():
+    sim = sp.csr_matrix(np.array([[1, 0.5, 0], [0.5, 1, 0.2], [0, 0.2, 1]], dtype=np.float32))
+    knn = ItemKNN("itemknn", {}, sim, 0.0)
+    raw = sp.csr_matrix(np.array([[300, 0, 7]], dtype=np.float32))
+    logged = raw.copy()
+    logged.data = np.log1p(logged.data)
+    expected = np.array([[1.0, 0.7, 1.0]])
+    assert np.allclose(knn.score(np.array([0]), raw), expected)
+    assert np.allclose(knn.score(np.array([0]), logged), expected)
+    assert raw.data[0] == 300  # the caller's matrix is not modified
+
+
+def test_blend_weight_moves_between_its_parts():
+    rng = np.random.default_rng(0)
+    factor = Factors("als", {}, rng.random((3, 2), dtype=np.float32), rng.random((5, 2), dtype=np.float32), 0.0)
+    knn = ItemKNN("itemknn", {}, sp.csr_matrix(rng.random((5, 5), dtype=np.float32)), 0.0)
+    heard = sp.csr_matrix(np.array([[1, 0, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 0, 1]], dtype=np.float32))
+    users = np.arange(3)
+    only_factor = Blend({}, factor, knn, 1.0, 0.0).score(users, heard)
+    only_knn = Blend({}, factor, knn, 0.0, 0.0).score(users, heard)
+    half = Blend({}, factor, knn, 0.5, 0.0).score(users, heard)
+    assert np.allclose(only_factor, standardise(factor.score(users, heard), heard), atol=1e-5)
+    assert np.allclose(only_knn, standardise(knn.score(users, heard), heard), atol=1e-5)
+    assert np.allclose(half, (only_factor + only_knn) / 2, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def small_train(hetrec_encoded):
+    train = hetrec_encoded.plays[:400].tocsr()
+    train.data = np.log1p(train.data)
+    return train
+
+
+@pytest.mark.parametrize("similarity", ["bm25", "cosine", "tfidf"])
+def test_fit_dispatches_itemknn_with_k_neighbours(small_train, similarity):
+    model = fit(small_train, ModelConfig(name="itemknn", neighbours=20, knn_similarity=similarity))
+    assert isinstance(model, Scorer) and model.name == "itemknn"
+    assert model.similarity.shape == (small_train.shape[1],) * 2
+    assert np.diff(model.similarity.indptr).max() <= 20
+    assert model.params["similarity"] == similarity
+    scores = model.score(np.arange(5), small_train[:5])
+    assert scores.shape == (5, small_train.shape[1]) and scores.dtype == np.float32
+
+
+def test_fit_dispatches_blend_with_both_parts(small_train):
+    cfg = ModelConfig(name="blend", factors=8, iterations=3, neighbours=20, blend_weight=0.7)
+    model = fit(small_train, cfg)
+    assert isinstance(model, Blend) and isinstance(model, Scorer)
+    assert model.factor.name == "als" and model.factor.user_factors.shape[1] == 8
+    assert model.params["blend_weight"] == 0.7 and model.params["itemknn"]["neighbours"] == 20
+    scores = model.score(np.arange(3), small_train[:3])
+    assert scores.shape == (3, small_train.shape[1]) and np.isfinite(scores).all()
