@@ -9,6 +9,7 @@ process's peak so far. Where the reset is refused the figure is the running peak
 from __future__ import annotations
 
 import re
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,8 @@ class Stages:
                 "seconds": round(time.perf_counter() - started, 3),
                 "peak_rss_mb": round(peak_rss_mb(), 1),
             }
+            # a full-size run takes many minutes: show progress on stderr (stdout is the JSON)
+            print(f"{stage}: {self.figures[stage]}", file=sys.stderr, flush=True)
 
     def total(self) -> dict[str, float]:
         """Sum of stage seconds and the largest stage peak."""

@@ -102,19 +102,19 @@ def batch_recommend(factors: Factors, heard: sp.csr_matrix, sample: np.ndarray, 
     return Timed(seconds * population / len(sample), len(sample), population, exact)
 
 
-def _rows(n_rows: int, n: int) -> list[tuple[int, int, int, float]]:
-    """``n_rows * n`` rows shaped like a top-N table: (code, rank, artist, score)."""
-    codes = np.repeat(np.arange(n_rows), n)
-    ranks = np.tile(np.arange(1, n + 1), n_rows)
-    artists = np.random.default_rng(0).integers(0, 1_000_000, n_rows * n)
-    scores = np.random.default_rng(1).random(n_rows * n)
-    return list(zip(codes.tolist(), ranks.tolist(), artists.tolist(), scores.tolist()))
+def _rows(count: int) -> list[tuple[int, int, int, float]]:
+    """``count`` rows shaped like a top-N table row: (code, rank, artist code, score)."""
+    rng = np.random.default_rng(0)
+    codes = np.arange(count) // 10
+    ranks = np.arange(count) % 10 + 1
+    artists = rng.integers(0, 1_000_000, count)
+    return list(zip(codes.tolist(), ranks.tolist(), artists.tolist(), rng.random(count).tolist()))
 
 
-def sqlite_executemany(n_rows: int, n: int) -> Timed:
-    """A bare sqlite3 ``executemany`` of ``n_rows * n`` top-N rows in one transaction, into a
-    fresh file database (row building excluded from the time)."""
-    rows = _rows(n_rows, n)
+def sqlite_executemany(count: int) -> Timed:
+    """A bare sqlite3 ``executemany`` of ``count`` top-N-shaped rows in one transaction, into a
+    fresh file database (building the rows is not timed)."""
+    rows = _rows(count)
     with tempfile.TemporaryDirectory() as tmp:
         con = sqlite3.connect(Path(tmp) / "bare.db")
         con.execute("CREATE TABLE top_n (code INTEGER, rank INTEGER, artist INTEGER, score REAL)")
@@ -123,17 +123,17 @@ def sqlite_executemany(n_rows: int, n: int) -> Timed:
             con.executemany("INSERT INTO top_n VALUES (?, ?, ?, ?)", rows)
         seconds = time.perf_counter() - started
         con.close()
-    return Timed(seconds, len(rows), len(rows))
+    return Timed(seconds, count, count)
 
 
-def postgres_copy(url: str, n_rows: int, n: int) -> Timed:
-    """A bare psycopg ``COPY`` of ``n_rows * n`` top-N rows into a temporary table.
+def postgres_copy(url: str, count: int) -> Timed:
+    """A bare psycopg ``COPY`` of ``count`` top-N-shaped rows into a temporary table.
 
     ``url`` is a SQLAlchemy-style or libpq URL; the ``+psycopg`` driver suffix is dropped.
     """
     import psycopg
 
-    rows = _rows(n_rows, n)
+    rows = _rows(count)
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as con:
         con.execute("CREATE TEMP TABLE bare_top_n (code INTEGER, rank INTEGER, artist INTEGER, score REAL)")
         started = time.perf_counter()
@@ -142,4 +142,4 @@ def postgres_copy(url: str, n_rows: int, n: int) -> Timed:
                 copy.write_row(row)
         con.commit()
         seconds = time.perf_counter() - started
-    return Timed(seconds, len(rows), len(rows))
+    return Timed(seconds, count, count)

@@ -1,0 +1,251 @@
+"""The whole retrain at Last.fm 360K size, measured against the raw libraries in the same run.
+
+    python -m benchmarks.pipeline                      # 360K users, 300K artists, 17.5 M rows
+    python -m benchmarks.pipeline --quick              # small, < 2 minutes (what CI runs)
+    python -m benchmarks.pipeline --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+On one generated dataset (``tasks.synthetic``, the real 360K file format) it runs, in order:
+
+1. ``plain``: every stage function called directly, in the flow's order, each timed with its own
+   peak RSS (``benchmarks.measure``), published into SQLite (and PostgreSQL when given);
+2. ``raw``: the libraries alone on the same matrices and factors (``benchmarks.raw``): implicit's
+   ALS fit, implicit's exact ``similar_items`` and batch ``recommend`` on a sample (extrapolated),
+   a bare sqlite3 ``executemany`` / psycopg ``COPY`` of as many rows as were published;
+3. ``flow``: the ``retrain`` Prefect flow on the same file, into a fresh SQLite database.
+
+and prints one JSON object: per-stage seconds and peak RSS, the ratios against the raw libraries,
+the recall@N of every approximate step against exact search on a sample, and each target beside
+its measured value. Timings on a shared machine are noisy; the JSON records the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import raw
+from benchmarks.measure import Stages, peak_rss_mb
+from flows.config import DataConfig, EvalConfig, IndexConfig, RetrainConfig, StorageConfig
+from tasks.contracts import Metric
+
+FULL = {"users": 360_000, "artists": 300_000, "rows": 17_500_000}
+QUICK = {"users": 3_000, "artists": 4_000, "rows": 120_000}
+# Rows checked against exact search: the exact yardsticks are extrapolated from these too.
+SAMPLE = {"full": 10_000, "quick": 1_000}
+TARGETS = {
+    "pipeline_seconds": ("<=", 360.0),
+    "pipeline_peak_rss_mb": ("<=", 8 * 1024.0),
+    "fit_ratio": ("<=", 1.05),
+    "related_speedup": (">=", 15.0),
+    "related_recall": (">=", 0.95),
+    "user_speedup": (">=", 3.0),
+    "user_recall": (">=", 0.95),
+    "flow_overhead": ("<=", 0.10),
+}
+
+
+def _config(tsv: Path, work: Path, db: str, seed: int) -> RetrainConfig:
+    """The shipped defaults, pointed at the generated file, with the approximate user path on
+    at every size (it is automatic from 50K artists; the quick size would otherwise skip it)."""
+    return RetrainConfig(
+        data=DataConfig(dataset="lastfm-360k", source=str(tsv), cache_dir=work / "cache"),
+        index=IndexConfig(approximate_users=True),
+        storage=StorageConfig(db=db),
+        eval=EvalConfig(seed=seed),
+        work_dir=work / "runs",
+    )
+
+
+def _sample(count: int, size: int, seed: int, among: np.ndarray | None = None) -> np.ndarray:
+    pool = np.arange(count) if among is None else np.flatnonzero(among)
+    return np.sort(np.random.default_rng(seed).choice(pool, size=min(size, len(pool)), replace=False))
+
+
+def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> dict:
+    """The flow's steps as plain calls, in the flow's order, each timed with its peak RSS.
+
+    Each step is the function under the flow's task (``task.fn``), so the work is the same and
+    only Prefect is left out. ``recommend`` is spelled out stage by stage (its task calls the
+    ``index`` task inside), to time the Annoy builds and queries apart from the exact checks.
+    """
+    from flows.retrain import (
+        Fitted, Recommended, download_task, encode_task, evaluate_task, factorize_task, parse_task,
+        publish_task, split_task, weight_task,
+    )
+    from tasks.index import build_index
+    from tasks.recommend import recall_at_n, related_annoy, related_exact, user_top_n, user_top_n_annoy
+
+    data, model, n, cfg = config.data, config.related_model, config.n, config.index
+    run_dir = Path(config.work_dir) / "plain"
+    with stages("download"):
+        downloaded = download_task.fn(data)
+    with stages("parse"):
+        parsed = parse_task.fn(downloaded, data.dataset, Path(data.cache_dir) / "parsed")
+    with stages("encode"):
+        encoded = encode_task.fn(parsed, data)
+    with stages("split"):
+        split = split_task.fn(encoded, config)
+    with stages("weight"):
+        weighted = weight_task.fn(split.train, model)
+    with stages("factorize"):
+        factors = factorize_task.fn(weighted, model, run_dir)
+    # the flow recommends to users from everything they heard, train and test
+    heard = encoded.plays
+    with stages("index_related"):
+        related_index = build_index(factors.artist_factors, cfg, run_dir / "related.annoy", seed=model.random_state)
+    with stages("related"):
+        related = related_annoy(related_index.load(), n, cfg.search_k)
+    with stages("index_users"):
+        user_index = build_index(factors.artist_factors, cfg, run_dir / "users.annoy", inner_product=True,
+                                 seed=model.random_state)
+    with stages("users"):
+        users = user_top_n_annoy(factors.user_factors, factors.artist_factors, user_index.load(), heard, n,
+                                 cfg.search_k)
+    with stages("recall_check"):
+        # as the flow does: Annoy against exact search on index.recall_sample rows
+        rows = _sample(len(factors.artist_factors), cfg.recall_sample, config.eval.seed)
+        recall = [Metric("annoy", "related_recall", n,
+                         recall_at_n(related, related_exact(factors.artist_factors, n, rows), rows))]
+        rows = _sample(heard.shape[0], cfg.recall_sample, config.eval.seed)
+        recall.append(Metric("annoy", "user_recall", n,
+                             recall_at_n(users, user_top_n(factors, heard, n, users=rows), rows)))
+    with stages("evaluate"):
+        metrics = evaluate_task.fn([Fitted(model=model, scorer=factors, train=weighted)], split, config) + recall
+    recommended = Recommended(related=related, users=users, recall=recall)
+    for name, url in [("sqlite", config.storage.db)] + ([("postgres", postgres)] if postgres else []):
+        target = config.model_copy(update={"storage": config.storage.model_copy(update={"db": url})})
+        with stages(f"publish_{name}"):
+            publish_task.fn(target, downloaded, encoded, recommended, metrics, factors.name, factors.name)
+    return {"weighted": weighted, "heard": heard, "factors": factors, "related": related, "users": users,
+            # what publish writes in bulk: both top-N tables plus one row per artist and per user
+            "published_rows": int((related.ids >= 0).sum() + (users.ids >= 0).sum()) + sum(heard.shape)}
+
+
+def run_raw(plain: dict, config: RetrainConfig, sample_size: int, postgres: str | None) -> dict:
+    """The libraries alone on the plain run's matrices and factors; recall of its approximate lists."""
+    from tasks.recommend import recall_at_n
+
+    weighted, heard, factors, n = plain["weighted"], plain["heard"], plain["factors"], config.n
+    fit = raw.implicit_fit(weighted, config.related_model)
+    # artists with no train listener have zero factors and no meaningful neighbours
+    artists = _sample(weighted.shape[1], sample_size, 1, among=np.diff(weighted.tocsc().indptr) > 0)
+    users = _sample(heard.shape[0], sample_size, 2, among=np.diff(weighted.indptr) > 0)
+    similar = raw.exact_similar(factors, artists, n)
+    recommend = raw.batch_recommend(factors, heard, users, n)
+    rows = plain["published_rows"]
+    out = {
+        "implicit_fit_seconds": round(fit.seconds, 3),
+        "exact_similar_all_seconds": round(similar.seconds, 3),
+        "exact_similar_sample": similar.sample,
+        "batch_recommend_all_seconds": round(recommend.seconds, 3),
+        "batch_recommend_sample": recommend.sample,
+        "sqlite_executemany_seconds": round(raw.sqlite_executemany(rows).seconds, 3),
+        "related_recall": round(recall_at_n(plain["related"], similar.exact, artists), 4),
+        "user_recall": round(recall_at_n(plain["users"], recommend.exact, users), 4),
+    }
+    if postgres:
+        out["postgres_copy_seconds"] = round(raw.postgres_copy(postgres, rows).seconds, 3)
+    return out
+
+
+def run_flow(config: RetrainConfig) -> dict:
+    """The ``retrain`` flow (Prefect's API as configured, else an ephemeral one), timed whole."""
+    from flows.retrain import retrain
+
+    Path("/proc/self/clear_refs").write_text("5")
+    started = time.perf_counter()
+    result = retrain(config)
+    return {"seconds": round(time.perf_counter() - started, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "stages": {k: round(v, 3) for k, v in result.timings.items()}, "run_id": result.run_id}
+
+
+def _ratios(plain: Stages, raw_figures: dict, flow: dict) -> dict:
+    s = {k: v["seconds"] for k, v in plain.figures.items()}
+    related = s["index_related"] + s["related"]
+    users = s["index_users"] + s["users"]
+    ratios = {
+        "fit_ratio": s["factorize"] / raw_figures["implicit_fit_seconds"],
+        "related_speedup": raw_figures["exact_similar_all_seconds"] / related,
+        "user_speedup": raw_figures["batch_recommend_all_seconds"] / users,
+        "publish_sqlite_vs_executemany": s["publish_sqlite"] / raw_figures["sqlite_executemany_seconds"],
+        "flow_overhead": flow["seconds"] / plain.total()["seconds"] - 1,
+    }
+    if "postgres_copy_seconds" in raw_figures:
+        ratios["publish_postgres_vs_copy"] = s["publish_postgres"] / raw_figures["postgres_copy_seconds"]
+    return {k: round(v, 3) for k, v in ratios.items()}
+
+
+def _targets(measured: dict) -> dict:
+    out = {}
+    for name, (op, bound) in TARGETS.items():
+        value = measured[name]
+        out[name] = {"value": value, "target": f"{op} {bound:g}", "met": value <= bound if op == "<=" else value >= bound}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"small size for CI: {QUICK}")
+    parser.add_argument("--users", type=int)
+    parser.add_argument("--artists", type=int)
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--genres", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--postgres", metavar="URL", help="also publish into this PostgreSQL database")
+    parser.add_argument("--work-dir", type=Path, help="keep data and databases here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    # the flow's download/parse are cached by source across runs; a benchmark must pay for them
+    os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
+    size = dict(QUICK if args.quick else FULL)
+    size.update({k: getattr(args, k) for k in size if getattr(args, k) is not None})
+    sample = SAMPLE["quick" if args.quick else "full"]
+
+    from tasks.synthetic import generate
+
+    with tempfile.TemporaryDirectory(prefix="recs-bench-") as tmp:
+        work = args.work_dir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        tsv = generate(work / "plays.tsv", size["users"], size["artists"], size["rows"], args.genres, args.seed)
+        generate_seconds = time.perf_counter() - started
+        load = os.getloadavg()
+
+        stages = Stages()
+        plain = run_plain(_config(tsv, work, f"sqlite:///{work / 'plain.db'}", args.seed), stages, args.postgres)
+        raw_figures = run_raw(plain, _config(tsv, work, "", args.seed), sample, args.postgres)
+        del plain
+        flow = run_flow(_config(tsv, work, f"sqlite:///{work / 'flow.db'}", args.seed))
+
+    total = stages.total()
+    ratios = _ratios(stages, raw_figures, flow)
+    measured = ratios | {
+        "pipeline_seconds": total["seconds"],
+        "pipeline_peak_rss_mb": total["peak_rss_mb"],
+        "related_recall": raw_figures["related_recall"],
+        "user_recall": raw_figures["user_recall"],
+    }
+    result = {
+        "size": size | {"genres": args.genres, "seed": args.seed},
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load],
+                    "rss_per_stage": stages.rss_per_stage},
+        "generate_seconds": round(generate_seconds, 3),
+        "plain": {"stages": stages.figures, "total": total},
+        "raw": raw_figures,
+        "flow": flow,
+        "ratios": ratios,
+        "targets": _targets(measured),
+    }
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
