@@ -177,10 +177,64 @@ def runs(
 
     from storage.queries import list_runs
 
-    table = Table("run", "status", "started (UTC)", "dataset", "models (related / user)", "rows", "precision@10",
-                  "message")
+    table = Table("run", "status", "started (UTC)", "dataset", "models", "rows", "p@10")
+    notes = []
     for r in list_runs(_read_engine(db), limit):
-        table.add_row(str(r.run_id), r.status, f"{r.started_at:%Y-%m-%d %H:%M:%S}", Text(r.dataset),
-                      Text(f"{r.related_model} / {r.user_model}"), f"{r.n_related + r.n_recommendations:,}",
-                      "" if r.precision_at_10 is None else f"{r.precision_at_10:.4f}", Text(r.message or ""))
+        table.add_row(str(r.run_id), r.status, f"{r.started_at:%Y-%m-%d %H:%M}", Text(r.dataset),
+                      Text(f"{r.related_model}/{r.user_model}"), f"{r.n_related + r.n_recommendations:,}",
+                      "" if r.precision_at_10 is None else f"{r.precision_at_10:.4f}")
+        if r.message:
+            notes.append(Text(f"run {r.run_id}: {r.message}"))
+    console.print(table)
+    for note in notes:
+        console.print(note, soft_wrap=True)
+
+
+@app.command()
+@one_line_errors
+def data(
+    dataset: str = typer.Option("synthetic", help="lastfm-2k | lastfm-360k | synthetic (generated locally, no network)."),
+    source: str = typer.Option(None, help="Your own file, folder, archive or URL: HetRec 2K, Last.fm 360K TSV, "
+                                          "or CSV/TSV/Parquet with columns user, artist, plays."),
+    cache_dir: Path = typer.Option(None, help="Download cache (default data/cache)."),
+    sha256: str = typer.Option(None, help="Expected SHA-256 of the download; a mismatch is an error."),
+    min_listeners: int = typer.Option(1, min=1, help="Drop artists with fewer listeners."),
+    min_artists: int = typer.Option(1, min=1, help="Drop users with fewer artists."),
+) -> None:
+    """Download (or reuse the cache), parse and encode a dataset; print what it holds."""
+    from pydantic import ValidationError
+    from rich.table import Table
+    from rich.text import Text
+
+    from flows.config import DataConfig
+    from tasks.datasets import obtain, resolve
+    from tasks.encode import encode
+    from tasks.parse import parse
+
+    fields = {"dataset": dataset, "source": source, "sha256": sha256, "cache_dir": cache_dir,
+              "min_listeners": min_listeners, "min_artists": min_artists}
+    try:
+        config = DataConfig.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise RecsError(f"invalid option --{'-'.join(map(str, first['loc'])).replace('_', '-')}: "
+                        f"{first['msg']}") from None
+    plan = resolve(config)
+    downloaded = obtain(plan)
+    interactions = parse(downloaded.path, plan.dataset)
+    encoded = encode(interactions, config.min_listeners, config.min_artists)
+
+    bad = interactions.bad_rows
+    table = Table(title=Text(interactions.dataset), show_header=False)
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_row("source", Text(downloaded.source + (" (cached)" if downloaded.from_cache else "")))
+    table.add_row("path", Text(str(downloaded.path)))
+    table.add_row("sha256", downloaded.sha256)
+    table.add_row("users", f"{encoded.n_users:,}")
+    table.add_row("artists", f"{encoded.n_artists:,}")
+    table.add_row("pairs", f"{encoded.plays.nnz:,}")
+    table.add_row("total plays", f"{encoded.artist_plays.sum():,.0f}")
+    table.add_row("rows read / kept", f"{bad.rows_read:,} / {bad.rows_kept:,}")
+    table.add_row("bad rows", ", ".join(f"{kind}: {n:,}" for kind, n in bad.counts.items()) or "none")
     console.print(table)

@@ -1,0 +1,113 @@
+"""The named datasets, and turning a ``DataConfig`` into a file on local disk.
+
+``resolve(config)`` says what to obtain (plain data, no I/O); ``obtain(source)`` downloads it
+(``tasks.download.fetch``) or generates it (``tasks.synthetic.generate``) into the cache and
+returns ``Downloaded``, whose ``path`` ``tasks.parse.parse`` reads. The flow calls
+``obtain`` -> ``parse`` -> ``encode`` as three steps; ``recs data`` calls the same three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from flows.config import DataConfig, SyntheticConfig
+from tasks.contracts import Downloaded
+from tasks.download import cache_entry, fetch, file_sha256, read_recorded, record
+from tasks.parse import HETREC_PLAYS, LASTFM_360K_PLAYS
+from tasks.synthetic import GENERATOR_VERSION, generate
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset users can name. ``url`` is None for generated data; ``expect`` is the play file's
+    path inside the archive, checked before the download is accepted."""
+
+    name: str
+    url: str | None
+    expect: str
+    description: str
+
+
+DATASETS: dict[str, Dataset] = {
+    d.name: d
+    for d in (
+        Dataset(
+            "lastfm-2k",
+            "https://files.grouplens.org/datasets/hetrec2011/hetrec2011-lastfm-2k.zip",
+            HETREC_PLAYS,
+            "HetRec 2011 Last.fm 2K: 1,892 users, 17,632 artists, 92,834 play counts (GroupLens)",
+        ),
+        Dataset(
+            "lastfm-360k",
+            "http://mtg.upf.edu/static/datasets/last.fm/lastfm-dataset-360K.tar.gz",
+            f"lastfm-dataset-360K/{LASTFM_360K_PLAYS}",
+            "Last.fm 360K: ~360K users, ~300K artists, 17.5 M play counts (MTG, UPF; 543 MB)",
+        ),
+        Dataset(
+            "synthetic",
+            None,
+            LASTFM_360K_PLAYS,
+            "generated locally in the Last.fm 360K format; size and seed from data.synthetic",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """What to obtain for one run.
+
+    ``dataset``: the name recorded with the data (None: the user's own file, named by its format
+    when parsed). ``location``: URL or path, None for generated data. ``expect``: the play file
+    inside an archive or folder, if known. ``synthetic``: the generator's parameters, if generated.
+    """
+
+    dataset: str | None
+    location: str | None
+    sha256: str | None
+    expect: str | None
+    cache_dir: Path
+    synthetic: SyntheticConfig | None = None
+
+
+def resolve(config: DataConfig) -> Source:
+    """The ``Source`` for ``config``: its ``source`` (a user's own file, or a mirror of the named
+    dataset when ``dataset`` is not the default ``synthetic``) or the named dataset's own location."""
+    named = DATASETS[config.dataset]
+    if config.source:
+        mirror = named.url is not None
+        return Source(
+            dataset=named.name if mirror else None,
+            location=config.source,
+            sha256=config.sha256,
+            expect=named.expect if mirror else None,
+            cache_dir=config.cache_dir,
+        )
+    if named.url is None:
+        return Source(named.name, None, None, None, config.cache_dir, config.synthetic)
+    return Source(named.name, named.url, config.sha256, named.expect, config.cache_dir)
+
+
+def obtain(source: Source) -> Downloaded:
+    """Download (or reuse from the cache) or generate ``source``; see ``tasks.download.fetch``."""
+    if source.synthetic is None:
+        assert source.location is not None
+        return fetch(source.location, source.cache_dir, source.sha256, expect=source.expect)
+    return _synthetic(source.synthetic, source.cache_dir)
+
+
+def _synthetic(params: SyntheticConfig, cache_dir: Path) -> Downloaded:
+    """The generated file for ``params``, made once per size and seed and reused after."""
+    key = (
+        f"synthetic-v{GENERATOR_VERSION}-u{params.users}-a{params.artists}-r{params.rows}"
+        f"-g{params.genres}-s{params.seed}"
+    )
+    file = cache_entry(cache_dir, key, key) / LASTFM_360K_PLAYS
+    recorded = read_recorded(file)
+    if recorded and file.is_file() and file_sha256(file) == recorded:
+        return Downloaded(source=key, path=file, sha256=recorded, from_cache=True)
+    generate(file, params.users, params.artists, params.rows, params.genres, params.seed)
+    digest = file_sha256(file)
+    record(file, digest)
+    return Downloaded(source=key, path=file, sha256=digest, from_cache=False)
