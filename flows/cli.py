@@ -188,6 +188,8 @@ def runs(
     console.print(table)
     for note in notes:
         console.print(note, soft_wrap=True)
+    for note in notes:
+        console.print(note, soft_wrap=True)
 
 
 @app.command()

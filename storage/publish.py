@@ -1,0 +1,332 @@
+"""Publish one run: bulk load its rows, then make it the current run in the same transaction.
+
+Steps, all under a publish lock (one writer per database; the OS or server drops it if the holder
+dies, so a ``loading`` run seen while holding it is a leftover of a dead publish):
+
+1. leftovers: runs still ``loading`` are marked ``failed`` (their rows were never committed);
+2. quality gate (optional): compare precision@10 of the user model with the current run's; if it
+   regressed by more than ``max_regression`` the run is recorded as ``rejected`` and nothing loads;
+3. a ``runs`` row with status ``loading`` and the metrics are committed;
+4. ONE transaction writes artists, users, related_artists and user_recommendations in batches and
+   flips the run to ``published``; the views switch to it when it commits, never before;
+5. retention: published runs past the newest ``retention`` lose their rows and become ``pruned``;
+6. PostgreSQL's planner statistics are refreshed (SQLite's are fixed, see storage/schema.py).
+
+A crash or SIGKILL anywhere leaves the database in one of these committed states, so readers keep
+the previous run until step 4 commits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from storage.bulk import column_batches, topn_batches, write_batches
+from storage.engine import database_errors, write_transaction
+from storage.schema import Artist, RelatedArtist, Run, RunMetric, User, UserRecommendation
+from tasks.contracts import Encoded, Metric, TopN
+from tasks.errors import RecsError
+
+GATE_METRIC = "precision"
+GATE_K = 10
+LOCK_WAIT_SECONDS = 30.0
+BULK_TABLES = (Artist.__table__, User.__table__, RelatedArtist.__table__, UserRecommendation.__table__)
+_LOCK_KEY_SQL = "hashtext('recs.publish.' || current_schema())"
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """Everything one run publishes.
+
+    ``encoded``: the run's users and artists (keys, names; listeners and plays are derived from
+    its CSR). ``related``: TopN with one row per artist code (n_artists x N artist codes).
+    ``recommendations``: TopN with one row per user code (n_users x N artist codes).
+    ``metrics``: evaluation results, stored in run_metrics. ``config``: the run's config as JSON
+    values (``RetrainConfig.model_dump(mode="json")``). ``related_model`` / ``user_model``: names of
+    the models that fed each output; the quality gate reads ``user_model``'s precision@10.
+    """
+
+    encoded: Encoded
+    related: TopN
+    recommendations: TopN
+    metrics: list[Metric]
+    config: dict
+    dataset: str
+    source: str
+    data_sha256: str
+    related_model: str
+    user_model: str
+    code_version: str
+
+
+class RunRejected(RecsError):
+    """The quality gate refused the run; it is recorded as ``rejected`` with its metrics."""
+
+    def __init__(self, run_id: int, message: str):
+        super().__init__(message)
+        self.run_id = run_id
+
+
+def publish(
+    engine: Engine,
+    outputs: RunOutputs,
+    *,
+    retention: int = 5,
+    max_regression: float | None = None,
+    batch_rows: int = 100_000,
+) -> int:
+    """Load and publish ``outputs``; returns the new run_id, now what the views show.
+
+    ``retention``: published runs kept (>= 1; the current one is always kept).
+    ``max_regression``: refuse the run (raise RunRejected) when the user model's precision@10 is
+    below the current run's times ``1 - max_regression``; None disables the gate.
+    ``batch_rows``: rows per batch sent to the database, which bounds the extra memory used.
+    Raises RecsError (one line) for invalid outputs or an unreachable database.
+    """
+    if retention < 1:
+        raise RecsError(f"retention must be at least 1 published run, got {retention}; fix storage.retention")
+    if batch_rows < 1:
+        raise RecsError(f"batch_rows must be positive, got {batch_rows}")
+    _validate(outputs, gate=max_regression is not None)
+    with database_errors(engine), publish_lock(engine):
+        _fail_leftovers(engine)
+        run_id, rejection = _start_run(engine, outputs, max_regression)
+        if rejection:
+            raise RunRejected(run_id, f"run {run_id} rejected by the quality gate: {rejection}")
+        try:
+            _load_and_publish(engine, run_id, outputs, batch_rows)
+        except BaseException as exc:
+            _mark_failed(engine, run_id, exc)
+            raise
+        _prune(engine, retention)
+        _refresh_statistics(engine)
+    return run_id
+
+
+def _validate(outputs: RunOutputs, *, gate: bool) -> None:
+    """RecsError when the outputs cannot make a consistent run (all checks vectorised)."""
+    enc = outputs.encoded
+    problems = []
+    if not (len(enc.artist_keys) == len(enc.artist_names) == enc.n_artists and len(enc.user_keys) == enc.n_users):
+        problems.append("key/name arrays do not match the play matrix's shape")
+    for label, keys in (("artist_keys", enc.artist_keys), ("artist_names", enc.artist_names),
+                        ("user_keys", enc.user_keys)):
+        if len(keys) and pd.api.types.infer_dtype(keys, skipna=False) != "string":
+            problems.append(f"{label} must all be str")
+    for label, keys in (("artist_keys", enc.artist_keys), ("user_keys", enc.user_keys)):
+        if not pd.Index(keys).is_unique:
+            problems.append(f"{label} has duplicates")
+    for label, topn, rows in (("related", outputs.related, enc.n_artists),
+                              ("recommendations", outputs.recommendations, enc.n_users)):
+        ids, scores = topn.ids, topn.scores
+        if ids.ndim != 2 or ids.shape != scores.shape or ids.shape[0] != rows:
+            problems.append(f"{label} is {ids.shape} ids / {scores.shape} scores, expected {rows} rows")
+            continue
+        if ids.shape[1] > np.iinfo(np.int16).max:
+            problems.append(f"{label} lists are longer than {np.iinfo(np.int16).max}")
+        if ids.size and (ids.min() < -1 or ids.max() >= enc.n_artists):
+            problems.append(f"{label} has artist codes outside [-1, {enc.n_artists})")
+        if not np.isfinite(scores[ids >= 0]).all():
+            problems.append(f"{label} has NaN or infinite scores")
+    try:
+        json.dumps(outputs.config, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"config is not JSON ({exc})")
+    if gate and _gate_value(outputs) is None:
+        problems.append(f"the quality gate needs a {GATE_METRIC}@{GATE_K} metric for model {outputs.user_model!r}")
+    if problems:
+        raise RecsError("cannot publish: " + "; ".join(problems) + "; nothing was written")
+
+
+def _gate_value(outputs: RunOutputs) -> float | None:
+    for m in outputs.metrics:
+        if m.model == outputs.user_model and m.metric == GATE_METRIC and m.k == GATE_K:
+            return m.value
+    return None
+
+
+@contextmanager
+def publish_lock(engine: Engine, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+    """Hold the database's publish lock: a PostgreSQL advisory lock (per schema) or an flock on
+    ``<db file>.publish-lock`` beside a SQLite file. Released by the server or the kernel when the
+    holder dies. Waits up to ``wait_seconds`` for another publisher, then RecsError."""
+    deadline = time.monotonic() + wait_seconds
+    busy = RecsError(f"another publish into {engine.url.render_as_string(hide_password=True)} has held the "
+                     f"lock for over {wait_seconds:.0f} s; one writer at a time — wait for it to finish")
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            while not conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({_LOCK_KEY_SQL})").scalar_one():
+                if time.monotonic() > deadline:
+                    raise busy
+                time.sleep(0.1)
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_LOCK_KEY_SQL})")
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield  # a private in-memory database has one writer by construction
+        return
+    with open(Path(database).with_name(Path(database).name + ".publish-lock"), "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise busy from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fail_leftovers(engine: Engine) -> None:
+    with write_transaction(engine) as conn:
+        conn.execute(
+            sa.update(Run)
+            .where(Run.status == "loading")
+            .values(status="failed", finished_at=datetime.now(UTC),
+                    message="the publishing process stopped before committing; its rows were rolled back")
+        )
+
+
+def current_run_id(conn: Connection) -> int | None:
+    """run_id the views show (the newest published run), None before the first publish."""
+    return conn.execute(sa.select(sa.func.max(Run.run_id)).where(Run.status == "published")).scalar_one()
+
+
+def _start_run(engine: Engine, outputs: RunOutputs, max_regression: float | None) -> tuple[int, str | None]:
+    """Record the run (``loading``, or ``rejected`` with the reason) and its metrics."""
+    with write_transaction(engine) as conn:
+        rejection = _quality_gate(conn, outputs, max_regression) if max_regression is not None else None
+        enc = outputs.encoded
+        run_id = conn.execute(
+            sa.insert(Run)
+            .values(
+                status="rejected" if rejection else "loading",
+                started_at=datetime.now(UTC),
+                finished_at=datetime.now(UTC) if rejection else None,
+                message=rejection,
+                dataset=outputs.dataset,
+                source=outputs.source,
+                data_sha256=outputs.data_sha256,
+                config=outputs.config,
+                code_version=outputs.code_version,
+                related_model=outputs.related_model,
+                user_model=outputs.user_model,
+                n_artists=enc.n_artists,
+                n_users=enc.n_users,
+                n_related=int((outputs.related.ids >= 0).sum()),
+                n_recommendations=int((outputs.recommendations.ids >= 0).sum()),
+            )
+            .returning(Run.run_id)
+        ).scalar_one()
+        if outputs.metrics:
+            conn.execute(
+                sa.insert(RunMetric),
+                [{"run_id": run_id, "model": m.model, "metric": m.metric, "k": m.k, "value": float(m.value)}
+                 for m in outputs.metrics],
+            )
+    return run_id, rejection
+
+
+def _quality_gate(conn: Connection, outputs: RunOutputs, max_regression: float) -> str | None:
+    """Why the run must not replace the current one, or None when it may."""
+    current = current_run_id(conn)
+    if current is None:
+        return None
+    previous = conn.execute(
+        sa.select(RunMetric.value)
+        .join(Run, Run.run_id == RunMetric.run_id)
+        .where(Run.run_id == current, RunMetric.model == Run.user_model,
+               RunMetric.metric == GATE_METRIC, RunMetric.k == GATE_K)
+    ).scalar()
+    if previous is None:
+        return None
+    value = _gate_value(outputs)
+    floor = previous * (1.0 - max_regression)
+    if value >= floor:
+        return None
+    return (f"{GATE_METRIC}@{GATE_K} of {outputs.user_model} is {value:.4f}, below {floor:.4f} "
+            f"(current run {current}: {previous:.4f}, max regression {max_regression:.1%}); "
+            f"readers keep run {current}")
+
+
+def _load_and_publish(engine: Engine, run_id: int, outputs: RunOutputs, batch_rows: int) -> None:
+    enc = outputs.encoded
+    artists = {
+        "run_id": np.full(enc.n_artists, run_id, dtype=np.int32),
+        "artist_id": np.arange(enc.n_artists, dtype=np.int32),
+        "artist_key": enc.artist_keys,
+        "name": enc.artist_names,
+        "listeners": enc.listeners.astype(np.int32),
+        "plays": enc.artist_plays.astype(np.float64),
+    }
+    users = {
+        "run_id": np.full(enc.n_users, run_id, dtype=np.int32),
+        "user_id": np.arange(enc.n_users, dtype=np.int32),
+        "user_key": enc.user_keys,
+    }
+    with write_transaction(engine) as conn:
+        write_batches(conn, Artist.__table__, column_batches(artists, batch_rows))
+        write_batches(conn, User.__table__, column_batches(users, batch_rows))
+        write_batches(conn, RelatedArtist.__table__,
+                      topn_batches(run_id, outputs.related, "artist_id", "related_artist_id", batch_rows))
+        write_batches(conn, UserRecommendation.__table__,
+                      topn_batches(run_id, outputs.recommendations, "user_id", "artist_id", batch_rows))
+        _mark_published(conn, run_id)
+
+
+def _mark_published(conn: Connection, run_id: int) -> None:
+    conn.execute(sa.update(Run).where(Run.run_id == run_id).values(status="published", finished_at=datetime.now(UTC)))
+
+
+def _mark_failed(engine: Engine, run_id: int, exc: BaseException) -> None:
+    """Best effort: if the database is gone too, the next publish marks the run failed instead."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    try:
+        with write_transaction(engine) as conn:
+            conn.execute(
+                sa.update(Run)
+                .where(Run.run_id == run_id, Run.status == "loading")
+                .values(status="failed", finished_at=datetime.now(UTC), message=f"{type(exc).__name__}: {reason}")
+            )
+    except (sa.exc.SQLAlchemyError, psycopg.Error, sqlite3.Error):
+        pass
+
+
+def _prune(engine: Engine, retention: int) -> None:
+    """Drop the rows of published runs older than the newest ``retention`` (one transaction)."""
+    with write_transaction(engine) as conn:
+        old = conn.execute(
+            sa.select(Run.run_id).where(Run.status == "published").order_by(Run.run_id.desc()).offset(retention)
+        ).scalars().all()
+        if not old:
+            return
+        for table in BULK_TABLES:
+            conn.execute(sa.delete(table).where(table.c.run_id.in_(old)))
+        conn.execute(sa.update(Run).where(Run.run_id.in_(old)).values(status="pruned"))
+
+
+def _refresh_statistics(engine: Engine) -> None:
+    """ANALYZE on PostgreSQL, so the planner sees the new run's rows before autovacuum does."""
+    if engine.dialect.name == "postgresql":
+        with write_transaction(engine) as conn:
+            conn.exec_driver_sql("ANALYZE runs, artists, users, related_artists, user_recommendations")

@@ -1,0 +1,455 @@
+"""storage/: schema, atomic publish, retention, quality gate, crash safety and read queries.
+
+Every test runs on SQLite (a temporary file) and on the real PostgreSQL from
+``RECS_TEST_POSTGRES_URL`` (each test in a fresh schema, dropped afterwards); the PostgreSQL half
+skips only when that variable is unset.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
+
+import storage.publish as publish_module
+from storage.engine import SCHEMA_VERSION, make_engine
+from storage.publish import RunOutputs, RunRejected, publish
+from storage.queries import list_runs, recommendations, related_artists
+from storage.schema import SchemaVersion
+from tasks.contracts import Encoded, Metric, TopN
+from tasks.errors import RecsError
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("RECS_TEST_POSTGRES_URL")
+SESSION = uuid.uuid4().hex[:8]
+_schemas = itertools.count()
+BULK = ("artists", "users", "related_artists", "user_recommendations")
+
+# Names that break naive quoting, LIKE patterns, COPY text escaping or terminal markup.
+NASTY_NAMES = [
+    "Sigur Rós", "Motörhead", "坂本龍一", "Mötley Crüe 🎸", "O'Brien", 'The "Quoted" Band',
+    "Robert'); DROP TABLE artists;--", "100% _Pure_ \\Back\\slash", "tab\there", "new\nline",
+    "[bold]Rich[/bold]", "$1 ? :name %s", "",
+]
+
+
+def make_outputs(seed: int, n_artists: int = 40, n_users: int = 50, n: int = 5, precision: float = 0.2,
+                 names: list[str] | None = None) -> RunOutputs:
+    """A small, fully random run; different seeds give different lists and scores."""
+    rng = np.random.default_rng(seed)
+    plays = sp.random(n_users, n_artists, density=0.2, format="csr", dtype=np.float32, random_state=seed)
+    plays.data = np.ceil(plays.data * 50)
+    artist_names = list(names or []) + [f"Artist {i}" for i in range(len(names or []), n_artists)]
+    encoded = Encoded(
+        plays=plays,
+        user_keys=np.array([f"user-{i}" for i in range(n_users)], dtype=object),
+        artist_keys=np.array([f"key-{i}" for i in range(n_artists)], dtype=object),
+        artist_names=np.array(artist_names, dtype=object),
+    )
+
+    def top(rows: int) -> TopN:
+        ids = np.argsort(rng.random((rows, n_artists)), axis=1)[:, :n].astype(np.int32)
+        scores = np.sort(rng.random((rows, n), dtype=np.float32), axis=1)[:, ::-1].copy()
+        ids[-1, -2:], scores[-1, -2:] = -1, np.nan  # a short list, padded like the contract says
+        return TopN(ids, scores)
+
+    return RunOutputs(
+        encoded=encoded, related=top(n_artists), recommendations=top(n_users),
+        metrics=[Metric("als", "precision", 10, precision), Metric("popularity", "precision", 10, 0.05),
+                 Metric("als", "rmse_binary", None, 0.9)],
+        config={"seed": seed, "note": "it's \"json\""}, dataset="synthetic", source="generated",
+        data_sha256=f"{seed:064x}", related_model="als", user_model="als", code_version="test",
+    )
+
+
+def expected_related(o: RunOutputs) -> set[tuple]:
+    keys, names = o.encoded.artist_keys, o.encoded.artist_names
+    return {(keys[a], names[a], r + 1, keys[b], names[b], np.float32(o.related.scores[a, r]))
+            for a, r in zip(*np.nonzero(o.related.ids >= 0)) for b in [o.related.ids[a, r]]}
+
+
+def expected_recommendations(o: RunOutputs) -> set[tuple]:
+    e = o.encoded
+    return {(e.user_keys[u], r + 1, e.artist_keys[a], e.artist_names[a], np.float32(o.recommendations.scores[u, r]))
+            for u, r in zip(*np.nonzero(o.recommendations.ids >= 0)) for a in [o.recommendations.ids[u, r]]}
+
+
+def read_views(conn: sa.Connection) -> tuple[set[tuple], set[tuple]]:
+    """Both views, each read in one statement, scores as float32 like they were published."""
+    related = {(*row[:5], np.float32(row[5])) for row in conn.exec_driver_sql(
+        "SELECT artist_key, artist_name, rank, related_artist_key, related_artist_name, score "
+        "FROM current_related_artists")}
+    users = {(*row[:4], np.float32(row[4])) for row in conn.exec_driver_sql(
+        "SELECT user_key, rank, artist_key, artist_name, score FROM current_user_recommendations")}
+    return related, users
+
+
+def views_of(engine: sa.Engine) -> tuple[set[tuple], set[tuple]]:
+    with engine.connect() as conn:
+        return read_views(conn)
+
+
+def expected_views(o: RunOutputs) -> tuple[set[tuple], set[tuple]]:
+    return expected_related(o), expected_recommendations(o)
+
+
+def statuses(engine: sa.Engine) -> dict[int, str]:
+    with engine.connect() as conn:
+        return dict(conn.exec_driver_sql("SELECT run_id, status FROM runs").all())
+
+
+def bulk_run_ids(engine: sa.Engine) -> set[int]:
+    with engine.connect() as conn:
+        return {rid for table in BULK for (rid,) in conn.exec_driver_sql(f"SELECT DISTINCT run_id FROM {table}")}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    """A fresh, empty database: a SQLite file, or a new PostgreSQL schema dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'recs.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("RECS_TEST_POSTGRES_URL is not set")
+    schema = f"recs_test_{SESSION}_{next(_schemas)}"  # generated here, never user input
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(db_url):
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+def test_publish_makes_complete_run_visible(engine):
+    assert views_of(engine) == (set(), set())
+    outputs = make_outputs(1)
+    run_id = publish(engine, outputs)
+    assert views_of(engine) == expected_views(outputs)
+    with engine.connect() as conn:
+        run = conn.exec_driver_sql("SELECT status, n_artists, n_users, n_related, n_recommendations, "
+                                   "finished_at, user_model FROM runs WHERE run_id = 1").one()
+        metrics = conn.exec_driver_sql("SELECT model, metric, k, value FROM run_metrics ORDER BY metric_id").all()
+        artists = conn.exec_driver_sql("SELECT listeners, plays FROM artists ORDER BY artist_id").all()
+    assert run_id == 1
+    assert run[:5] == ("published", 40, 50, 40 * 5 - 2, 50 * 5 - 2) and run[5] is not None and run[6] == "als"
+    assert [tuple(m) for m in metrics] == [(m.model, m.metric, m.k, m.value) for m in outputs.metrics]
+    assert [a[0] for a in artists] == outputs.encoded.listeners.tolist()
+    np.testing.assert_allclose([a[1] for a in artists], outputs.encoded.artist_plays)
+
+
+def test_nasty_names_round_trip_and_match_case_insensitively(engine):
+    outputs = make_outputs(2, names=NASTY_NAMES)
+    publish(engine, outputs)
+    assert views_of(engine) == expected_views(outputs)
+    for i, name in enumerate(NASTY_NAMES):
+        # SQLite's lower() folds ASCII only, so swap case only where that is all there is.
+        query = name.swapcase() if name.isascii() else name
+        found = related_artists(engine, query)
+        assert (found.artist_key, found.artist_name) == (f"key-{i}", name)
+    with engine.connect() as conn:  # the injection attempt was stored as text, the table is intact
+        assert conn.exec_driver_sql("SELECT count(*) FROM artists").scalar_one() == 40
+
+
+def test_lookups_suggest_and_fail_in_one_line(engine):
+    with pytest.raises(RecsError, match="nothing published yet"):
+        related_artists(engine, "Artist 1")
+    outputs = make_outputs(3, names=NASTY_NAMES)
+    publish(engine, outputs)
+    with pytest.raises(RecsError) as err:
+        related_artists(engine, "Motorhead")
+    assert "Motörhead" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(RecsError) as err:  # % and _ are literal, not wildcards
+        related_artists(engine, "0%")
+    assert "100% _Pure_ \\Back\\slash" in str(err.value) and "Artist" not in str(err.value)
+    found = related_artists(engine, "ARTIST 20", n=3)
+    a = 20
+    assert [(r.rank, r.artist_key, r.score) for r in found.rows] == [
+        (r + 1, f"key-{outputs.related.ids[a, r]}", pytest.approx(float(outputs.related.scores[a, r]), rel=1e-6))
+        for r in range(3)]
+    recs = recommendations(engine, "user-7")
+    assert [r.artist_key for r in recs.rows] == [f"key-{i}" for i in outputs.recommendations.ids[7]]
+    with pytest.raises(RecsError, match="unknown user 'nobody'"):
+        recommendations(engine, "nobody")
+
+
+def test_retention_keeps_last_n_and_metrics_of_pruned(engine):
+    runs = [make_outputs(seed) for seed in range(10, 14)]
+    for outputs in runs:
+        publish(engine, outputs, retention=2)
+    assert statuses(engine) == {1: "pruned", 2: "pruned", 3: "published", 4: "published"}
+    assert bulk_run_ids(engine) == {3, 4}
+    assert views_of(engine) == expected_views(runs[-1])
+    assert [(r.run_id, r.precision_at_10) for r in list_runs(engine)] == [(i, 0.2) for i in (4, 3, 2, 1)]
+    with pytest.raises(RecsError, match="retention must be at least 1"):
+        publish(engine, runs[0], retention=0)
+
+
+def test_quality_gate_rejects_regressions_only(engine):
+    good = make_outputs(20, precision=0.20)
+    publish(engine, good, max_regression=0.1)
+    worse = make_outputs(21, precision=0.17)  # 15 % worse
+    with pytest.raises(RunRejected) as err:
+        publish(engine, worse, max_regression=0.1)
+    assert err.value.run_id == 2 and "readers keep run 1" in str(err.value)
+    assert statuses(engine) == {1: "published", 2: "rejected"}
+    assert bulk_run_ids(engine) == {1}
+    assert views_of(engine) == expected_views(good)
+    slightly = make_outputs(22, precision=0.19)  # 5 % worse: within the margin
+    assert publish(engine, slightly, max_regression=0.1) == 3
+    assert views_of(engine) == expected_views(slightly)
+    assert publish(engine, worse) == 4  # no gate asked for: published
+
+
+def test_invalid_outputs_write_nothing(engine):
+    outputs = make_outputs(30)
+    bad_ids = outputs.related.ids.copy()
+    bad_ids[0, 0] = 40
+    cases = {
+        "outside": RunOutputs(**{**outputs.__dict__, "related": TopN(bad_ids, outputs.related.scores)}),
+        "duplicates": RunOutputs(**{**outputs.__dict__, "encoded": Encoded(
+            outputs.encoded.plays, np.array(["same"] * 50, dtype=object), outputs.encoded.artist_keys,
+            outputs.encoded.artist_names)}),
+    }
+    for needle, bad in cases.items():
+        with pytest.raises(RecsError, match=needle):
+            publish(engine, bad)
+    with pytest.raises(RecsError, match="quality gate needs a precision@10"):
+        publish(engine, RunOutputs(**{**outputs.__dict__, "metrics": []}), max_regression=0.1)
+    assert statuses(engine) == {}
+
+
+def test_exception_mid_load_marks_run_failed(engine, monkeypatch):
+    first = make_outputs(40)
+    publish(engine, first)
+    real = publish_module.write_batches
+
+    def failing(conn, table, batches):
+        if table.name == "user_recommendations":
+            raise OSError("disk full (injected)")  # a fault a test cannot otherwise cause on demand
+        return real(conn, table, batches)
+
+    monkeypatch.setattr(publish_module, "write_batches", failing)
+    with pytest.raises(OSError):
+        publish(engine, make_outputs(41))
+    monkeypatch.undo()
+    with engine.connect() as conn:
+        status, message = conn.exec_driver_sql("SELECT status, message FROM runs WHERE run_id = 2").one()
+    assert status == "failed" and "disk full" in message
+    assert bulk_run_ids(engine) == {1} and views_of(engine) == expected_views(first)
+    third = make_outputs(42)
+    assert publish(engine, third) == 3 and views_of(engine) == expected_views(third)
+
+
+CHILD = r"""
+import sys, time
+sys.path[:0] = [sys.argv[3], sys.argv[4]]
+import storage.publish as P
+from storage.engine import make_engine
+from test_storage import make_outputs
+
+point = sys.argv[2]
+
+def pause(name):
+    if name == point:
+        print("paused", flush=True)
+        time.sleep(600)
+
+def before(name, fn):
+    def wrapped(*args, **kwargs):
+        pause(name)
+        return fn(*args, **kwargs)
+    return wrapped
+
+def after(name, fn):
+    def wrapped(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        pause(name)
+        return out
+    return wrapped
+
+real_write = P.write_batches
+def write_batches(conn, table, batches):
+    if table.name == "related_artists":
+        def paced(inner):
+            for i, batch in enumerate(inner):
+                yield batch
+                if i == 2:
+                    pause("mid_load")
+        batches = paced(batches)
+    return real_write(conn, table, batches)
+
+P.write_batches = write_batches
+P._load_and_publish = before("before_load", P._load_and_publish)
+P._mark_published = after("before_commit", P._mark_published)
+P._prune = before("after_commit", P._prune)
+P.publish(make_engine(sys.argv[1]), make_outputs(2), batch_rows=20)
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("point", ["before_load", "mid_load", "before_commit", "after_commit"])
+def test_sigkill_while_publishing_never_shows_a_mix(db_url, engine, point):
+    old, new = make_outputs(1), make_outputs(2)
+    publish(engine, old)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, db_url, point, str(ROOT), str(ROOT / "tests")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline().strip()
+        assert line == "paused", child.stderr.read()
+        reader = make_engine(db_url)  # a separate process-level view: its own connections
+        visible = new if point == "after_commit" else old
+        assert views_of(reader) == expected_views(visible)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(30)
+        assert views_of(reader) == expected_views(visible)
+        reader.dispose()
+    finally:
+        child.kill()
+        child.wait(30)
+        child.stdout.close()
+        child.stderr.close()
+    if point == "after_commit":
+        assert statuses(engine) == {1: "published", 2: "published"}
+        return
+    assert statuses(engine) == {1: "published", 2: "loading"}
+    third = make_outputs(3)
+    assert publish(engine, third) == 3
+    assert statuses(engine) == {1: "published", 2: "failed", 3: "published"}
+    assert bulk_run_ids(engine) == {1, 3}
+    assert views_of(engine) == expected_views(third)
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_reader_sees_only_complete_runs(db_url, engine, monkeypatch):
+    old, new = make_outputs(5, n_artists=120, n_users=150), make_outputs(6, n_artists=120, n_users=150)
+    publish(engine, old)
+    runs = {"old": expected_views(old), "new": expected_views(new)}
+    reader = make_engine(db_url)
+    seen: list[str] = []
+    mid_load, checked, done = threading.Event(), threading.Event(), threading.Event()
+
+    def read_once() -> None:
+        # Each view is one statement, hence one snapshot; the publish may commit between the two.
+        views = views_of(reader)
+        labels = {next((label for label, rows in runs.items() if rows[i] == views[i]), "MIX") for i in (0, 1)}
+        seen.append("/".join(sorted(labels)))
+
+    def read_loop() -> None:
+        while not done.is_set():
+            read_once()
+            if mid_load.is_set() and not checked.is_set():
+                read_once()
+                checked.set()
+        read_once()
+
+    real = publish_module.write_batches
+
+    def paced(conn, table, batches):
+        def gen():
+            for i, batch in enumerate(batches):
+                yield batch
+                if table.name == "user_recommendations" and i == 1:
+                    mid_load.set()  # rows of every table are written, none committed
+                    assert checked.wait(30)
+        return real(conn, table, gen())
+
+    monkeypatch.setattr(publish_module, "write_batches", paced)
+    thread = threading.Thread(target=read_loop)
+    thread.start()
+    try:
+        publish(engine, new, batch_rows=100)
+    finally:
+        done.set()
+        thread.join(60)
+        reader.dispose()
+    assert not any("MIX" in labels for labels in seen)
+    assert seen[0] == "old" and seen[-1] == "new" and checked.is_set()
+
+
+def test_schema_is_versioned_documented_and_indexed(db_url, engine):
+    make_engine(db_url).dispose()  # a second start finds the schema current and changes nothing
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(SchemaVersion.version)).scalars().all() == [SCHEMA_VERSION]
+        if engine.dialect.name == "postgresql":
+            comments = conn.exec_driver_sql(
+                "SELECT obj_description('runs'::regclass), col_description('runs'::regclass, 2), "
+                "obj_description('current_related_artists'::regclass)").one()
+            assert all(comments)
+        else:
+            ddl = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'runs'").scalar_one()
+            assert "/* One row per publish attempt" in ddl and "/* loading (rows being written" in ddl
+    publish(engine, make_outputs(50))
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")  # tiny tables: ask whether the index CAN serve
+        explain = "EXPLAIN" if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN"
+        plans = " ".join(str(row) for sql in (
+            "SELECT * FROM current_related_artists WHERE lower(artist_name) = lower('ARTIST 3')",
+            "SELECT * FROM current_user_recommendations WHERE user_key = 'user-3'",
+        ) for row in conn.exec_driver_sql(f"{explain} {sql}"))
+    assert "ix_artists_run_id_lower_name" in plans and "users_run_id_user_key" in plans
+    with engine.begin() as conn:
+        conn.execute(sa.update(SchemaVersion).values(version=SCHEMA_VERSION + 1))
+    with pytest.raises(RecsError, match="newer than this code"):
+        make_engine(db_url)
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
+    "sqlite:///{tmp}",  # a directory is not a database file
+    "mysql://root@localhost/x",
+    "not a url",
+])
+def test_unreachable_database_is_one_line_error(url, tmp_path):
+    with pytest.raises(RecsError) as err:
+        make_engine(url.format(tmp=tmp_path))
+    assert "\n" not in str(err.value)
+    result = CliRunner().invoke(_cli_app(), ["runs", "--db", url.format(tmp=tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+
+
+def _cli_app():
+    from flows.cli import app
+
+    return app
+
+
+def test_cli_related_recommend_runs(db_url, engine):
+    outputs = make_outputs(60, names=NASTY_NAMES)
+    publish(engine, outputs)
+    app, runner = _cli_app(), CliRunner()
+    result = runner.invoke(app, ["related", "motörhead", "--n", "2", "--db", db_url])
+    assert result.exit_code == 0, result.output
+    assert f"key-{outputs.related.ids[1, 0]}" in result.stdout and "(run 1)" in result.stdout
+    result = runner.invoke(app, ["related", "Sigur Ros", "--db", db_url])
+    assert result.exit_code == 1 and "did you mean: Sigur Rós" in result.stderr
+    result = runner.invoke(app, ["recommend", "user-3", "--db", db_url])
+    assert result.exit_code == 0 and f"key-{outputs.recommendations.ids[3, 0]}" in result.stdout
+    result = runner.invoke(app, ["recommend", "user-999", "--db", db_url])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    result = runner.invoke(app, ["runs", "--db", db_url])
+    assert result.exit_code == 0 and "published" in result.stdout and "0.2000" in result.stdout
