@@ -124,9 +124,10 @@ class RetrainConfig(_Strict):
 
     data: DataConfig = DataConfig()
     # Chosen on HetRec 2K by tag coherence@10 and label-split synonyms (tests/test_related_quality.py,
-    # README "Models and related artists"): 32 factors beat 64/128 on both; b=1.0 normalises fully
-    # by an artist's total plays.
-    related_model: ModelConfig = ModelConfig(name="als", factors=32, weight=WeightConfig(scheme="bm25", k1=100.0, b=1.0))
+    # README "Models and related artists"): few factors keep a split label's halves together.
+    related_model: ModelConfig = ModelConfig(
+        name="als", factors=24, iterations=30, weight=WeightConfig(scheme="bm25", k1=50.0, b=1.0)
+    )
     user_model: ModelConfig = ModelConfig()
     index: IndexConfig = IndexConfig()
     n: int = Field(10, ge=1, le=500, description="length of related-artist and user top-N lists")
