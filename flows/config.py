@@ -128,7 +128,14 @@ class RetrainConfig(_Strict):
     related_model: ModelConfig = ModelConfig(
         name="als", factors=24, iterations=30, weight=WeightConfig(scheme="bm25", k1=50.0, b=1.0)
     )
-    user_model: ModelConfig = ModelConfig()
+    # Tuned by `recs tune` on HetRec 2K (validation split of the train part, README "Evaluation and
+    # tuning"): ALS on log1p plays blended 0.6/0.4 with BM25 item-kNN, each standardised per user.
+    user_model: ModelConfig = ModelConfig(
+        name="blend", weight=WeightConfig(scheme="log", alpha=1.0, eps=1.0),
+        factors=32, regularization=0.3, alpha=1.0, iterations=15,
+        neighbours=200, knn_similarity="bm25", knn_k1=0.5, knn_b=0.6,
+        blend_factor_model="als", blend_weight=0.6,
+    )
     index: IndexConfig = IndexConfig()
     n: int = Field(10, ge=1, le=500, description="length of related-artist and user top-N lists")
     eval: EvalConfig = EvalConfig()
