@@ -2,9 +2,10 @@
 
 A *batch* is a dict ``column name -> 1-D array`` (all the same length) in the table's column order.
 Batches are made lazily from the run's arrays, so memory holds one batch at a time however many
-rows a run has. PostgreSQL gets them through ``COPY ... FROM STDIN (FORMAT BINARY)``: numeric
-batches are encoded to the binary row format by NumPy in one go, text batches row by row by
-psycopg. SQLite gets one ``executemany`` per batch, inside the caller's transaction.
+rows a run has. PostgreSQL gets them through ``COPY ... FROM STDIN (FORMAT BINARY)`` into the
+run's own partition: numeric batches are encoded to the binary row format by NumPy in one go,
+text batches row by row by psycopg. SQLite gets one ``executemany`` of multi-row INSERTs per batch.
+Either way everything happens inside the caller's transaction.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ Batch = dict[str, np.ndarray]
 PG_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 # ... and a field count of -1 to end.
 PG_COPY_TRAILER = b"\xff\xff"
+# Rows per INSERT statement on SQLite (x 6 columns stays far below its 32766 bound variables).
+SQLITE_ROWS_PER_INSERT = 50
+# Memory for building a partition's indexes at attach (3.6 M rows sort in ~150 MB).
+PG_INDEX_BUILD_MEMORY = "256MB"
 # psycopg type names for the row-by-row (text-bearing) COPY path.
 PG_TYPE_NAMES = {"INTEGER": "int4", "SMALLINT": "int2", "REAL": "float4", "DOUBLE": "float8", "TEXT": "text"}
 
@@ -60,38 +65,76 @@ def column_batches(columns: Batch, batch_rows: int) -> Iterator[Batch]:
         yield {name: values[start : start + batch_rows] for name, values in columns.items()}
 
 
-def write_batches(conn: Connection, table: sa.Table, batches: Iterable[Batch]) -> int:
-    """Append every batch to ``table`` inside ``conn``'s open transaction; returns rows written."""
+def write_run_rows(conn: Connection, table: sa.Table, run_id: int, batches: Iterable[Batch]) -> int:
+    """Add run ``run_id``'s rows to ``table`` inside ``conn``'s open transaction; returns rows written.
+
+    PostgreSQL: the rows go into a new table ``<table>_run_<run_id>`` with no indexes, then it is
+    attached as the run's partition, which builds its indexes in one sorted pass (4x faster than
+    maintaining them row by row during COPY). SQLite: multi-row INSERTs into the shared table.
+    """
     dbapi = conn.connection.driver_connection
-    if conn.dialect.name == "postgresql":
-        return _copy_batches(dbapi, table, batches)
-    return _insert_batches(dbapi, conn.dialect, table, batches)
+    if conn.dialect.name != "postgresql":
+        return _insert_batches(dbapi, conn.dialect, table, batches)
+    part = sql.Identifier(partition_name(table, run_id))
+    with dbapi.cursor() as cursor:
+        # The CHECK lets ATTACH skip its validation scan; the memory keeps index sorts in RAM.
+        cursor.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS, CHECK (run_id = {}))").format(
+            part, sql.Identifier(table.name), sql.Literal(run_id)))
+        cursor.execute(f"SET LOCAL maintenance_work_mem = '{PG_INDEX_BUILD_MEMORY}'")
+    written = _copy_batches(dbapi, part, table, batches)
+    with dbapi.cursor() as cursor:
+        cursor.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
+            sql.Identifier(table.name), part, sql.Literal(run_id)))
+    return written
+
+
+def drop_run_rows(conn: Connection, table: sa.Table, run_ids: list[int]) -> None:
+    """Remove the rows of ``run_ids`` from ``table``: drop their partitions, or DELETE in SQLite."""
+    if conn.dialect.name != "postgresql":
+        conn.execute(sa.delete(table).where(table.c.run_id.in_(run_ids)))
+        return
+    with conn.connection.driver_connection.cursor() as cursor:
+        for run_id in run_ids:
+            cursor.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(partition_name(table, run_id))))
+
+
+def partition_name(table: sa.Table, run_id: int) -> str:
+    """PostgreSQL partition holding one run's rows of ``table``."""
+    return f"{table.name}_run_{int(run_id)}"
 
 
 def _insert_batches(dbapi, dialect, table: sa.Table, batches: Iterable[Batch]) -> int:
+    """executemany of INSERTs of ``SQLITE_ROWS_PER_INSERT`` rows each (1.7x one row per INSERT)."""
     cursor = dbapi.cursor()
     written = 0
     try:
-        statement = None
+        single = many = None
         for batch in batches:
-            if statement is None:
-                statement = str(sa.insert(table).compile(dialect=dialect, column_keys=list(batch)))
+            if single is None:
+                single = str(sa.insert(table).compile(dialect=dialect, column_keys=list(batch)))
+                head, values = single.split(" VALUES ")
+                many = head + " VALUES " + ", ".join([values] * SQLITE_ROWS_PER_INSERT)
             # tolist() turns NumPy scalars into the Python ints/floats/strs sqlite3 binds natively.
-            cursor.executemany(statement, zip(*(values.tolist() for values in batch.values()), strict=True))
-            written += len(next(iter(batch.values())))
+            rows = zip(*(values.tolist() for values in batch.values()), strict=True)
+            n_rows = len(next(iter(batch.values())))
+            grouped = n_rows - n_rows % SQLITE_ROWS_PER_INSERT
+            flat = itertools.chain.from_iterable(itertools.islice(rows, grouped))
+            cursor.executemany(many, zip(*[flat] * (SQLITE_ROWS_PER_INSERT * len(batch))))
+            cursor.executemany(single, rows)  # the remainder
+            written += n_rows
     finally:
         cursor.close()
     return written
 
 
-def _copy_batches(dbapi, table: sa.Table, batches: Iterable[Batch]) -> int:
+def _copy_batches(dbapi, target: sql.Identifier, table: sa.Table, batches: Iterable[Batch]) -> int:
     batches = iter(batches)
     first = next(batches, None)
     if first is None:
         return 0
     names = list(first)
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, names))
+        target, sql.SQL(", ").join(map(sql.Identifier, names))
     )
     numeric = all(values.dtype.kind in "iuf" for values in first.values())
     written = 0

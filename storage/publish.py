@@ -9,8 +9,11 @@ dies, so a ``loading`` run seen while holding it is a leftover of a dead publish
 3. a ``runs`` row with status ``loading`` and the metrics are committed;
 4. ONE transaction writes artists, users, related_artists and user_recommendations in batches and
    flips the run to ``published``; the views switch to it when it commits, never before;
-5. retention: published runs past the newest ``retention`` lose their rows and become ``pruned``;
-6. PostgreSQL's planner statistics are refreshed (SQLite's are fixed, see storage/schema.py).
+5. retention: published runs past the newest ``retention`` lose their rows and become ``pruned``.
+
+No ANALYZE afterwards: PostgreSQL's index builds at attach record each partition's size, which is
+all the view plans need (autovacuum analyzes the new partitions later); SQLite's statistics are
+fixed at schema creation (storage/schema.py).
 
 A crash or SIGKILL anywhere leaves the database in one of these committed states, so readers keep
 the previous run until step 4 commits.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -34,7 +38,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from storage.bulk import column_batches, topn_batches, write_batches
+from storage.bulk import column_batches, drop_run_rows, topn_batches, write_run_rows
 from storage.engine import database_errors, write_transaction
 from storage.schema import Artist, RelatedArtist, Run, RunMetric, User, UserRecommendation
 from tasks.contracts import Encoded, Metric, TopN
@@ -43,7 +47,9 @@ from tasks.errors import RecsError
 GATE_METRIC = "precision"
 GATE_K = 10
 LOCK_WAIT_SECONDS = 30.0
+PRUNE_LOCK_TIMEOUT = "5s"
 BULK_TABLES = (Artist.__table__, User.__table__, RelatedArtist.__table__, UserRecommendation.__table__)
+log = logging.getLogger(__name__)
 _LOCK_KEY_SQL = "hashtext('recs.publish.' || current_schema())"
 
 
@@ -112,7 +118,6 @@ def publish(
             _mark_failed(engine, run_id, exc)
             raise
         _prune(engine, retention)
-        _refresh_statistics(engine)
     return run_id
 
 
@@ -285,12 +290,12 @@ def _load_and_publish(engine: Engine, run_id: int, outputs: RunOutputs, batch_ro
         "user_key": enc.user_keys,
     }
     with write_transaction(engine) as conn:
-        write_batches(conn, Artist.__table__, column_batches(artists, batch_rows))
-        write_batches(conn, User.__table__, column_batches(users, batch_rows))
-        write_batches(conn, RelatedArtist.__table__,
-                      topn_batches(run_id, outputs.related, "artist_id", "related_artist_id", batch_rows))
-        write_batches(conn, UserRecommendation.__table__,
-                      topn_batches(run_id, outputs.recommendations, "user_id", "artist_id", batch_rows))
+        write_run_rows(conn, Artist.__table__, run_id, column_batches(artists, batch_rows))
+        write_run_rows(conn, User.__table__, run_id, column_batches(users, batch_rows))
+        write_run_rows(conn, RelatedArtist.__table__, run_id,
+                       topn_batches(run_id, outputs.related, "artist_id", "related_artist_id", batch_rows))
+        write_run_rows(conn, UserRecommendation.__table__, run_id,
+                       topn_batches(run_id, outputs.recommendations, "user_id", "artist_id", batch_rows))
         _mark_published(conn, run_id)
 
 
@@ -313,20 +318,26 @@ def _mark_failed(engine: Engine, run_id: int, exc: BaseException) -> None:
 
 
 def _prune(engine: Engine, retention: int) -> None:
-    """Drop the rows of published runs older than the newest ``retention`` (one transaction)."""
-    with write_transaction(engine) as conn:
-        old = conn.execute(
-            sa.select(Run.run_id).where(Run.status == "published").order_by(Run.run_id.desc()).offset(retention)
-        ).scalars().all()
-        if not old:
-            return
-        for table in BULK_TABLES:
-            conn.execute(sa.delete(table).where(table.c.run_id.in_(old)))
-        conn.execute(sa.update(Run).where(Run.run_id.in_(old)).values(status="pruned"))
+    """Drop the rows of published runs older than the newest ``retention`` (one transaction).
 
-
-def _refresh_statistics(engine: Engine) -> None:
-    """ANALYZE on PostgreSQL, so the planner sees the new run's rows before autovacuum does."""
-    if engine.dialect.name == "postgresql":
+    Dropping a PostgreSQL partition locks the parent table against readers for a moment; if a
+    long query holds it past ``PRUNE_LOCK_TIMEOUT`` the prune is left to the next publish.
+    """
+    try:
         with write_transaction(engine) as conn:
-            conn.exec_driver_sql("ANALYZE runs, artists, users, related_artists, user_recommendations")
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{PRUNE_LOCK_TIMEOUT}'")
+            old = conn.execute(
+                sa.select(Run.run_id).where(Run.status == "published").order_by(Run.run_id.desc()).offset(retention)
+            ).scalars().all()
+            if not old:
+                return
+            for table in BULK_TABLES:
+                drop_run_rows(conn, table, old)
+            conn.execute(sa.update(Run).where(Run.run_id.in_(old)).values(status="pruned"))
+    except sa.exc.OperationalError as exc:
+        if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):
+            raise
+        log.warning("retention skipped: readers held the tables for over %s; the next publish prunes",
+                    PRUNE_LOCK_TIMEOUT)
+

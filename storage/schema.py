@@ -8,6 +8,8 @@ published or dropped as one unit, and an old run never changes when the catalogu
 identities across runs are the source keys (``artist_key``, ``user_key``), which is what the views
 expose.
 
+In PostgreSQL each of these per-run tables is partitioned by run_id (see ``PER_RUN``).
+
 The bulk tables have no foreign keys: they are written only by ``storage.publish`` from validated
 arrays in one transaction, and per-row constraint triggers would halve COPY throughput. Their
 relationships are stated in the column comments.
@@ -27,6 +29,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.schema import CreateColumn, CreateTable
 
 RUN_STATUSES = ("loading", "published", "failed", "rejected", "pruned")
+
+# Options of the per-run tables. PostgreSQL: one partition per run (``<table>_run_<id>``), loaded
+# without indexes and attached at publish, dropped whole at retention. SQLite: clustered on the
+# primary key (WITHOUT ROWID), so a run's rows are contiguous and in lookup order.
+PER_RUN = {"postgresql_partition_by": "LIST (run_id)", "sqlite_with_rowid": False}
 
 
 class Base(DeclarativeBase):
@@ -90,7 +97,7 @@ class Artist(Base):
     __tablename__ = "artists"
     __table_args__ = (
         sa.Index("ix_artists_run_id_artist_key", "run_id", "artist_key", unique=True),
-        {"comment": "Artists of one run (versioned with the run).", "sqlite_with_rowid": False},
+        {"comment": "Artists of one run (versioned with the run).", **PER_RUN},
     )
 
     run_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, comment="runs.run_id")
@@ -113,7 +120,7 @@ class User(Base):
     __tablename__ = "users"
     __table_args__ = (
         sa.Index("ix_users_run_id_user_key", "run_id", "user_key", unique=True),
-        {"comment": "Users of one run (versioned with the run).", "sqlite_with_rowid": False},
+        {"comment": "Users of one run (versioned with the run).", **PER_RUN},
     )
 
     run_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, comment="runs.run_id")
@@ -127,7 +134,7 @@ class RelatedArtist(Base):
     __tablename__ = "related_artists"
     __table_args__ = {
         "comment": "Top-N most similar artists per artist, per run.",
-        "sqlite_with_rowid": False,
+        **PER_RUN,
     }
 
     run_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, comment="runs.run_id")
@@ -141,7 +148,7 @@ class UserRecommendation(Base):
     __tablename__ = "user_recommendations"
     __table_args__ = {
         "comment": "Top-N new artists per user (artists the user already played excluded), per run.",
-        "sqlite_with_rowid": False,
+        **PER_RUN,
     }
 
     run_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, comment="runs.run_id")

@@ -1,0 +1,187 @@
+"""Publish throughput: ``storage.publish`` beside a bare executemany / COPY of the same rows.
+
+    python -m benchmarks.publish [--rows 1000000] [--postgres-url URL]
+
+Generates one run with ``rows`` top-N rows (half related artists, half user recommendations,
+N = 10) plus its artists and users, publishes it into a fresh SQLite file and a fresh PostgreSQL
+schema (URL from --postgres-url, RECS_BENCH_POSTGRES_URL or RECS_TEST_POSTGRES_URL; skipped when
+none), and times the same rows loaded by the driver alone: ``sqlite3`` executemany of pre-built
+tuples in one transaction, psycopg ``COPY`` with ``write_row`` of pre-built tuples, into the same
+schema (for PostgreSQL: into the run's partitions, created with their indexes beforehand, which is
+the plain way to load a partitioned table). Prints JSON: rows/s for each and publish / bare ratios. Targets: >= 300K rows/s SQLite,
+>= 500K rows/s PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import sqlalchemy as sa
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from storage.engine import make_engine
+from storage.publish import RunOutputs, publish
+from tasks.contracts import Encoded, Metric, TopN
+
+N = 10
+
+
+def make_run(rows: int, seed: int = 0) -> RunOutputs:
+    """``rows`` top-N rows split between artists and users, N = 10, random codes and scores."""
+    rng = np.random.default_rng(seed)
+    n_artists = n_users = max(rows // (2 * N), 1)
+    plays = sp.csr_matrix(
+        (np.ones(n_users, dtype=np.float32), (np.arange(n_users), rng.integers(0, n_artists, n_users))),
+        shape=(n_users, n_artists),
+    )
+    encoded = Encoded(
+        plays=plays,
+        user_keys=np.array([f"user-{i}" for i in range(n_users)], dtype=object),
+        artist_keys=np.array([f"artist-{i}" for i in range(n_artists)], dtype=object),
+        artist_names=np.array([f"Artist Name {i}" for i in range(n_artists)], dtype=object),
+    )
+
+    def top(n_rows: int) -> TopN:
+        ids = rng.integers(0, n_artists, (n_rows, N), dtype=np.int32)
+        return TopN(ids, np.sort(rng.random((n_rows, N), dtype=np.float32), axis=1)[:, ::-1].copy())
+
+    return RunOutputs(encoded=encoded, related=top(n_artists), recommendations=top(n_users),
+                      metrics=[Metric("als", "precision", 10, 0.1)], config={}, dataset="synthetic",
+                      source="benchmarks.publish", data_sha256="0" * 64, related_model="als", user_model="als",
+                      code_version="bench")
+
+
+def table_rows(outputs: RunOutputs, run_id: int) -> dict[str, list[tuple]]:
+    """The same rows publish writes, as the Python tuples a bare driver call takes."""
+    enc = outputs.encoded
+
+    def topn(t: TopN) -> list[tuple]:
+        owner, rank = np.nonzero(t.ids >= 0)
+        return list(zip([run_id] * len(owner), owner.tolist(), (rank + 1).tolist(), t.ids[owner, rank].tolist(),
+                        t.scores[owner, rank].tolist(), strict=True))
+
+    return {
+        "artists": list(zip([run_id] * enc.n_artists, range(enc.n_artists), enc.artist_keys.tolist(),
+                            enc.artist_names.tolist(), enc.listeners.tolist(), enc.artist_plays.tolist(),
+                            strict=True)),
+        "users": list(zip([run_id] * enc.n_users, range(enc.n_users), enc.user_keys.tolist(), strict=True)),
+        "related_artists": topn(outputs.related),
+        "user_recommendations": topn(outputs.recommendations),
+    }
+
+
+COLUMNS = {
+    "artists": ("run_id", "artist_id", "artist_key", "name", "listeners", "plays"),
+    "users": ("run_id", "user_id", "user_key"),
+    "related_artists": ("run_id", "artist_id", "rank", "related_artist_id", "score"),
+    "user_recommendations": ("run_id", "user_id", "rank", "artist_id", "score"),
+}
+PG_TYPES = {
+    "artists": ("int4", "int4", "text", "text", "int4", "float8"),
+    "users": ("int4", "int4", "text"),
+    "related_artists": ("int4", "int4", "int2", "int4", "float4"),
+    "user_recommendations": ("int4", "int4", "int2", "int4", "float4"),
+}
+
+
+def bare_sqlite(engine: sa.Engine, rows: dict[str, list[tuple]]) -> float:
+    with engine.connect() as conn:
+        dbapi = conn.connection.driver_connection
+        start = time.perf_counter()
+        dbapi.execute("BEGIN")
+        for table, values in rows.items():
+            marks = ", ".join("?" * len(COLUMNS[table]))
+            dbapi.executemany(f"INSERT INTO {table} ({', '.join(COLUMNS[table])}) VALUES ({marks})", values)
+        dbapi.execute("COMMIT")
+        return time.perf_counter() - start
+
+
+def bare_postgres(engine: sa.Engine, rows: dict[str, list[tuple]]) -> float:
+    with engine.connect() as conn:
+        dbapi = conn.connection.driver_connection
+        with dbapi.cursor() as cursor:  # the run's partitions, with their indexes, made beforehand
+            for table in rows:
+                cursor.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES IN (1)").format(
+                    sql.Identifier(f"{table}_run_1"), sql.Identifier(table)))
+        dbapi.commit()
+        start = time.perf_counter()
+        with dbapi.cursor() as cursor:
+            for table, values in rows.items():
+                statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+                    sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, COLUMNS[table])))
+                with cursor.copy(statement) as copy:
+                    copy.set_types(PG_TYPES[table])
+                    for row in values:
+                        copy.write_row(row)
+        dbapi.commit()
+        return time.perf_counter() - start
+
+
+def measure(url_of, bare, outputs: RunOutputs, total_rows: int) -> dict:
+    """Publish into one fresh database, bare-load the same rows into another; rows/s of each."""
+    engine = make_engine(url_of("publish"))
+    start = time.perf_counter()
+    publish(engine, outputs)
+    publish_seconds = time.perf_counter() - start
+    engine.dispose()
+    engine = make_engine(url_of("bare"))
+    bare_seconds = bare(engine, table_rows(outputs, 1))
+    engine.dispose()
+    return {
+        "publish_seconds": round(publish_seconds, 3),
+        "publish_rows_per_s": round(total_rows / publish_seconds),
+        "bare_seconds": round(bare_seconds, 3),
+        "bare_rows_per_s": round(total_rows / bare_seconds),
+        "publish_over_bare": round(bare_seconds / publish_seconds, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="top-N rows (artists/users come on top)")
+    parser.add_argument("--postgres-url", default=os.environ.get("RECS_BENCH_POSTGRES_URL")
+                        or os.environ.get("RECS_TEST_POSTGRES_URL"))
+    args = parser.parse_args()
+
+    outputs = make_run(args.rows)
+    enc = outputs.encoded
+    total = enc.n_artists + enc.n_users + int((outputs.related.ids >= 0).sum()) + int(
+        (outputs.recommendations.ids >= 0).sum())
+    report: dict = {"rows": total, "top_n_rows": total - enc.n_artists - enc.n_users}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report["sqlite"] = measure(lambda name: f"sqlite:///{Path(tmp) / name}.db", bare_sqlite, outputs, total)
+        report["sqlite"]["target_rows_per_s"] = 300_000
+
+    if args.postgres_url:
+        admin = sa.create_engine(args.postgres_url)
+        schemas = {name: f"bench_{name}_{uuid.uuid4().hex[:8]}" for name in ("publish", "bare")}
+        with admin.begin() as conn:
+            for schema in schemas.values():
+                conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        try:
+            base = make_url(args.postgres_url)
+            report["postgresql"] = measure(
+                lambda name: base.update_query_dict({"options": f"-csearch_path={schemas[name]}"})
+                .render_as_string(hide_password=False),
+                bare_postgres, outputs, total)
+            report["postgresql"]["target_rows_per_s"] = 500_000
+        finally:
+            with admin.begin() as conn:
+                for schema in schemas.values():
+                    conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+            admin.dispose()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
