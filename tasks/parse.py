@@ -105,6 +105,8 @@ def detect(path: Path) -> tuple[str, Path]:
         raise RecsError(f"{path} does not exist; check the path or download the dataset first")
     if path.is_dir():
         return _detect_dir(path)
+    if path.stat().st_size == 0:
+        raise RecsError(f"{path} is empty; check that the download or export completed")
     if path.name == HETREC_PLAYS:
         return "lastfm-2k", path
     if path.name == LASTFM_360K_PLAYS:

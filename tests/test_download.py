@@ -1,0 +1,282 @@
+"""tasks.download and tasks.datasets through real HTTP on loopback servers and real archives."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import socket
+import tarfile
+import threading
+import zipfile
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from flows.config import DataConfig, SyntheticConfig
+from tasks.datasets import DATASETS, obtain, resolve
+from tasks.download import fetch, file_sha256, read_recorded
+from tasks.errors import RecsError
+from tasks.parse import parse
+from tasks.synthetic import generate
+
+FAST = {"attempts": 3, "backoff": 0.01, "timeout": 10}
+
+
+class _Server(ThreadingHTTPServer):
+    """Serves ``root``; the first ``failures`` requests get ``failure_code``; with ``short`` set,
+    bodies stop half-way (the Content-Length promises the whole file)."""
+
+    def __init__(self, root: Path):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.root = root
+        self.requests: list[str] = []
+        self.failures = 0
+        self.failure_code = 503
+        self.short = False
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server_port}/{name}"
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    server: _Server
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, directory=str(args[2].root), **kwargs)
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        if self.server.failures > 0:
+            self.server.failures -= 1
+            self.send_error(self.server.failure_code)
+            return
+        file = self.server.root / self.path.lstrip("/")
+        if self.server.short and file.is_file():
+            body = file.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    root = tmp_path / "served"
+    root.mkdir()
+    srv = _Server(root)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def files_in(folder: Path) -> list[Path]:
+    """Every file left under ``folder`` (temporary ones included)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def refused(call) -> str:
+    """The RecsError message of ``call()``, checked to be one line."""
+    with pytest.raises(RecsError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message and message
+    return message
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- the real HetRec archive over HTTP -------------------------------------------------------
+
+
+def test_hetrec_zip_downloads_extracts_parses_and_is_reused(hetrec_url: str, hetrec_zip: Path, cache: Path):
+    expected = hashlib.sha256(hetrec_zip.read_bytes()).hexdigest()
+    got = fetch(hetrec_url, cache, expected, expect=DATASETS["lastfm-2k"].expect)
+    assert not got.from_cache and got.sha256 == expected and got.path.is_dir()
+    assert (got.path / "user_artists.dat").read_bytes() == (hetrec_zip.parent / "hetrec2011-lastfm-2k" / "user_artists.dat").read_bytes()
+
+    interactions = parse(got.path)
+    frame = interactions.frame
+    assert (frame["user"].nunique(), frame["artist"].nunique(), len(frame)) == (1_892, 17_632, 92_834)
+    assert interactions.dataset == "lastfm-2k"
+    gaga = frame[frame["artist"] == "89"]
+    assert set(gaga["artist_name"].astype(str)) == {"Lady Gaga"}
+    first = frame[(frame["user"] == "2") & (frame["artist"] == "51")]
+    assert first["plays"].tolist() == [13883.0] and first["artist_name"].astype(str).tolist() == ["Duran Duran"]
+
+    again = fetch(hetrec_url, cache, expect="user_artists.dat")
+    assert again.from_cache and again.path == got.path and again.sha256 == expected
+    archive = next(p for p in files_in(cache) if p.name == "hetrec2011-lastfm-2k.zip")
+    assert read_recorded(archive) == expected
+    assert not [p for p in files_in(cache) if p.name.endswith(".part")]
+
+
+def test_cached_file_that_no_longer_matches_its_record_is_downloaded_again(
+    hetrec_url: str, hetrec_zip: Path, cache: Path
+):
+    fetch(hetrec_url, cache)
+    archive = next(p for p in files_in(cache) if p.name == hetrec_zip.name)
+    archive.write_bytes(b"damaged")
+    again = fetch(hetrec_url, cache)
+    assert not again.from_cache
+    assert file_sha256(archive) == file_sha256(hetrec_zip) == again.sha256
+
+
+# --- errors: one line each, nothing left in the cache ---------------------------------------
+
+
+def test_checksum_mismatch(hetrec_url: str, cache: Path):
+    message = refused(lambda: fetch(hetrec_url, cache, "0" * 64, **FAST))
+    assert message.startswith(f"checksum mismatch for {hetrec_url}: expected sha256 {'0' * 64}, got ")
+    assert files_in(cache) == []
+
+
+def test_404_is_not_retried(server: _Server, cache: Path):
+    message = refused(lambda: fetch(server.url("missing.zip"), cache, **FAST))
+    assert message == f"download of {server.url('missing.zip')} failed: HTTP 404 File not found; check the URL"
+    assert server.requests == ["/missing.zip"]
+    assert files_in(cache) == []
+
+
+def test_no_network_is_retried_then_reported(cache: Path):
+    url = f"http://127.0.0.1:{closed_port()}/hetrec2011-lastfm-2k.zip"
+    message = refused(lambda: fetch(url, cache, **FAST))
+    assert message.startswith(f"cannot download {url}: connection refused (after 3 attempts);")
+    assert files_in(cache) == []
+
+
+def test_transient_5xx_succeeds_on_retry(server: _Server, hetrec_zip: Path, cache: Path):
+    (server.root / hetrec_zip.name).write_bytes(hetrec_zip.read_bytes())
+    server.failures = 2
+    got = fetch(server.url(hetrec_zip.name), cache, expect="user_artists.dat", **FAST)
+    assert len(server.requests) == 3 and got.sha256 == file_sha256(hetrec_zip)
+    assert (got.path / "artists.dat").is_file()
+
+
+def test_persistent_5xx_gives_up(server: _Server, cache: Path):
+    server.failures = 10
+    message = refused(lambda: fetch(server.url("x.zip"), cache, **FAST))
+    assert message.startswith(f"download of {server.url('x.zip')} failed: HTTP 503 ")
+    assert "(after 3 attempts)" in message and len(server.requests) == 3
+    assert files_in(cache) == []
+
+
+def test_interrupted_download_leaves_nothing(server: _Server, hetrec_zip: Path, cache: Path):
+    (server.root / hetrec_zip.name).write_bytes(hetrec_zip.read_bytes())
+    server.short = True
+    message = refused(lambda: fetch(server.url(hetrec_zip.name), cache, **FAST))
+    assert "connection closed before the download completed (after 3 attempts)" in message
+    assert files_in(cache) == []
+
+
+@pytest.mark.parametrize("name", ["truncated.zip", "truncated.tar.gz"])
+def test_corrupt_or_truncated_archive(server: _Server, hetrec_zip: Path, hetrec_dir: Path, cache: Path, name: str):
+    if name.endswith(".zip"):
+        whole = hetrec_zip.read_bytes()
+    else:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            tar.add(hetrec_dir / "user_artists.dat", arcname="user_artists.dat")
+        whole = buffer.getvalue()
+    (server.root / name).write_bytes(whole[: len(whole) // 2])
+    message = refused(lambda: fetch(server.url(name), cache, **FAST))
+    assert message.startswith(f"{server.url(name)} is a corrupt or truncated archive (")
+    assert message.endswith("); download it again")
+    assert files_in(cache) == []
+
+
+def test_missing_expected_file_inside_archive(hetrec_url: str, cache: Path):
+    message = refused(lambda: fetch(hetrec_url, cache, expect="usersha1-artmbid-artname-plays.tsv", **FAST))
+    assert message.startswith(f"{hetrec_url} has no usersha1-artmbid-artname-plays.tsv inside;")
+    assert files_in(cache) == []
+
+
+def _zip_with(member: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("user_artists.dat", "userID\tartistID\tweight\r\n2\t51\t10\r\n")
+        zf.writestr(member, "escaped")
+    return buffer.getvalue()
+
+
+def _tar_with(member: str) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        info.size = len(b"escaped")
+        tar.addfile(info, io.BytesIO(b"escaped"))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "make"), [("evil.zip", _zip_with), ("evil.tar.gz", _tar_with)]
+)
+def test_path_traversal_is_refused(server: _Server, tmp_path: Path, cache: Path, name: str, make):
+    (server.root / name).write_bytes(make("../../escaped.txt"))
+    message = refused(lambda: fetch(server.url(name), cache, **FAST))
+    assert message.startswith(f"{server.url(name)} is unsafe: ")
+    assert "refusing to extract" in message
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert files_in(cache) == []
+
+
+# --- local sources ----------------------------------------------------------------------------
+
+
+def test_local_path_file_url_and_folder(hetrec_zip: Path, hetrec_dir: Path, cache: Path):
+    from_path = fetch(str(hetrec_zip), cache, expect="user_artists.dat")
+    from_url = fetch(hetrec_zip.as_uri(), cache, expect="user_artists.dat")
+    assert from_path.path == from_url.path and from_url.from_cache and not from_path.from_cache
+    assert from_path.sha256 == file_sha256(hetrec_zip)
+    plain = fetch(str(hetrec_dir / "user_artists.dat"), cache)
+    assert plain.path == hetrec_dir / "user_artists.dat" and plain.sha256 == file_sha256(plain.path)
+    folder = fetch(str(hetrec_dir), cache, expect="artists.dat")
+    assert folder.path == hetrec_dir and len(folder.sha256) == 64
+    assert refused(lambda: fetch(str(hetrec_dir / "nope.tsv"), cache)).endswith("not found; check the path (or give an http(s) URL)")
+
+
+# --- named datasets ---------------------------------------------------------------------------
+
+
+def test_resolve_named_datasets_and_sources(tmp_path: Path):
+    two_k = resolve(DataConfig(dataset="lastfm-2k", cache_dir=tmp_path))
+    assert two_k.location == "https://files.grouplens.org/datasets/hetrec2011/hetrec2011-lastfm-2k.zip"
+    assert (two_k.dataset, two_k.expect, two_k.synthetic) == ("lastfm-2k", "user_artists.dat", None)
+    big = resolve(DataConfig(dataset="lastfm-360k", sha256="ab" * 32))
+    assert big.location.endswith("lastfm-dataset-360K.tar.gz") and big.sha256 == "ab" * 32
+    assert big.expect == "lastfm-dataset-360K/usersha1-artmbid-artname-plays.tsv"
+    mirror = resolve(DataConfig(dataset="lastfm-2k", source="/mirror/hetrec.zip"))
+    assert (mirror.location, mirror.dataset, mirror.expect) == ("/mirror/hetrec.zip", "lastfm-2k", "user_artists.dat")
+    own = resolve(DataConfig(source="plays.csv"))
+    assert (own.location, own.dataset, own.expect, own.synthetic) == ("plays.csv", None, None, None)
+    generated = resolve(DataConfig(synthetic=SyntheticConfig(users=50, artists=200, rows=1_000)))
+    assert generated.location is None and generated.synthetic.rows == 1_000
+
+
+def test_360k_layout_tar_gz_over_http(server: _Server, tmp_path: Path, cache: Path):
+    """The 360K archive's layout (play file under lastfm-dataset-360K/) through the real path."""
+    plays = generate(tmp_path / "plays.tsv", users=100, artists=400, rows=3_000, genres=5, seed=3)
+    with tarfile.open(server.root / "lastfm-dataset-360K.tar.gz", "w:gz") as tar:
+        tar.add(plays, arcname=DATASETS["lastfm-360k"].expect)
+    source = resolve(DataConfig(dataset="lastfm-360k", source=server.url("lastfm-dataset-360K.tar.gz"), cache_dir=cache))
+    got = obtain(source)
+    interactions = parse(got.path, source.dataset)
+    assert interactions.dataset == "lastfm-360k"
+    assert len(interactions.frame) == 3_000 and interactions.bad_rows.counts == {}
