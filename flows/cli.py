@@ -240,3 +240,34 @@ def data(
     table.add_row("rows read / kept", f"{bad.rows_read:,} / {bad.rows_kept:,}")
     table.add_row("bad rows", ", ".join(f"{kind}: {n:,}" for kind, n in bad.counts.items()) or "none")
     console.print(table)
+
+
+@app.command()
+@one_line_errors
+def tune(
+    config_file: Path = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                     help="YAML or TOML RetrainConfig (data, eval holdout, user_model anchor)."),
+    dataset: str = typer.Option(None, help="lastfm-2k | lastfm-360k | synthetic"),
+    source: str = typer.Option(None, help="A path or URL overriding the dataset's own location."),
+    trials: int = typer.Option(30, min=1, help="Random candidates besides the two anchors."),
+    seed: int = typer.Option(0, help="Seed of the candidate sample."),
+    workers: int = typer.Option(None, min=1, help="Parallel trials (default: the cores available)."),
+    objective: str = typer.Option("precision", help="precision | ndcg | map | recall, at K=10."),
+    out: Path = typer.Option(None, help="Where trials.json/.csv and best.yaml go (default data/runs/tune-<time>)."),
+) -> None:
+    """Search models, weightings and hyper-parameters on a validation split; print the trial table."""
+    from flows.tune import run_tune
+    from tasks.tune import describe_params, format_table
+
+    config = _run_config(config_file, dataset, source, None, None)
+
+    def progress(t) -> None:
+        what = f"error: {t.error}" if t.error else f"{t.model['name']} {describe_params(t.model)}"
+        err_console.print(f"trial {t.number}: {what}", highlight=False, soft_wrap=True)
+
+    result, out_dir = run_tune(config, trials, seed, workers, objective, out, on_trial=progress)
+    console.print(format_table(result), highlight=False, soft_wrap=True)
+    console.print(f"best by validation {result.objective}: trial {result.best_trial} ({result.validation_rule})",
+                  highlight=False, soft_wrap=True)
+    console.print(f"records: {out_dir / 'trials.json'}, {out_dir / 'trials.csv'}; "
+                  f"config: {out_dir / 'best.yaml'}", highlight=False, soft_wrap=True)

@@ -18,6 +18,7 @@ import io
 import json
 import multiprocessing
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -99,11 +100,12 @@ class Trial:
 
 @dataclass(frozen=True)
 class TuneResult:
-    """All trials (in candidate order), the best candidate by ``objective``, the popularity
-    baseline's validation metrics, and how validation was split."""
+    """All trials (in candidate order), the best candidate by ``objective`` and its trial number,
+    the popularity baseline's validation metrics, and how validation was split."""
 
     trials: list[Trial]
     best: ModelConfig
+    best_trial: int
     objective: str
     baseline: dict[str, float]
     validation_rule: str
@@ -178,8 +180,10 @@ _VALIDATION: Split | None = None  # a worker process's copy, set once by _init_w
 def _init_worker(validation: Split) -> None:
     global _VALIDATION
     _VALIDATION = validation
-    # implicit draws a progress bar per fit; from parallel workers they only garble the table
-    os.environ["TQDM_DISABLE"] = "1"
+    # implicit draws a progress bar on stderr for every fit (tasks.factorize asks for it); from
+    # parallel workers the bars only garble the trial table. A trial's failure still reaches the
+    # parent: as Trial.error, or as the exception its future raises.
+    sys.stderr = open(os.devnull, "w")
 
 
 def _run_in_worker(number: int, cfg: ModelConfig, k: int) -> Trial:
@@ -243,7 +247,7 @@ def tune(
     if not done:
         raise RecsError(f"every candidate failed; the first said: {trials[0].error}")
     best = max(done, key=lambda t: t.metrics[target])
-    return TuneResult(trials, ModelConfig.model_validate(best.model), target, baseline, validation.rule)
+    return TuneResult(trials, ModelConfig.model_validate(best.model), best.number, target, baseline, validation.rule)
 
 
 CSV_METRICS = ("precision", "ndcg", "map", "recall", "implicit_precision", "coverage", "novelty")
@@ -320,6 +324,7 @@ def write_trials(result: TuneResult, out_dir: Path) -> tuple[Path, Path]:
     doc = {
         "objective": result.objective,
         "validation": result.validation_rule,
+        "best_trial": result.best_trial,
         "best": result.best.model_dump(mode="json"),
         "popularity": result.baseline,
         "trials": [asdict(t) for t in result.trials],

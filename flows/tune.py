@@ -1,0 +1,63 @@
+"""The tuning entry point behind ``recs tune``: search the user model on a validation split.
+
+Loads the configured dataset as the retrain flow does (obtain -> parse -> encode), samples
+candidates (``tasks.tune.sample_candidates``, with implicit's default ALS and the configured
+``user_model`` as anchors), evaluates them in parallel on the validation split of the train part
+(``tasks.tune.tune``) and records every trial under ``out_dir``: ``trials.json``, ``trials.csv``
+and ``best.yaml`` (a ``user_model:`` block to paste into a retrain config).
+
+A plain function, not a Prefect flow: a search is an engineer's offline step whose output is a
+config change reviewed by hand, not a scheduled run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from flows.config import RetrainConfig
+from tasks.contracts import Encoded
+from tasks.tune import REFERENCE, Trial, TuneResult, sample_candidates, tune, write_trials
+
+
+def load_encoded(config: RetrainConfig) -> Encoded:
+    """The dataset of ``config.data``, obtained (cached), parsed and encoded."""
+    from tasks.datasets import obtain, resolve
+    from tasks.encode import encode
+    from tasks.parse import parse
+
+    plan = resolve(config.data)
+    downloaded = obtain(plan)
+    return encode(parse(downloaded.path, plan.dataset), config.data.min_listeners, config.data.min_artists)
+
+
+def run_tune(
+    config: RetrainConfig,
+    trials: int = 30,
+    seed: int = 0,
+    workers: int | None = None,
+    objective: str = "precision",
+    out_dir: Path | None = None,
+    on_trial: Callable[[Trial], None] | None = None,
+) -> tuple[TuneResult, Path]:
+    """Run a search of ``trials`` random candidates (+ 2 anchors) on ``config``'s data and
+    holdout settings; returns the result and the directory its records were written to
+    (default ``config.work_dir / "tune-<UTC time>"``)."""
+    encoded = load_encoded(config)
+    candidates = sample_candidates(trials, seed, anchors=(REFERENCE, config.user_model))
+    k = 10 if 10 in config.eval.k else config.eval.k[0]
+    result = tune(encoded.plays, candidates, holdout=config.eval.holdout, min_artists=config.eval.min_artists,
+                  seed=config.eval.seed, k=k, objective=objective, workers=workers, on_trial=on_trial)
+    out_dir = Path(out_dir) if out_dir else config.work_dir / time.strftime("tune-%Y%m%dT%H%M%SZ", time.gmtime())
+    write_trials(result, out_dir)
+    best = out_dir / "best.yaml"
+    tmp = best.with_name(f".{best.name}.tmp")
+    try:
+        tmp.write_text(yaml.safe_dump({"user_model": result.best.model_dump(mode="json")}, sort_keys=False))
+        tmp.replace(best)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return result, out_dir
