@@ -1,7 +1,9 @@
 """Top-N lists: related artists for every artist, new artists for every user.
 
-Exact paths are batched dense products over a block of rows followed by ``argpartition``; their
-memory is ``batch x n_artists`` float32 (at most ``MAX_BLOCK_CELLS``), never users x artists.
+Exact paths work on a block of rows at a time, so memory is ``batch x n_artists`` float32 (at
+most ``MAX_BLOCK_CELLS``), never users x artists. Factor models go through implicit's ``topk``
+(product + heap selection + heard-artist filter in C, multi-threaded); other Scorers (item-kNN,
+blends) give dense scores per block, selected with ``argpartition``.
 Approximate paths query an Annoy index (``tasks.index``). Annoy answers one query per call, so
 those paths loop over artists/users in Python with a single C call per iteration; everything
 around the calls (self/heard filtering, rescoring, sorting) is vectorised per batch.
@@ -12,9 +14,11 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 from annoy import AnnoyIndex
+from implicit.cpu.topk import topk
+from threadpoolctl import threadpool_limits
 
 from flows.config import IndexConfig
-from tasks.contracts import Scorer, TopN
+from tasks.contracts import Factors, Scorer, TopN
 from tasks.errors import RecsError
 from tasks.index import normalise
 
@@ -37,10 +41,14 @@ def top_n(scores: np.ndarray, n: int) -> TopN:
     best = np.take_along_axis(best, order, axis=1).astype(np.float32)
     missing = np.isneginf(best)
     ids[missing], best[missing] = -1, np.nan
-    if k < n:
-        ids = np.pad(ids, ((0, 0), (0, n - k)), constant_values=-1)
-        best = np.pad(best, ((0, 0), (0, n - k)), constant_values=np.nan)
-    return TopN(ids=ids, scores=best)
+    return _padded(ids, best, n)
+
+
+def _padded(ids: np.ndarray, scores: np.ndarray, n: int) -> TopN:
+    """``TopN`` of int32 ids / float32 scores, widened to ``n`` columns with -1 / NaN."""
+    extra = ((0, 0), (0, n - ids.shape[1]))
+    return TopN(ids=np.pad(ids.astype(np.int32), extra, constant_values=-1),
+                scores=np.pad(scores.astype(np.float32), extra, constant_values=np.nan))
 
 
 def _stack(parts: list[TopN], n: int) -> TopN:
@@ -63,13 +71,38 @@ def related_exact(artist_factors: np.ndarray, n: int, rows: np.ndarray | None = 
     unit = normalise(artist_factors)
     rows = np.arange(len(unit)) if rows is None else np.asarray(rows)
     step = _block(len(unit), batch_size)
+    k = min(n + 1, len(unit))  # one more, for the artist itself
     parts = []
     for lo in range(0, len(rows), step):
         block = rows[lo:lo + step]
-        scores = unit[block] @ unit.T
-        scores[np.arange(len(block)), block] = -np.inf
-        parts.append(top_n(scores, n))
+        ids, scores = _topk(unit, unit[block], k)
+        parts.append(_without_self(ids, scores, block, n))
     return _stack(parts, n)
+
+
+def _topk(items: np.ndarray, queries: np.ndarray, k: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """implicit's ``topk``: the ``k`` best items by inner product for each query row.
+
+    It runs its own threads over query rows; a multi-threaded BLAS underneath would only
+    oversubscribe the cores (3x slower measured on 2 cores), hence the limit.
+    """
+    with threadpool_limits(1, "blas"):
+        return topk(items, queries, k, num_threads=0, **kwargs)
+
+
+def _without_self(ids: np.ndarray, scores: np.ndarray, rows: np.ndarray, n: int) -> TopN:
+    """Drop each row's own code from its candidates (usually first; identical vectors may tie
+    so it can be elsewhere or absent) and keep the ``n`` best of the rest, padded with -1/NaN.
+
+    ``ids`` (-1 = no candidate) and ``scores`` are rows x candidates, best first. A stable sort
+    on "dropped" moves the kept entries left in their order.
+    """
+    keep = (ids != rows[:, None]) & (ids >= 0)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :n]
+    ids = np.take_along_axis(ids, order, axis=1).astype(np.int32)
+    valid = np.take_along_axis(keep, order, axis=1)
+    ids[~valid] = -1
+    return _padded(ids, np.where(valid, np.take_along_axis(scores, order, axis=1), np.nan), n)
 
 
 def related_annoy(index: AnnoyIndex, n: int, search_k: int = -1) -> TopN:
@@ -82,16 +115,7 @@ def related_annoy(index: AnnoyIndex, n: int, search_k: int = -1) -> TopN:
     for i in range(n_items):
         found, d = index.get_nns_by_item(i, n + 1, search_k=search_k, include_distances=True)
         ids[i, :len(found)], dist[i, :len(d)] = found, d
-    # Drop self where Annoy returned it (usually first; identical vectors may tie) and keep the n
-    # nearest of the rest; a stable sort on "dropped" moves the kept entries left in order.
-    keep = (ids != np.arange(n_items)[:, None]) & (ids >= 0)
-    order = np.argsort(~keep, axis=1, kind="stable")[:, :n]
-    ids = np.take_along_axis(ids, order, axis=1)
-    dist = np.take_along_axis(dist, order, axis=1)
-    valid = np.take_along_axis(keep, order, axis=1)
-    ids[~valid] = -1
-    scores = np.where(valid, 1 - dist**2 / 2, np.nan).astype(np.float32)
-    return TopN(ids=ids, scores=scores)
+    return _without_self(ids, 1 - dist**2 / 2, np.arange(n_items), n)
 
 
 def recall_at_n(approx: TopN, exact: TopN, rows: np.ndarray, tol: float = 1e-3) -> float:
@@ -131,10 +155,23 @@ def user_top_n(scorer: Scorer, heard: sp.csr_matrix, n: int, batch_size: int | N
     for lo in range(0, len(users), step):
         block = users[lo:lo + step]
         seen = heard[block]
+        if isinstance(scorer, Factors):
+            parts.append(_factor_top_n(scorer, block, seen, n))
+            continue
         scores = np.asarray(scorer.score(block, seen), dtype=np.float32)
         scores[np.repeat(np.arange(len(block)), np.diff(seen.indptr)), seen.indices] = -np.inf
         parts.append(top_n(scores, n))
     return _stack(parts, n)
+
+
+def _factor_top_n(model: Factors, block: np.ndarray, seen: sp.csr_matrix, n: int) -> TopN:
+    """``user_top_n`` for one block of a factor model, by implicit's ``topk``, which marks the
+    slots left after filtering heard artists with the lowest float32."""
+    k = min(n, model.artist_factors.shape[0])
+    ids, scores = _topk(model.artist_factors, model.user_factors[block], k, filter_query_items=seen)
+    missing = scores <= np.finfo(np.float32).min
+    ids[missing] = -1
+    return _padded(ids, np.where(missing, np.nan, scores), n)
 
 
 def user_top_n_annoy(user_factors: np.ndarray, artist_factors: np.ndarray, index: AnnoyIndex,
