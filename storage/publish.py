@@ -164,10 +164,12 @@ def _gate_value(outputs: RunOutputs) -> float | None:
 
 
 @contextmanager
-def publish_lock(engine: Engine, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+def publish_lock(engine: Engine, wait_seconds: float | None = None) -> Iterator[None]:
     """Hold the database's publish lock: a PostgreSQL advisory lock (per schema) or an flock on
     ``<db file>.publish-lock`` beside a SQLite file. Released by the server or the kernel when the
-    holder dies. Waits up to ``wait_seconds`` for another publisher, then RecsError."""
+    holder dies. Waits up to ``wait_seconds`` (default ``LOCK_WAIT_SECONDS``) for another
+    publisher, then RecsError."""
+    wait_seconds = LOCK_WAIT_SECONDS if wait_seconds is None else wait_seconds
     deadline = time.monotonic() + wait_seconds
     busy = RecsError(f"another publish into {engine.url.render_as_string(hide_password=True)} has held the "
                      f"lock for over {wait_seconds:.0f} s; one writer at a time — wait for it to finish")

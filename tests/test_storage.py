@@ -202,6 +202,12 @@ def test_retention_keeps_last_n_and_metrics_of_pruned(engine):
     assert bulk_run_ids(engine) == {3, 4}
     assert views_of(engine) == expected_views(runs[-1])
     assert [(r.run_id, r.precision_at_10) for r in list_runs(engine)] == [(i, 0.2) for i in (4, 3, 2, 1)]
+    if engine.dialect.name == "postgresql":  # pruned runs' partitions are gone, not just emptied
+        with engine.connect() as conn:
+            partitions = conn.exec_driver_sql(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace").scalars().all()
+        assert sorted(partitions) == sorted(f"{t}_run_{r}" for t in BULK for r in (3, 4))
     with pytest.raises(RecsError, match="retention must be at least 1"):
         publish(engine, runs[0], retention=0)
 
@@ -260,6 +266,14 @@ def test_exception_mid_load_marks_run_failed(engine, monkeypatch):
     assert bulk_run_ids(engine) == {1} and views_of(engine) == expected_views(first)
     third = make_outputs(42)
     assert publish(engine, third) == 3 and views_of(engine) == expected_views(third)
+
+
+def test_second_publisher_waits_then_fails_in_one_line(engine, monkeypatch):
+    monkeypatch.setattr(publish_module, "LOCK_WAIT_SECONDS", 0.5)
+    with publish_module.publish_lock(engine), pytest.raises(RecsError, match="another publish") as err:
+        publish(engine, make_outputs(70))
+    assert "\n" not in str(err.value) and statuses(engine) == {}
+    assert publish(engine, make_outputs(70)) == 1  # released on exit
 
 
 CHILD = r"""
@@ -428,6 +442,10 @@ def test_unreachable_database_is_one_line_error(url, tmp_path):
     with pytest.raises(RecsError) as err:
         make_engine(url.format(tmp=tmp_path))
     assert "\n" not in str(err.value)
+    if url.startswith("postgresql"):  # the server goes away after the engine was made
+        with pytest.raises(RecsError, match="Connection refused") as err:
+            publish(sa.create_engine(url), make_outputs(1))
+        assert "\n" not in str(err.value)
     result = CliRunner().invoke(_cli_app(), ["runs", "--db", url.format(tmp=tmp_path)])
     assert result.exit_code == 1
     assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
