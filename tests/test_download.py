@@ -280,3 +280,37 @@ def test_360k_layout_tar_gz_over_http(server: _Server, tmp_path: Path, cache: Pa
     interactions = parse(got.path, source.dataset)
     assert interactions.dataset == "lastfm-360k"
     assert len(interactions.frame) == 3_000 and interactions.bad_rows.counts == {}
+
+
+# --- recs data ----------------------------------------------------------------------------------
+
+
+def test_recs_data_over_http_prints_the_summary(hetrec_url: str, hetrec_dir: Path, cache: Path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    with (hetrec_dir / "user_artists.dat").open() as fh:
+        total = sum(int(line.split("\t")[2]) for line in list(fh)[1:])
+    result = CliRunner().invoke(app, ["data", "--dataset", "lastfm-2k", "--source", hetrec_url, "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.replace("│", " ").split())
+    for expected in ("users 1,892", "artists 17,632", "pairs 92,834", f"total plays {total:,}", "bad rows none"):
+        assert expected in out
+
+
+def test_recs_data_reports_bad_rows_and_errors_in_one_line(server: _Server, tmp_path: Path, cache: Path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    plays = tmp_path / "plays.csv"
+    plays.write_text("user,artist,plays\nann,Air,3\nann,Blur,x\nbob,Air,2\nbob,Air,1\nbob,Cher,4\n")
+    result = CliRunner().invoke(app, ["data", "--source", str(plays), "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.replace("│", " ").split())
+    assert "pairs 3" in out and "bad rows non_numeric_plays: 1, duplicate_pairs: 1" in out
+
+    result = CliRunner().invoke(app, ["data", "--source", server.url("gone.zip"), "--cache-dir", str(cache)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: download of {server.url('gone.zip')} failed: HTTP 404 File not found; check the URL"

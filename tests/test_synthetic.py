@@ -126,3 +126,16 @@ def test_obtain_generates_once_then_reuses_and_regenerates_a_damaged_file(tmp_pa
     first.path.write_text("damaged")
     third = obtain(resolve(config))
     assert not third.from_cache and third.sha256 == first.sha256
+
+
+def test_recs_data_defaults_to_synthetic_offline_and_reuses_it(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runs = [CliRunner().invoke(app, ["data", "--cache-dir", str(tmp_path)]) for _ in range(2)]
+    for result in runs:
+        assert result.exit_code == 0, result.output
+        out = " ".join(result.output.replace("│", " ").split())
+        assert f"users {DEFAULT.users:,}" in out and f"pairs {DEFAULT.rows:,}" in out and "bad rows none" in out
+    assert "(cached)" not in runs[0].output and "(cached)" in runs[1].output
