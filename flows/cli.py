@@ -7,6 +7,7 @@ Each command is a thin shell over plain functions in tasks/, storage/ and flows/
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -91,7 +92,15 @@ def run(
     db: str = typer.Option(None, help="SQLAlchemy URL to publish into (default sqlite:///data/recs.db)."),
     model: str = typer.Option(None, help="Model for both related artists and user recommendations."),
 ) -> None:
-    """Retrain once (the `retrain` Prefect flow) and publish the run; prints a summary."""
+    """Retrain once (the `retrain` Prefect flow) and publish the run; prints a summary.
+
+    Uses the Prefect API in PREFECT_API_URL when set (the run then shows in that server's UI),
+    else a temporary local one that lives as long as the command.
+    """
+    # Before Prefect is imported: offline, and a patient start for the temporary API on a busy machine.
+    for name, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
+                        ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")):
+        os.environ.setdefault(name, value)
     from rich.table import Table
 
     from flows.report import metrics_rows
@@ -112,7 +121,8 @@ def run(
                       "" if row["vs_popularity"] is None else f"{row['vs_popularity']:.2f}")
     console.print(table)
     console.print(f"published run [bold]{result.run_id}[/bold] to {result.db} "
-                  f"in {sum(result.timings.values()):.1f} s")
+                  f"in {sum(result.timings.values()):.1f} s (related artists: {result.related_model}, "
+                  f"user recommendations: {result.user_model})", highlight=False, soft_wrap=True)
     console.print("try: " + _example_query(config.storage.db, result.example_artist), highlight=False, soft_wrap=True)
 
 
@@ -186,8 +196,6 @@ def runs(
         if r.message:
             notes.append(Text(f"run {r.run_id}: {r.message}"))
     console.print(table)
-    for note in notes:
-        console.print(note, soft_wrap=True)
     for note in notes:
         console.print(note, soft_wrap=True)
 

@@ -14,11 +14,13 @@ lengths, user idf) of the matrix the models are fitted on.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import errno
 import hashlib
 import http.client
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -91,9 +93,13 @@ def _digest(*parts: object) -> str:
 
 
 def download_key(context, parameters: dict) -> str:
-    """Cache key of a download: the resolved source URL/path and the expected sha256 (if given)."""
-    data: DataConfig = parameters["data"]
-    return "download-" + _digest(_source_of(data), data.sha256, str(Path(data.cache_dir).resolve()))
+    """Cache key of a download: what ``tasks.datasets.resolve`` says to obtain (URL or path,
+    expected sha256, archive member, generator parameters) and the cache folder."""
+    from tasks.datasets import resolve
+
+    plan = resolve(parameters["data"])
+    return "download-" + _digest(plan.location, plan.sha256, plan.expect, str(Path(plan.cache_dir).resolve()),
+                                 plan.synthetic.model_dump() if plan.synthetic else None)
 
 
 def parse_key(context, parameters: dict) -> str:
@@ -105,19 +111,16 @@ def parse_key(context, parameters: dict) -> str:
 # -- tasks -------------------------------------------------------------------------------------
 
 
-def _source_of(data: DataConfig) -> str:
-    from tasks.datasets import resolve
-
-    return resolve(data)
-
-
 @task(name="download", cache_key_fn=download_key, persist_result=True, retry_jitter_factor=0.5,
       retry_condition_fn=_retry_transient, timeout_seconds=4 * 3600)
-def download_task(data: DataConfig) -> Downloaded:
-    """Fetch (or generate) the dataset into ``data.cache_dir``; small result, cached by source."""
-    from tasks.download import fetch
+def download_task(data: DataConfig) -> tuple[Downloaded, str | None]:
+    """Fetch (or generate) the dataset into ``data.cache_dir``. Returns the download and the
+    dataset name to record (None: the user's own file, named by its format when parsed).
+    A small result, cached across runs by source."""
+    from tasks.datasets import obtain, resolve
 
-    return fetch(_source_of(data), data.cache_dir, sha256=data.sha256)
+    plan = resolve(data)
+    return obtain(plan), plan.dataset
 
 
 @dataclass(frozen=True)
@@ -130,14 +133,14 @@ class Parsed:
 
 
 @task(name="parse", cache_key_fn=parse_key, persist_result=True, timeout_seconds=3 * 3600)
-def parse_task(downloaded: Downloaded, dataset: str, out_dir: Path) -> Parsed:
+def parse_task(downloaded: Downloaded, dataset: str | None, out_dir: Path) -> Parsed:
     """Parse into the tidy frame and write it as Parquet next to the download; the cached result
     is only the path and the bad-row counts, never the frame."""
     from tasks.parse import parse
 
     interactions = parse(downloaded.path, dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"parsed-{downloaded.sha256[:16]}-{dataset}.parquet"
+    path = out_dir / f"parsed-{downloaded.sha256[:16]}-{interactions.dataset}.parquet"
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         interactions.frame.to_parquet(tmp, index=False)
@@ -268,15 +271,15 @@ def evaluate_task(fitted: list[Fitted], split: Split, config: RetrainConfig) -> 
 
 @task(name="publish", retry_jitter_factor=0.5, retry_condition_fn=_retry_transient, timeout_seconds=3 * 3600,
       **IN_MEMORY)
-def publish_task(config: RetrainConfig, downloaded: Downloaded, encoded: Encoded, recommended: Recommended,
-                 metrics: list[Metric], related_model: str, user_model: str) -> int:
+def publish_task(config: RetrainConfig, downloaded: Downloaded, dataset: str, encoded: Encoded,
+                 recommended: Recommended, metrics: list[Metric], related_model: str, user_model: str) -> int:
     """Load the run's rows and make them visible in one transaction; returns the new run_id."""
     from storage.engine import make_engine
     from storage.publish import RunOutputs, publish
 
     outputs = RunOutputs(
         encoded=encoded, related=recommended.related, recommendations=recommended.users, metrics=metrics,
-        config=config.model_dump(mode="json"), dataset=config.data.dataset, source=downloaded.source,
+        config=config.model_dump(mode="json"), dataset=dataset, source=downloaded.source,
         data_sha256=downloaded.sha256, related_model=related_model, user_model=user_model,
         code_version=_code_version(),
     )
@@ -321,6 +324,8 @@ class RetrainResult:
     metrics: list[Metric]
     timings: dict[str, float]
     example_artist: str  # the most listened artist, for an example query
+    related_model: str
+    user_model: str
 
 
 class _Timer:
@@ -345,6 +350,15 @@ def _run_dir(config: RetrainConfig) -> Path:
     return path
 
 
+def _prune_run_dirs(work_dir: Path, keep: int, current: Path) -> None:
+    """Keep the ``keep`` newest run folders (factors, Annoy indexes) under ``work_dir``, like the
+    database keeps its last published runs; the current one is never removed."""
+    runs = sorted((p for p in work_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in runs[keep:]:
+        if old.resolve() != current.resolve():
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def _same_model(a: ModelConfig, b: ModelConfig) -> bool:
     return a.model_dump() == b.model_dump()
 
@@ -364,6 +378,15 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> RetrainResult:
         raise
 
 
+def _renamed(scorer, name: str):
+    """A copy of ``scorer`` under another ``name`` (frozen dataclasses and plain objects alike)."""
+    if dataclasses.is_dataclass(scorer):
+        return dataclasses.replace(scorer, name=name)
+    clone = copy.copy(scorer)
+    clone.name = name
+    return clone
+
+
 def _fit_models(config: RetrainConfig, split: Split, run_dir: Path, timer: _Timer) -> tuple[Fitted, Fitted]:
     """Fit the related-artists and user models on the train split, once each (once in all when
     both roles name the same configuration)."""
@@ -375,7 +398,7 @@ def _fit_models(config: RetrainConfig, split: Split, run_dir: Path, timer: _Time
         fitted.append(Fitted(model=cfg, scorer=scorer, train=weighted))
     if len(fitted) == 2 and fitted[0].scorer.name == fitted[1].scorer.name:
         # same model name with different settings: keep their metrics apart
-        fitted = [Fitted(f.model, dataclasses.replace(f.scorer, name=f"{f.scorer.name}-{role}"), f.train)
+        fitted = [Fitted(f.model, _renamed(f.scorer, f"{f.scorer.name}-{role}"), f.train)
                   for f, role in zip(fitted, ("related", "users"))]
     if not hasattr(fitted[0].scorer, "artist_factors"):
         raise RecsError(f"related_model {related_cfg.name!r} has no artist factors to compare artists by; "
@@ -394,34 +417,36 @@ def _retrain(config: RetrainConfig, logger) -> RetrainResult:
     run_dir = _run_dir(config)
     data = config.data
     download = _retrying(download_task, config)
-    downloaded = timer("download", download, data)
+    downloaded, dataset = timer("download", download, data)
     if not Path(downloaded.path).exists():  # a cached result whose file was deleted since
-        downloaded = timer("download", download.with_options(refresh_cache=True), data)
-    parsed = timer("parse", parse_task, downloaded, data.dataset, Path(data.cache_dir) / "parsed")
+        downloaded, dataset = timer("download", download.with_options(refresh_cache=True), data)
+    parsed = timer("parse", parse_task, downloaded, dataset, Path(data.cache_dir) / "parsed")
     if not parsed.path.exists():
-        parsed = timer("parse", parse_task.with_options(refresh_cache=True), downloaded, data.dataset,
+        parsed = timer("parse", parse_task.with_options(refresh_cache=True), downloaded, dataset,
                        Path(data.cache_dir) / "parsed")
     encoded = timer("encode", encode_task, parsed, data)
-    logger.info("%s: %d users x %d artists, %d pairs; %d bad rows", data.dataset, encoded.n_users,
+    logger.info("%s: %d users x %d artists, %d pairs; %d bad rows", parsed.dataset, encoded.n_users,
                 encoded.n_artists, encoded.plays.nnz, parsed.bad_rows.total)
     split = timer("split", split_task, encoded, config)
     related, users = _fit_models(config, split, run_dir, timer)
-    heard = encoded.plays if isinstance(users.scorer, Factors) else weight_task(encoded.plays, users.model)
-    recommended = timer("recommend", recommend_task, related.scorer, users.scorer, heard, config, run_dir)
+    # every artist a user ever heard (train and test) is excluded from the published top-N; the
+    # scorers only read which artists were heard, not how often (item-kNN binarises its input)
+    recommended = timer("recommend", recommend_task, related.scorer, users.scorer, encoded.plays, config, run_dir)
     fitted = [related] if related is users else [related, users]
     metrics = timer("evaluate", evaluate_task, fitted, split, config) + recommended.recall
     for m in metrics:
         logger.info("%-12s %-22s %s", m.model, m.metric if m.k is None else f"{m.metric}@{m.k}", f"{m.value:.4f}")
-    run_id = timer("publish", _retrying(publish_task, config), config, downloaded, encoded, recommended, metrics,
-                   related.scorer.name, users.scorer.name)
+    run_id = timer("publish", _retrying(publish_task, config), config, downloaded, parsed.dataset, encoded,
+                   recommended, metrics, related.scorer.name, users.scorer.name)
     report = RunReport(
-        run_id=str(run_id), dataset=data.dataset, source=downloaded.source, sha256=downloaded.sha256,
+        run_id=str(run_id), dataset=parsed.dataset, source=downloaded.source, sha256=downloaded.sha256,
         encoded=encoded, bad_rows=parsed.bad_rows, split_rule=split.rule, test_pairs=split.test.nnz,
         models={"related artists": related.params, "user recommendations": users.params},
         metrics=metrics, related=recommended.related, artist_factors=related.scorer.artist_factors,
         timings=timer.seconds,
     )
     publish_artifacts(report)
+    _prune_run_dirs(Path(config.work_dir), keep=config.storage.retention, current=run_dir)
     top = str(encoded.artist_names[int(np.argmax(encoded.listeners))])
     return RetrainResult(run_id=run_id, db=_safe_url(config.storage.db), metrics=metrics, timings=timer.seconds,
-                         example_artist=top)
+                         example_artist=top, related_model=related.scorer.name, user_model=users.scorer.name)
