@@ -1,0 +1,72 @@
+"""The benchmark's ``--quick`` size runs end to end and reports every figure it promises.
+
+Speed is not asserted here (CI machines vary; the figures are for people): the test checks that
+the command runs as users run it, publishes through the real flow, and that its JSON holds a
+time and peak RSS for every stage, finite ratios against the raw libraries, and recalls of the
+approximate steps measured against exact search.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("download", "parse", "encode", "split", "weight", "factorize", "index_related", "related",
+          "index_users", "users", "recall_check", "evaluate", "publish_sqlite")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> dict:
+    command = [sys.executable, "-m", "benchmarks.pipeline", "--quick",
+               "--work-dir", str(tmp_path_factory.mktemp("bench"))]
+    postgres = os.environ.get("RECS_TEST_POSTGRES_URL")
+    if postgres:
+        command += ["--postgres", postgres]
+    env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_every_stage_is_timed_with_its_peak_memory(quick):
+    stages = quick["plain"]["stages"]
+    expected = STAGES + (("publish_postgres",) if os.environ.get("RECS_TEST_POSTGRES_URL") else ())
+    assert set(stages) == set(expected)
+    for figures in stages.values():
+        assert figures["seconds"] >= 0
+        assert figures["peak_rss_mb"] > 0
+    total = quick["plain"]["total"]
+    assert total["seconds"] == pytest.approx(sum(f["seconds"] for f in stages.values()), abs=0.01)
+    assert total["peak_rss_mb"] == max(f["peak_rss_mb"] for f in stages.values())
+
+
+def test_ratios_against_the_raw_libraries_are_measured(quick):
+    ratios = quick["ratios"]
+    for name in ("fit_ratio", "related_speedup", "user_speedup", "publish_sqlite_vs_executemany"):
+        assert math.isfinite(ratios[name]) and ratios[name] > 0, name
+    assert ratios["flow_overhead"] > -1
+    raw = quick["raw"]
+    assert raw["exact_similar_sample"] > 0 and raw["batch_recommend_sample"] > 0
+
+
+def test_approximate_steps_are_checked_against_exact(quick):
+    for name in ("related_recall", "user_recall"):
+        value = quick["raw"][name]
+        # Annoy at the shipped 50 trees on a few thousand artists finds most true neighbours;
+        # a broken index or misaligned codes would score near the random rate (10 / artists).
+        assert 0.5 < value <= 1.0, (name, value)
+        assert quick["targets"][name]["value"] == value
+
+
+def test_the_flow_ran_and_published(quick):
+    flow = quick["flow"]
+    assert flow["run_id"]
+    assert flow["seconds"] > 0
+    assert {"factorize", "publish"} <= set(flow["stages"])
