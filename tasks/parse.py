@@ -9,8 +9,9 @@ Formats, detected from the path (``detect``):
   header-less file of four tab-separated columns): user SHA-1, artist MusicBrainz id (may be
   empty), artist name, plays. The artist key is the mbid, else the normalised name (NFKC,
   lower-cased, trimmed, inner whitespace collapsed), so "The  Beatles" and "the beatles" meet.
-- ``table``: ``.csv`` (comma), ``.tsv``/``.txt`` (tab) with a header, or ``.parquet``; columns
-  ``user``, ``artist``, ``plays`` and optionally ``artist_name``.
+- ``table``: ``.csv``/``.tsv``/``.txt`` with a header line (tab-separated if the header has a
+  tab, else comma-separated; double quotes allowed), or ``.parquet``; columns ``user``,
+  ``artist``, ``plays`` and optionally ``artist_name`` (any letter case).
 
 Bad rows are dropped and counted by kind in ``BadRows.counts``; each dropped row is counted once,
 under the first rule it breaks, in this order:
@@ -53,7 +54,7 @@ from tasks.errors import RecsError
 HETREC_PLAYS = "user_artists.dat"
 HETREC_ARTISTS = "artists.dat"
 LASTFM_360K_PLAYS = "usersha1-artmbid-artname-plays.tsv"
-TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": ""}
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 # Kinds in the order rows are checked (module docstring); duplicates are counted last.
 BAD_ROW_KINDS = (
     "missing_fields",
@@ -230,8 +231,8 @@ def _table_batches(path: Path, bad: Counter[str]) -> Iterator[pa.RecordBatch]:
     if path.suffix.lower() == ".parquet":
         yield from _parquet_batches(path, bad)
         return
-    header = _split_header(_first_line(path))
-    delimiter = TABLE_SUFFIXES.get(path.suffix.lower()) or ("\t" if "\t" in _first_line(path) else ",")
+    line = _first_line(path)
+    header, delimiter = _split_header(line), "\t" if "\t" in line else ","
     keep = [c for c in ("user", "artist", "artist_name", "plays") if c in header]
     for batch in _delimited(path, header, keep, bad, delimiter=delimiter, quoted=True, header=True):
         name = batch["artist_name"] if "artist_name" in keep else None
