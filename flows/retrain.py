@@ -22,6 +22,7 @@ import http.client
 import json
 import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -55,18 +56,26 @@ _TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, e
 
 
 def _is_transient(exc: BaseException | None) -> bool:
-    """True if ``exc`` or anything in its cause/context chain is a network or DB-connection error
-    worth retrying (refused/reset connection, timeout, HTTP 5xx, SQLAlchemy OperationalError);
-    False for everything else (404, checksum mismatch, bad data), which a retry cannot fix."""
+    """True if ``exc`` or anything in its cause/context chain is a network or database-connection
+    error worth retrying (refused/reset connection, timeout, HTTP 5xx, PostgreSQL connection
+    failure, SQLite "database is locked"); False for everything else (404, checksum mismatch, bad
+    data, a SQLite file that cannot be opened), which another attempt cannot fix."""
+    import psycopg
     from sqlalchemy.exc import InterfaceError, OperationalError
 
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if isinstance(exc, sqlite3.OperationalError):
+            return "locked" in str(exc) or "busy" in str(exc)
+        if isinstance(exc, OperationalError | InterfaceError):
+            return exc.orig is None or _is_transient(exc.orig)
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return True
         if isinstance(exc, urllib.error.HTTPError):
             return exc.code >= 500
-        if isinstance(exc, OperationalError | InterfaceError | TimeoutError | socket.timeout
-                      | ConnectionError | http.client.RemoteDisconnected | http.client.IncompleteRead):
+        if isinstance(exc, TimeoutError | socket.timeout | ConnectionError | http.client.RemoteDisconnected
+                      | http.client.IncompleteRead):
             return True
         if isinstance(exc, urllib.error.URLError):
             return _is_transient(exc.reason) if isinstance(exc.reason, BaseException) else False

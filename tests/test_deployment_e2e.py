@@ -74,7 +74,6 @@ def prefect_env(tmp_path_factory):
         "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
-        "PREFECT_CLI_PROMPT": "false",
         "PREFECT_SERVER_UI_ENABLED": "false",
         # the scheduler would otherwise first look at new deployments after 60 s
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
@@ -126,7 +125,7 @@ def test_scheduled_deployment_runs_with_a_process_worker(prefect_env, hetrec_url
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     _cli(prefect_env, "work-pool", "create", POOL, "--type", "process")
-    _cli(prefect_env, "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
+    _cli(prefect_env, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
 
     db = tmp_path / "recs.db"
     config = {

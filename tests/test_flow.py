@@ -62,6 +62,12 @@ def two_runs(harness, hetrec_url, tmp_path_factory):
     return tmp, config, states
 
 
+def _one_model(config: RetrainConfig) -> RetrainConfig:
+    """``config`` with the related-artists model serving users too: one fit, for tests that are
+    about what happens around the models."""
+    return config.model_copy(update={"user_model": config.related_model})
+
+
 def _current_run(db) -> tuple[int, int]:
     with sqlite3.connect(db) as con:
         [(run_id,)] = con.execute("SELECT max(run_id) FROM runs WHERE status = 'published'").fetchall()
@@ -137,3 +143,58 @@ def test_failing_stage_fails_the_run_and_keeps_the_previous_one(two_runs):
     assert len(reasons) == 1 and "\n" not in reasons[0]
     assert f"127.0.0.1:{port}" in reasons[0]
     assert _current_run(tmp / "recs.db") == before
+
+
+def test_unreachable_database_is_retried_then_fails_the_run(two_runs):
+    from flows.retrain import retrain
+
+    tmp, config, _ = two_runs
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = _one_model(config).model_copy(update={"storage": config.storage.model_copy(
+        update={"db": f"postgresql+psycopg://postgres@127.0.0.1:{port}/recs"})})
+
+    state = retrain(down, return_state=True)
+
+    assert state.is_failed()
+    _, tasks, logs = _read(state.state_details.flow_run_id)
+    [publish] = [t for t in tasks if t.name.startswith("publish")]
+    assert publish.run_count == 2  # a refused database connection is retried
+    [reason] = [log.message for log in logs if log.message.startswith("retrain failed: ")]
+    assert f"127.0.0.1:{port}" in reason and "\n" not in reason
+
+
+@pytest.mark.postgres
+def test_flow_publishes_into_postgresql(two_runs):
+    """The same flow into a real PostgreSQL (a fresh schema, dropped afterwards)."""
+    import os
+    import uuid
+
+    import sqlalchemy as sa
+
+    from flows.retrain import retrain
+
+    url = os.environ.get("RECS_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("set RECS_TEST_POSTGRES_URL to run against PostgreSQL")
+    tmp, config, _ = two_runs
+    schema = f"recs_flow_{uuid.uuid4().hex[:12]}"  # generated here, never user input
+    admin = sa.create_engine(url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        db = sa.engine.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+        pg = _one_model(config).model_copy(update={"storage": config.storage.model_copy(
+            update={"db": db.render_as_string(hide_password=False)})})
+        result = retrain(pg)
+        with sa.create_engine(db).connect() as conn:
+            published = conn.execute(sa.text("SELECT run_id FROM runs WHERE status = 'published'")).scalars().all()
+            coldplay = conn.execute(sa.text(
+                "SELECT count(*) FROM current_related_artists WHERE lower(artist_name) = 'coldplay'")).scalar()
+        assert published == [result.run_id]
+        assert coldplay == config.n
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
