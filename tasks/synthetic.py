@@ -229,11 +229,10 @@ def _names(rng: np.random.Generator, n: int) -> np.ndarray:
         chosen = rng.choice(len(a) * len(b), size=k, replace=False)
         return a[chosen // len(b)], b[chosen % len(b)]
 
-    capacity = {"the": len(adjectives) * len(nouns), "plain": len(adjectives) * len(nouns)}
-    count = {"the": min(n // 10, capacity["the"]), "plain": min(n // 10, capacity["plain"])}
-    count["word"] = min(n // 4, n_words)
-    count["band"] = min(n // 5, n_words * len(nouns))
-    count["person"] = n - sum(count.values())
+    phrases = len(adjectives) * len(nouns)
+    count = {"word": min(n // 4, n_words), "band": min(n // 5, n_words * len(nouns)),
+             "the": min(n // 10, phrases), "plain": min(n // 10, phrases)}
+    count["person"] = n - sum(count.values())  # Given Word: 13 M combinations, room for the rest
     parts = [
         words[: count["word"]],
         _join(*pair(given, words, count["person"]), sep=" "),

@@ -139,3 +139,12 @@ def test_recs_data_defaults_to_synthetic_offline_and_reuses_it(tmp_path: Path):
         out = " ".join(result.output.replace("│", " ").split())
         assert f"users {DEFAULT.users:,}" in out and f"pairs {DEFAULT.rows:,}" in out and "bad rows none" in out
     assert "(cached)" not in runs[0].output and "(cached)" in runs[1].output
+
+
+def test_names_stay_unique_at_the_360k_catalogue_size():
+    from tasks.synthetic import ADJECTIVES, GIVEN_NAMES, _names
+
+    assert not {w.lower() for w in ADJECTIVES} & {w.lower() for w in GIVEN_NAMES}
+    names = _names(np.random.default_rng(0), 300_000)
+    normalised = np.char.lower(names)
+    assert len(np.unique(normalised)) == 300_000
