@@ -59,8 +59,9 @@ def fetch(
 
     Archives (.zip, .tar.gz, .tgz, .tar) are extracted and ``path`` is the extracted folder;
     otherwise ``path`` is the file (or the local folder as given). ``sha256`` (hex), when given,
-    must match the downloaded bytes. ``expect`` is a path relative to the archive's root (or the
-    local folder) that must exist, e.g. ``"user_artists.dat"``. Connection errors and HTTP 5xx
+    must match the downloaded bytes. ``expect`` is a file the archive (or local folder) must hold,
+    e.g. ``"user_artists.dat"``: at that relative path, or under its own name at the root or one
+    folder down (a re-packed mirror). Connection errors and HTTP 5xx
     are retried ``attempts`` times in all, waiting ``backoff`` x 1, 2, 4 ... seconds; a 4xx is not.
     Raises ``RecsError`` with a one-line message on any failure.
     """
@@ -146,7 +147,7 @@ def _reuse(final: Path, expected: str | None, expect: str | None) -> Path | None
     if not _is_archive(final.name):
         return final
     folder = _extract_dir(final)
-    if folder.is_dir() and (expect is None or (folder / expect).is_file()):
+    if folder.is_dir() and _holds(folder, expect):
         return folder
     return None
 
@@ -240,7 +241,7 @@ def _fetch_local(
     if local.is_dir():
         if expected:
             raise RecsError(f"{source} is a folder; a sha256 can only be checked for a file")
-        if expect and not (local / expect).is_file():
+        if not _holds(local, expect):
             raise RecsError(f"{source} has no {expect}; point at the dataset's extracted folder")
         return Downloaded(source=source, path=local, sha256=_tree_sha256(local), from_cache=False)
     if not local.is_file():
@@ -253,7 +254,7 @@ def _fetch_local(
     entry = cache_entry(cache_dir, local.as_uri(), local.name)
     final = entry / local.name
     folder = _extract_dir(final)
-    if read_recorded(final) == digest and folder.is_dir() and (expect is None or (folder / expect).is_file()):
+    if read_recorded(final) == digest and folder.is_dir() and _holds(folder, expect):
         return Downloaded(source=source, path=folder, sha256=digest, from_cache=True)
     _discard(final)
     _mkdir(entry)
@@ -298,7 +299,7 @@ def _extract(archive: Path, name: str, target: Path, expect: str | None, source:
             _extract_zip(archive, staging, source)
         else:
             _extract_tar(archive, staging, source)
-        if expect and not (staging / expect).is_file():
+        if not _holds(staging, expect):
             raise RecsError(
                 f"{source} has no {expect} inside; it is not the expected dataset archive "
                 "(check the URL, or pass the play file itself with --source)"
@@ -310,6 +311,15 @@ def _extract(archive: Path, name: str, target: Path, expect: str | None, source:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _holds(folder: Path, expect: str | None) -> bool:
+    """Whether ``folder`` has the ``expect`` file: at that relative path, or (a re-packed mirror)
+    under its own name at the root or one folder down, where ``tasks.parse`` also looks."""
+    if expect is None or (folder / expect).is_file():
+        return True
+    name = PurePosixPath(expect).name
+    return any(p.is_file() for p in (*folder.glob(name), *folder.glob(f"*/{name}")))
 
 
 def _extract_zip(archive: Path, staging: Path, source: str) -> None:

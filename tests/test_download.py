@@ -314,3 +314,14 @@ def test_recs_data_reports_bad_rows_and_errors_in_one_line(server: _Server, tmp_
     result = CliRunner().invoke(app, ["data", "--source", server.url("gone.zip"), "--cache-dir", str(cache)])
     assert result.exit_code == 1
     assert result.output.strip() == f"error: download of {server.url('gone.zip')} failed: HTTP 404 File not found; check the URL"
+
+
+def test_expected_file_found_in_a_repacked_mirror(server: _Server, tmp_path: Path, cache: Path):
+    """A 360K mirror with the play file at the archive root (not under lastfm-dataset-360K/)."""
+    plays = generate(tmp_path / "usersha1-artmbid-artname-plays.tsv", users=20, artists=80, rows=200, genres=2)
+    with tarfile.open(server.root / "mirror.tar.gz", "w:gz") as tar:
+        tar.add(plays, arcname=plays.name)
+    got = fetch(server.url("mirror.tar.gz"), cache, expect=DATASETS["lastfm-360k"].expect, **FAST)
+    assert len(parse(got.path).frame) == 200
+    folder = fetch(str(got.path), cache, expect=DATASETS["lastfm-360k"].expect)
+    assert folder.path == got.path
