@@ -281,6 +281,18 @@ def _decode(column: pa.Array) -> tuple[pa.Array, np.ndarray]:
     return pa.array(values, pa.string()), invalid
 
 
+def _text(column: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """A raw field (bytes or str) -> trimmed UTF-8 strings, "" where missing, and the mask of
+    rows that were not valid UTF-8."""
+    if pa.types.is_binary(column.type):
+        strings, invalid = _decode(column)
+    else:
+        strings, invalid = column, np.zeros(len(column), dtype=bool)
+    if strings.null_count:
+        strings = pc.fill_null(strings, "")
+    return pc.utf8_trim_whitespace(strings), invalid
+
+
 def _lenient(column: pa.Array) -> pa.Array:
     return _decode(column)[0]
 
@@ -303,19 +315,10 @@ def _cleaned(
     ``key_from_name``: the 360K rule, an empty ``artist`` (mbid) is replaced by the normalised name.
     """
     n = len(user)
-    user, bad_user = _decode(user)
-    artist, bad_artist = _decode(artist)
-    plays, bad_plays = _decode(plays)
-    if name is None:
-        name, bad_name = artist, np.zeros(n, dtype=bool)
-    elif pa.types.is_binary(name.type):
-        name, bad_name = _decode(name)
-    else:
-        bad_name = np.zeros(n, dtype=bool)
-    name = pc.utf8_trim_whitespace(pc.fill_null(name, ""))
-    user = pc.utf8_trim_whitespace(pc.fill_null(user, ""))
-    artist = pc.utf8_trim_whitespace(pc.fill_null(artist, ""))
-    plays = pc.utf8_trim_whitespace(pc.fill_null(plays, ""))
+    user, bad_user = _text(user)
+    artist, bad_artist = _text(artist)
+    plays, bad_plays = _text(plays)
+    name, bad_name = (artist, np.zeros(n, dtype=bool)) if name is None else _text(name)
     if key_from_name:
         no_id = pc.equal(artist, "")
         if pc.any(no_id).as_py():  # normalise only the names that become keys (few rows)
@@ -404,10 +407,12 @@ def _merge_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     users = frame["user"].cat.codes.to_numpy().astype(np.int64)
     artists = frame["artist"].cat.codes.to_numpy().astype(np.int64)
     pair = users * max(len(frame["artist"].cat.categories), 1) + artists
+    ordered = np.sort(pair)
+    if not (ordered[1:] == ordered[:-1]).any():  # the usual case, and a sort beats hashing here
+        return frame, 0
+    del ordered
     repeated = pd.Series(pair).duplicated().to_numpy()
     merged = int(repeated.sum())
-    if not merged:
-        return frame, 0
     totals = pd.Series(frame["plays"].to_numpy(np.float64)).groupby(pair, sort=False).sum()
     first = frame.loc[~repeated].reset_index(drop=True)
     first["plays"] = totals.reindex(pair[~repeated]).to_numpy().astype(np.float32)
