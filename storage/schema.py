@@ -44,7 +44,9 @@ class SchemaVersion(Base):
     __tablename__ = "schema_version"
     __table_args__ = {"comment": "Version of this schema in the database; see storage/engine.py."}
 
-    version: Mapped[int] = mapped_column(sa.Integer, primary_key=True, comment="schema version number")
+    version: Mapped[int] = mapped_column(
+        sa.Integer, primary_key=True, autoincrement=False, comment="schema version number"
+    )
     applied_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), comment="when this version was created or upgraded to (UTC)"
     )
@@ -165,7 +167,9 @@ class RunMetric(Base):
         {"comment": "Evaluation results of each run: models, baselines and Annoy recall."},
     )
 
-    metric_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    metric_id: Mapped[int] = mapped_column(
+        sa.Integer, primary_key=True, autoincrement=True, comment="row id (k may be NULL, so no natural key)"
+    )
     run_id: Mapped[int] = mapped_column(sa.Integer, comment="runs.run_id")
     model: Mapped[str] = mapped_column(
         sa.Text, comment="model name, or popularity / random (baselines), or annoy (index recall)"
