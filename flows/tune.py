@@ -3,7 +3,8 @@
 Loads the configured dataset as the retrain flow does (obtain -> parse -> encode), samples
 candidates (``tasks.tune.sample_candidates``, with implicit's default ALS and the configured
 ``user_model`` as anchors), evaluates them in parallel on the validation split of the train part
-(``tasks.tune.tune``) and records every trial under ``out_dir``: ``trials.json``, ``trials.csv``
+(``tasks.tune.tune``; the configured ``user_model`` stays the pick unless beaten by more than
+1 %) and records every trial under ``out_dir``: ``trials.json``, ``trials.csv``
 and ``best.yaml`` (a ``user_model:`` block to paste into a retrain config).
 
 A plain function, not a Prefect flow: a search is an engineer's offline step whose output is a
@@ -50,7 +51,8 @@ def run_tune(
     candidates = sample_candidates(trials, seed, anchors=(REFERENCE, config.user_model))
     k = 10 if 10 in config.eval.k else config.eval.k[0]
     result = tune(encoded.plays, candidates, holdout=config.eval.holdout, min_artists=config.eval.min_artists,
-                  seed=config.eval.seed, k=k, objective=objective, workers=workers, on_trial=on_trial)
+                  seed=config.eval.seed, k=k, objective=objective, workers=workers, on_trial=on_trial,
+                  incumbent=config.user_model)
     out_dir = Path(out_dir) if out_dir else config.work_dir / time.strftime("tune-%Y%m%dT%H%M%SZ", time.gmtime())
     write_trials(result, out_dir)
     best = out_dir / "best.yaml"

@@ -73,6 +73,15 @@ def test_tune_records_every_trial_and_picks_the_best(plays, tmp_path):
     assert "popularity" in table and "error: " in table and table.count("\n") == 4
 
 
+def test_the_incumbent_stays_unless_beaten_by_more_than_min_gain(plays):
+    free = tune(plays, CHEAP[:2], workers=1)
+    loser = 1 - free.best_trial
+    kept = tune(plays, CHEAP[:2], workers=1, incumbent=CHEAP[loser], min_gain=10.0)
+    assert kept.best_trial == loser and kept.best == CHEAP[loser]
+    beaten = tune(plays, CHEAP[:2], workers=1, incumbent=CHEAP[loser], min_gain=0.0)
+    assert beaten.best_trial == free.best_trial
+
+
 def test_parallel_workers_give_the_same_trials_as_one(plays):
     one = tune(plays, CHEAP[:2], workers=1)
     two = tune(plays, CHEAP[:2], workers=2)
