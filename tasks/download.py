@@ -43,6 +43,10 @@ ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 CHUNK = 1 << 20
 PROGRESS_MIN_BYTES = 16 << 20  # smaller downloads finish before a bar is worth drawing
 USER_AGENT = "lastfm-recs/0.1"
+# Read once at import (os.umask can only be read by setting it): files and folders renamed into
+# the cache get the usual permissions, not the private ones of temporary files.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def fetch(
@@ -124,7 +128,7 @@ def _fetch_remote(
         return Downloaded(source=url, path=reused, sha256=read_recorded(final) or "", from_cache=True)
     _discard(final)
     _mkdir(entry)
-    part = _temp_path(entry, name)
+    part = temp_path(entry, name)
     try:
         digest = _retrying(lambda: _download(url, part, timeout), url, attempts, backoff)
         _check_expected(url, digest, expected)
@@ -294,6 +298,7 @@ def _extract(archive: Path, name: str, target: Path, expect: str | None, source:
     """Extract ``archive`` (format told by ``name``) into a temporary folder beside ``target``,
     check it, rename it into place."""
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    staging.chmod(0o777 & ~_UMASK)
     try:
         if name.lower().endswith(".zip"):
             _extract_zip(archive, staging, source)
@@ -371,14 +376,17 @@ def _record_path(file: Path) -> Path:
     return file.with_name(file.name + ".sha256")
 
 
-def _temp_path(folder: Path, name: str) -> Path:
+def temp_path(folder: Path, name: str) -> Path:
+    """A new empty file ``folder/.<name>.<random>.part``, with the permissions a plain ``open``
+    would give (mkstemp's 0600 would survive the rename into place)."""
     fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     return Path(temp)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    temp = _temp_path(path.parent, path.name)
+    temp = temp_path(path.parent, path.name)
     try:
         temp.write_text(text)
         os.replace(temp, path)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import socket
+import stat
 import tarfile
 import threading
 import zipfile
@@ -120,6 +122,12 @@ def test_hetrec_zip_downloads_extracts_parses_and_is_reused(hetrec_url: str, het
     assert set(gaga["artist_name"].astype(str)) == {"Lady Gaga"}
     first = frame[(frame["user"] == "2") & (frame["artist"] == "51")]
     assert first["plays"].tolist() == [13883.0] and first["artist_name"].astype(str).tolist() == ["Duran Duran"]
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for made in (got.path, got.path / "artists.dat", got.path.parent / "hetrec2011-lastfm-2k.zip"):
+        mode = stat.S_IMODE(made.stat().st_mode)
+        assert mode == (0o777 if made.is_dir() else 0o666) & ~umask, (made, oct(mode))
 
     again = fetch(hetrec_url, cache, expect="user_artists.dat")
     assert again.from_cache and again.path == got.path and again.sha256 == expected
