@@ -130,6 +130,48 @@ _READ_DB = typer.Option(None, "--db", envvar="RECS_DB",
                         help="SQLAlchemy URL to read (default: the config's, sqlite:///data/recs.db).")
 
 
+@app.command()
+@one_line_errors
+def deploy() -> None:
+    """Register the weekly retrain (deployments/prefect.yaml) with the Prefect server in
+    PREFECT_API_URL, creating its process work pool first if it is missing."""
+    import subprocess
+
+    import yaml
+
+    project = Path(__file__).resolve().parents[1]
+    spec = project / "deployments" / "prefect.yaml"
+    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", **os.environ}
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()  # from the environment or the active Prefect profile
+    if not api:
+        raise RecsError("PREFECT_API_URL is not set; start a server (prefect server start) and "
+                        "export PREFECT_API_URL=http://127.0.0.1:4200/api")
+    pools = {d["work_pool"]["name"] for d in yaml.safe_load(spec.read_text())["deployments"]}
+
+    def prefect(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "prefect", *args], cwd=project, env=env,
+                              capture_output=True, text=True)
+
+    for pool in sorted(pools):
+        if prefect("work-pool", "inspect", pool).returncode != 0:
+            done = prefect("work-pool", "create", pool, "--type", "process")
+            if done.returncode != 0:
+                raise RecsError(f"cannot create work pool {pool}: {_last_line(done)}; is {api} up?")
+            console.print(f"created process work pool [bold]{pool}[/bold]")
+    done = prefect("--no-prompt", "deploy", "--prefect-file", str(spec.relative_to(project)), "--all")
+    if done.returncode != 0:
+        raise RecsError(f"prefect deploy failed: {_last_line(done)}; run it by hand to see the details")
+    console.print(f"registered the deployments of {spec.relative_to(project)}; start a worker with: "
+                  f"prefect worker start --pool {' / '.join(sorted(pools))}", highlight=False, soft_wrap=True)
+
+
+def _last_line(done) -> str:
+    lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit code {done.returncode}"
+
+
 def _read_engine(db: str | None):
     from flows.config import StorageConfig
     from storage.engine import make_engine

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.report import ARTIFACT_KEYS, METRICS_KEY
+from flows.report import ARTIFACT_KEYS, METRICS_KEY, REPORT_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -91,12 +91,6 @@ def prefect_env(tmp_path_factory):
         _stop(proc)
 
 
-def _cli(env: dict, *args: str, timeout: float = 240) -> str:
-    done = subprocess.run([*PREFECT, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 async def _scheduled_runs(client, deployment_id):
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
@@ -124,8 +118,12 @@ def test_scheduled_deployment_runs_with_a_process_worker(prefect_env, hetrec_url
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    _cli(prefect_env, "work-pool", "create", POOL, "--type", "process")
-    _cli(prefect_env, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
+    # `recs deploy` creates the missing process pool, then runs
+    # `prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all` (the README's steps)
+    deployed = subprocess.run([sys.executable, "-c", "from flows.cli import app; app(prog_name='recs')", "deploy"],
+                              env=prefect_env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert deployed.returncode == 0, deployed.stderr
+    assert f"created process work pool {POOL}" in deployed.stdout
 
     db = tmp_path / "recs.db"
     config = {
@@ -171,10 +169,12 @@ def test_scheduled_deployment_runs_with_a_process_worker(prefect_env, hetrec_url
             artifacts = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
             )
-            return artifacts
+            pools = [p.name for p in await client.read_work_pools()]
+            return artifacts, pools
 
     with temporary_settings({PREFECT_API_URL: prefect_env["PREFECT_API_URL"]}):
-        artifacts = asyncio.run(scenario())
+        artifacts, pools = asyncio.run(scenario())
+    assert pools.count(POOL) == 1
 
     by_key = {a.key: a for a in artifacts}
     assert set(ARTIFACT_KEYS) <= set(by_key)
@@ -189,3 +189,4 @@ def test_scheduled_deployment_runs_with_a_process_worker(prefect_env, hetrec_url
         recs = con.execute("SELECT count(DISTINCT user_key) FROM current_user_recommendations").fetchone()[0]
     assert related > 0
     assert recs > 0
+    assert f"run `{published[0][0]}`" in by_key[REPORT_KEY].data  # the report is of the published run
