@@ -38,10 +38,7 @@ import scipy.sparse as sp
 
 from tasks.contracts import Factors, Metric, Scorer, Split, TopN
 from tasks.errors import RecsError
-from tasks.recommend import user_top_n
-
-DEFAULT_BATCH = 2_048
-
+from tasks.recommend import MAX_BLOCK_CELLS, user_top_n
 
 class Popularity:
     """Baseline ``Scorer``: every user gets artists by number of train listeners."""
@@ -133,13 +130,25 @@ def coverage_and_novelty(ids: np.ndarray, train: sp.csr_matrix, k: int) -> dict[
     return {"coverage": float(coverage), "novelty": float(item_novelty[top].mean())}
 
 
-def pair_scores(scorer: Scorer, train: sp.csr_matrix, pairs: sp.csr_matrix, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+def pair_scores(scorer: Scorer, train: sp.csr_matrix, pairs: sp.csr_matrix, batch_size: int | None = None) -> np.ndarray:
     """float64, one per stored pair of ``pairs`` (CSR, users x artists) in CSR order: the
-    scorer's score of that (user, artist). Scores whole rows for batches of users that have pairs."""
-    users = np.flatnonzero(np.diff(pairs.indptr))
+    scorer's score of that (user, artist).
+
+    ``Factors`` are scored pair by pair (a dot product each, in chunks); any other ``Scorer`` by
+    whole rows for blocks of ``batch_size`` users (default: ``MAX_BLOCK_CELLS`` scores a block).
+    """
     out = np.empty(pairs.nnz)
-    for lo in range(0, len(users), batch_size):
-        batch = users[lo : lo + batch_size]
+    if isinstance(scorer, Factors):
+        rows = np.repeat(np.arange(pairs.shape[0]), np.diff(pairs.indptr))
+        step = 1 << 20
+        for lo in range(0, pairs.nnz, step):
+            u, a = rows[lo : lo + step], pairs.indices[lo : lo + step]
+            out[lo : lo + step] = np.einsum("ij,ij->i", scorer.user_factors[u], scorer.artist_factors[a])
+        return out
+    users = np.flatnonzero(np.diff(pairs.indptr))
+    step = batch_size or max(1, MAX_BLOCK_CELLS // max(pairs.shape[1], 1))
+    for lo in range(0, len(users), step):
+        batch = users[lo : lo + step]
         scores = scorer.score(batch, train[batch])
         rows = pairs[batch]
         local = np.repeat(np.arange(len(batch)), np.diff(rows.indptr))
@@ -183,7 +192,7 @@ def rmse(predicted: np.ndarray, target: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(predicted, np.float64) - target) ** 2)))
 
 
-def rmse_binary(scorer: Scorer, split: Split, seed: int = 0, batch_size: int = DEFAULT_BATCH) -> float:
+def rmse_binary(scorer: Scorer, split: Split, seed: int = 0, batch_size: int | None = None) -> float:
     """RMSE of scores vs 1 on held-out pairs and vs 0 on as many sampled unheard pairs."""
     positives = sp.csr_matrix(split.test)
     negatives = unheard_pairs(split, seed)
@@ -201,7 +210,7 @@ def evaluate(
     *,
     rmse_target: sp.csr_matrix | None = None,
     seed: int = 0,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
 ) -> list[Metric]:
     """Every metric of ``scorer`` on ``split`` (train: what the scorer was fitted on and what it
     must not recommend; test: held-out pairs).
@@ -240,7 +249,7 @@ def report(
     *,
     rmse_target: sp.csr_matrix | None = None,
     seed: int = 0,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
 ) -> list[Metric]:
     """``evaluate`` for the model, then the ``popularity`` and ``random`` baselines on the same split."""
     metrics = evaluate(scorer, split, ks, rmse_target=rmse_target, seed=seed, batch_size=batch_size)

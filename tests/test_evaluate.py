@@ -134,13 +134,26 @@ def test_rmse_log_plays_is_against_the_given_target():
     assert got["rmse_log_plays"] == pytest.approx(np.sqrt(np.mean(target.data.astype(np.float64) ** 2)))
 
 
+class _RowsOnly:
+    """The same scores as a Factors, but only as whole rows (the path for non-factor scorers)."""
+
+    name = "rows"
+
+    def __init__(self, factors):
+        self.factors = factors
+
+    def score(self, users, heard):
+        return self.factors.score(users, heard)
+
+
 def test_pair_scores_reads_each_pair_in_csr_order():
     factors = Factors("f", {}, np.arange(8, dtype=np.float32).reshape(4, 2), np.eye(6, 2, dtype=np.float32) * 2, 0.0)
     split = _tiny_split()
-    got = pair_scores(factors, split.train, split.test, batch_size=1)
     dense = factors.user_factors @ factors.artist_factors.T
     rows = np.repeat(np.arange(4), np.diff(split.test.indptr))
-    assert np.allclose(got, dense[rows, split.test.indices])
+    expected = dense[rows, split.test.indices]
+    assert np.allclose(pair_scores(factors, split.train, split.test), expected)
+    assert np.allclose(pair_scores(_RowsOnly(factors), split.train, split.test, batch_size=1), expected)
 
 
 def test_report_has_model_and_both_baselines_at_every_k():
