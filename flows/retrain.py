@@ -26,21 +26,43 @@ import sqlite3
 import subprocess
 import time
 import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from importlib.metadata import PackageNotFoundError, version
+
 import numpy as np
+import pandas as pd
+import psycopg
+import scipy.sparse as sp
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.context import FlowRunContext
 from prefect.tasks import exponential_backoff
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from flows.config import DataConfig, ModelConfig, RetrainConfig
 from flows.report import RunReport, publish_artifacts
-from tasks.contracts import Downloaded, Encoded, Factors, Interactions, Metric, Split
+from storage.engine import make_engine
+from storage.publish import RunOutputs, publish
+from tasks.contracts import BadRows, Downloaded, Encoded, Factors, Interactions, Metric, Scorer, Split, TopN
+from tasks.datasets import obtain, resolve
+from tasks.encode import encode
 from tasks.errors import RecsError
+from tasks.evaluate import evaluate, report
+from tasks.factorize import fit, save
+from tasks.index import build_index
+from tasks.parse import parse
+from tasks.recommend import (
+    recall_at_n, related_annoy, related_exact, use_approximate_users, user_top_n, user_top_n_annoy,
+)
+from tasks.split import per_user_holdout
+from tasks.weight import weight
 
 T = TypeVar("T")
 
@@ -60,9 +82,6 @@ def _is_transient(exc: BaseException | None) -> bool:
     error worth retrying (refused/reset connection, timeout, HTTP 5xx, PostgreSQL connection
     failure, SQLite "database is locked"); False for everything else (404, checksum mismatch, bad
     data, a SQLite file that cannot be opened), which another attempt cannot fix."""
-    import psycopg
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -103,12 +122,26 @@ def _digest(*parts: object) -> str:
 
 def download_key(context, parameters: dict) -> str:
     """Cache key of a download: what ``tasks.datasets.resolve`` says to obtain (URL or path,
-    expected sha256, archive member, generator parameters) and the cache folder."""
-    from tasks.datasets import resolve
-
+    expected sha256, archive member, generator parameters) and the cache folder. A local source
+    adds its files' sizes and modification times, so an edited file is read again; a URL's content
+    is pinned by ``data.sha256`` when given (the download cache is keyed by URL too)."""
     plan = resolve(parameters["data"])
     return "download-" + _digest(plan.location, plan.sha256, plan.expect, str(Path(plan.cache_dir).resolve()),
-                                 plan.synthetic.model_dump() if plan.synthetic else None)
+                                 plan.synthetic.model_dump() if plan.synthetic else None,
+                                 _local_stamp(plan.location))
+
+
+def _local_stamp(location: str | None) -> list | None:
+    """(name, size, mtime_ns) of a local file, or of the files directly in a local folder; None for
+    URLs and generated data."""
+    if location is None or urllib.parse.urlparse(location).scheme in ("http", "https"):
+        return None
+    parsed = urllib.parse.urlparse(location)
+    path = Path(urllib.request.url2pathname(parsed.path) if parsed.scheme == "file" else location).expanduser()
+    if not path.exists():
+        return None  # the download step reports the missing path
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
 
 
 def parse_key(context, parameters: dict) -> str:
@@ -126,8 +159,6 @@ def download_task(data: DataConfig) -> tuple[Downloaded, str | None]:
     """Fetch (or generate) the dataset into ``data.cache_dir``. Returns the download and the
     dataset name to record (None: the user's own file, named by its format when parsed).
     A small result, cached across runs by source."""
-    from tasks.datasets import obtain, resolve
-
     plan = resolve(data)
     return obtain(plan), plan.dataset
 
@@ -137,7 +168,7 @@ class Parsed:
     """A parse result kept on disk: ``path`` is a Parquet file of the tidy frame."""
 
     path: Path
-    bad_rows: Any
+    bad_rows: BadRows
     dataset: str
 
 
@@ -145,8 +176,6 @@ class Parsed:
 def parse_task(downloaded: Downloaded, dataset: str | None, out_dir: Path) -> Parsed:
     """Parse into the tidy frame and write it as Parquet next to the download; the cached result
     is only the path and the bad-row counts, never the frame."""
-    from tasks.parse import parse
-
     interactions = parse(downloaded.path, dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"parsed-{downloaded.sha256[:16]}-{interactions.dataset}.parquet"
@@ -161,10 +190,7 @@ def parse_task(downloaded: Downloaded, dataset: str | None, out_dir: Path) -> Pa
 
 @task(name="encode", **IN_MEMORY)
 def encode_task(parsed: Parsed, data: DataConfig) -> Encoded:
-    import pandas as pd
-
-    from tasks.encode import encode
-
+    """The parsed Parquet file -> CSR users x artists (float32 plays) and code tables."""
     frame = pd.read_parquet(parsed.path)
     return encode(Interactions(frame=frame, bad_rows=parsed.bad_rows, dataset=parsed.dataset),
                   min_listeners=data.min_listeners, min_artists=data.min_artists)
@@ -172,33 +198,31 @@ def encode_task(parsed: Parsed, data: DataConfig) -> Encoded:
 
 @task(name="split", **IN_MEMORY)
 def split_task(encoded: Encoded, config: RetrainConfig) -> Split:
-    from tasks.split import per_user_holdout
-
+    """Per-user holdout of the raw plays (before any weighting)."""
     return per_user_holdout(encoded.plays, fraction=config.eval.holdout,
                             min_artists=config.eval.min_artists, seed=config.eval.seed)
 
 
 @task(name="weight", task_run_name="weight-{model.name}", **IN_MEMORY)
-def weight_task(train, model: ModelConfig):
-    from tasks.weight import weight
-
+def weight_task(train: sp.csr_matrix, model: ModelConfig) -> sp.csr_matrix:
+    """Raw train plays -> the model's confidences (CSR, users x artists, float32)."""
     return weight(train, model.weight)
 
 
 @task(name="factorize", task_run_name="factorize-{model.name}", **IN_MEMORY)
-def factorize_task(weighted, model: ModelConfig, out_dir: Path):
-    from tasks.factorize import fit, save
-
+def factorize_task(weighted: sp.csr_matrix, model: ModelConfig, out_dir: Path) -> Scorer:
+    """Fit the model on the weighted train matrix; factor models are also saved under
+    ``out_dir/<model name>/`` (factors.npz + params.json) for inspection."""
     fitted = fit(weighted, model)
     if isinstance(fitted, Factors):
         save(fitted, out_dir / model.name)
     return fitted
 
 
-@task(name="index", **IN_MEMORY)
+@task(name="index", task_run_name="index-{path.stem}", **IN_MEMORY)
 def index_task(artist_factors: np.ndarray, config: RetrainConfig, path: Path, inner_product: bool = False):
-    from tasks.index import build_index
-
+    """Annoy index over artist factors (float32, artists x f) saved at ``path``: cosine for
+    related artists, or inner product (``inner_product=True``) for approximate user top-N."""
     return build_index(artist_factors, config.index, path, inner_product=inner_product,
                        seed=config.related_model.random_state)
 
@@ -207,8 +231,8 @@ def index_task(artist_factors: np.ndarray, config: RetrainConfig, path: Path, in
 class Recommended:
     """The published lists and how well Annoy matched exact search on a sample."""
 
-    related: Any  # TopN, artists x n
-    users: Any  # TopN, users x n
+    related: TopN  # artists x n
+    users: TopN  # users x n
     recall: list[Metric]
 
 
@@ -217,23 +241,19 @@ def _sample(count: int, size: int, seed: int) -> np.ndarray:
 
 
 @task(name="recommend", **IN_MEMORY)
-def recommend_task(related_scorer, user_scorer, heard, config: RetrainConfig, run_dir: Path) -> Recommended:
-    """Related artists (Annoy on cosine, recall checked against exact on a sample) for every
-    artist, and top-N new artists for every user with everything they ever heard excluded."""
-    from tasks.recommend import (
-        recall_at_n, related_annoy, related_exact, use_approximate_users, user_top_n, user_top_n_annoy,
-    )
-
+def recommend_task(related_scorer: Factors, user_scorer: Scorer, related_index, user_index, heard: sp.csr_matrix,
+                   config: RetrainConfig) -> Recommended:
+    """Related artists from ``related_index`` for every artist (recall checked against exact cosine
+    on a sample), and top-N new artists for every user, everything in ``heard`` (CSR, users x
+    artists) excluded: through ``user_index`` when given (recall checked the same way), else exact."""
     n, cfg = config.n, config.index
     artist_factors = related_scorer.artist_factors
-    index = index_task(artist_factors, config, run_dir / "related.annoy")
-    related = related_annoy(index.load(), n, cfg.search_k)
+    related = related_annoy(related_index.load(), n, cfg.search_k)
     rows = _sample(len(artist_factors), cfg.recall_sample, config.eval.seed)
     recall = [Metric("annoy", "related_recall", n, recall_at_n(related, related_exact(artist_factors, n, rows), rows))]
 
-    if isinstance(user_scorer, Factors) and use_approximate_users(cfg, heard.shape[1]):
-        uindex = index_task(user_scorer.artist_factors, config, run_dir / "users.annoy", inner_product=True)
-        users = user_top_n_annoy(user_scorer.user_factors, user_scorer.artist_factors, uindex.load(), heard, n,
+    if user_index is not None:
+        users = user_top_n_annoy(user_scorer.user_factors, user_scorer.artist_factors, user_index.load(), heard, n,
                                  cfg.search_k)
         rows = _sample(heard.shape[0], cfg.recall_sample, config.eval.seed)
         exact = user_top_n(user_scorer, heard, n, users=rows)
@@ -249,8 +269,8 @@ class Fitted:
     (CSR, users x artists, float32 confidences)."""
 
     model: ModelConfig
-    scorer: Any
-    train: Any
+    scorer: Scorer
+    train: sp.csr_matrix
 
     @property
     def params(self) -> dict:
@@ -262,9 +282,6 @@ class Fitted:
 def evaluate_task(fitted: list[Fitted], split: Split, config: RetrainConfig) -> list[Metric]:
     """Holdout metrics of each fitted model (train-heard artists excluded), with the popularity
     and random baselines once beside them."""
-    from tasks.evaluate import evaluate, report
-    from tasks.weight import weight
-
     metrics: list[Metric] = []
     for i, f in enumerate(fitted):
         own = Split(train=f.train, test=split.test, rule=split.rule, seed=split.seed)
@@ -275,17 +292,11 @@ def evaluate_task(fitted: list[Fitted], split: Split, config: RetrainConfig) -> 
     return metrics
 
 
-# -- the flow ----------------------------------------------------------------------------------
-
-
 @task(name="publish", retry_jitter_factor=0.5, retry_condition_fn=_retry_transient, timeout_seconds=3 * 3600,
       **IN_MEMORY)
 def publish_task(config: RetrainConfig, downloaded: Downloaded, dataset: str, encoded: Encoded,
                  recommended: Recommended, metrics: list[Metric], related_model: str, user_model: str) -> int:
     """Load the run's rows and make them visible in one transaction; returns the new run_id."""
-    from storage.engine import make_engine
-    from storage.publish import RunOutputs, publish
-
     outputs = RunOutputs(
         encoded=encoded, related=recommended.related, recommendations=recommended.users, metrics=metrics,
         config=config.model_dump(mode="json"), dataset=dataset, source=downloaded.source,
@@ -302,8 +313,6 @@ def publish_task(config: RetrainConfig, downloaded: Downloaded, dataset: str, en
 
 def _code_version() -> str:
     """The package version, plus the git commit when running from a checkout."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         text = version("lastfm-recs")
     except PackageNotFoundError:
@@ -319,9 +328,10 @@ def _code_version() -> str:
 
 def _safe_url(url: str) -> str:
     """The database URL with any password masked, for logs and summaries."""
-    from sqlalchemy.engine import make_url
-
     return make_url(url).render_as_string(hide_password=True)
+
+
+# -- the flow ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -438,23 +448,29 @@ def _retrain(config: RetrainConfig, logger) -> RetrainResult:
                 encoded.n_artists, encoded.plays.nnz, parsed.bad_rows.total)
     split = timer("split", split_task, encoded, config)
     related, users = _fit_models(config, split, run_dir, timer)
+    related_index = timer("index", index_task, related.scorer.artist_factors, config, run_dir / "related.annoy")
+    user_index = None
+    if isinstance(users.scorer, Factors) and use_approximate_users(config.index, encoded.n_artists):
+        user_index = timer("index", index_task, users.scorer.artist_factors, config, run_dir / "users.annoy",
+                           inner_product=True)
     # every artist a user ever heard (train and test) is excluded from the published top-N; the
     # scorers only read which artists were heard, not how often (item-kNN binarises its input)
-    recommended = timer("recommend", recommend_task, related.scorer, users.scorer, encoded.plays, config, run_dir)
+    recommended = timer("recommend", recommend_task, related.scorer, users.scorer, related_index, user_index,
+                        encoded.plays, config)
     fitted = [related] if related is users else [related, users]
     metrics = timer("evaluate", evaluate_task, fitted, split, config) + recommended.recall
     for m in metrics:
         logger.info("%-12s %-22s %s", m.model, m.metric if m.k is None else f"{m.metric}@{m.k}", f"{m.value:.4f}")
     run_id = timer("publish", _retrying(publish_task, config), config, downloaded, parsed.dataset, encoded,
                    recommended, metrics, related.scorer.name, users.scorer.name)
-    report = RunReport(
+    run_report = RunReport(
         run_id=str(run_id), dataset=parsed.dataset, source=downloaded.source, sha256=downloaded.sha256,
         encoded=encoded, bad_rows=parsed.bad_rows, split_rule=split.rule, test_pairs=split.test.nnz,
         models={"related artists": related.params, "user recommendations": users.params},
         metrics=metrics, related=recommended.related, artist_factors=related.scorer.artist_factors,
         timings=timer.seconds,
     )
-    publish_artifacts(report)
+    publish_artifacts(run_report)
     _prune_run_dirs(Path(config.work_dir), keep=config.storage.retention, current=run_dir)
     top = str(encoded.artist_names[int(np.argmax(encoded.listeners))])
     return RetrainResult(run_id=run_id, db=_safe_url(config.storage.db), metrics=metrics, timings=timer.seconds,
