@@ -101,6 +101,15 @@ def test_popularity_baseline_recommends_most_listened_unheard():
     assert ("rmse_binary", None) not in metrics  # baselines make no estimates
 
 
+def test_random_baseline_repeats_for_a_seed():
+    users = np.arange(3)
+    a, b, c = RandomScorer(6, seed=1), RandomScorer(6, seed=1), RandomScorer(6, seed=2)
+    first = a.score(users, None)
+    assert first.shape == (3, 6) and first.dtype == np.float32
+    assert np.array_equal(first, b.score(users, None))
+    assert not np.array_equal(first, c.score(users, None))
+
+
 def test_unheard_pairs_are_new_and_as_many_as_test_per_user():
     split = per_user_holdout(_csr([list(range(u % 7, 40, 3)) for u in range(50)], 60), seed=2)
     neg = unheard_pairs(split, seed=4)
