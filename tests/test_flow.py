@@ -198,3 +198,43 @@ def test_flow_publishes_into_postgresql(two_runs):
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         admin.dispose()
+
+
+def test_download_key_follows_edits_of_a_local_source(tmp_path):
+    from flows.config import DataConfig
+    from flows.retrain import download_key
+
+    plays = tmp_path / "plays.csv"
+    plays.write_text("user,artist,plays\nu,a,1\n")
+    data = DataConfig(source=str(plays), cache_dir=tmp_path / "cache")
+    key = download_key(None, {"data": data})
+    assert download_key(None, {"data": data}) == key
+    plays.write_text("user,artist,plays\nu,a,2\nu,b,1\n")
+    assert download_key(None, {"data": data}) != key
+    assert download_key(None, {"data": data.model_copy(update={"sha256": "0" * 64})}) != key
+
+
+def test_only_transient_errors_are_retried(tmp_path):
+    import sqlite3
+    import urllib.error
+
+    from sqlalchemy.exc import OperationalError
+
+    from flows.retrain import _is_transient
+    from tasks.errors import RecsError
+
+    def wrapped(cause: BaseException) -> RecsError:
+        try:
+            raise RecsError("one line") from cause
+        except RecsError as exc:
+            return exc
+
+    refused = urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+    assert _is_transient(wrapped(refused))
+    assert _is_transient(wrapped(urllib.error.HTTPError("http://x", 503, "Unavailable", {}, None)))
+    assert not _is_transient(wrapped(urllib.error.HTTPError("http://x", 404, "Not Found", {}, None)))
+    assert not _is_transient(RecsError("checksum mismatch"))
+    locked = OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    cannot_open = OperationalError("connect", {}, sqlite3.OperationalError("unable to open database file"))
+    assert _is_transient(wrapped(locked))
+    assert not _is_transient(wrapped(cannot_open))
