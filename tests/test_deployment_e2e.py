@@ -7,6 +7,7 @@ Everything runs on loopback with its own PREFECT_HOME, so it touches no user's P
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -147,7 +148,8 @@ def test_scheduled_deployment_runs_with_a_process_worker(prefect_env, hetrec_url
             assert all(b - a == timedelta(days=7) for a, b in zip(times, times[1:]))
             assert all(t.weekday() == 0 and t.hour == 3 for t in times)
 
-            triggered = await run_deployment(DEPLOYMENT, parameters={"config": config}, timeout=0)
+            # two runs at once: the deployment's concurrency limit must make the second wait
+            triggered = [await run_deployment(DEPLOYMENT, parameters={"config": config}, timeout=0) for _ in range(2)]
             worker_log = tmp_path / "worker.log"
             with worker_log.open("wb") as out:
                 worker = subprocess.Popen(
@@ -156,18 +158,23 @@ def test_scheduled_deployment_runs_with_a_process_worker(prefect_env, hetrec_url
                 )
             try:
                 async def finished():
-                    run = await client.read_flow_run(triggered.id)
-                    return run if run.state.is_final() else None
+                    runs = [await client.read_flow_run(t.id) for t in triggered]
+                    return runs if all(r.state.is_final() for r in runs) else None
 
-                run = await _until(finished, 420, "the triggered run to finish", poll=2)
+                runs = await _until(finished, 480, "the triggered runs to finish", poll=2)
             finally:
                 _stop(worker)
-            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-            log_text = "\n".join(entry.message for entry in logs)
-            assert run.state.is_completed(), f"{run.state}\n{log_text[-3000:]}\n{worker_log.read_text()[-3000:]}"
+            for run in runs:
+                logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+                log_text = "\n".join(entry.message for entry in logs)
+                assert run.state.is_completed(), f"{run.state}\n{log_text[-3000:]}\n{worker_log.read_text()[-3000:]}"
+            first, second = sorted(runs, key=lambda r: r.start_time)
+            assert first.end_time <= second.start_time  # never two retrains at once
+            waited = {state.name for state in await client.read_flow_run_states(second.id)}
+            assert "AwaitingConcurrencySlot" in waited
 
             artifacts = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[second.id]))
             )
             pools = [p.name for p in await client.read_work_pools()]
             return artifacts, pools
@@ -179,14 +186,14 @@ def test_scheduled_deployment_runs_with_a_process_worker(prefect_env, hetrec_url
     by_key = {a.key: a for a in artifacts}
     assert set(ARTIFACT_KEYS) <= set(by_key)
     table = by_key[METRICS_KEY].data
-    rows = table if isinstance(table, list) else __import__("json").loads(table)
+    rows = json.loads(table) if isinstance(table, str) else table
     assert any(r["model"] != "annoy" and r["popularity"] is not None for r in rows)
 
     with sqlite3.connect(db) as con:
-        published = con.execute("SELECT run_id FROM runs WHERE status = 'published'").fetchall()
-        assert len(published) == 1
+        published = con.execute("SELECT run_id FROM runs WHERE status = 'published' ORDER BY run_id").fetchall()
+        assert len(published) == 2
         related = con.execute("SELECT count(*) FROM current_related_artists").fetchone()[0]
         recs = con.execute("SELECT count(DISTINCT user_key) FROM current_user_recommendations").fetchone()[0]
     assert related > 0
     assert recs > 0
-    assert f"run `{published[0][0]}`" in by_key[REPORT_KEY].data  # the report is of the published run
+    assert f"run `{published[-1][0]}`" in by_key[REPORT_KEY].data  # the later run's report, of its own run
