@@ -112,7 +112,8 @@ def run(
     except RecsError:
         raise
     except Exception as exc:  # a bug or an environment failure: still one line, details in the log above
-        raise RecsError(f"retrain failed: {type(exc).__name__}: {exc}; see the log above") from None
+        reason = " ".join(str(exc).split())
+        raise RecsError(f"retrain failed: {type(exc).__name__}: {reason}; see the log above") from None
 
     table = Table("model", "metric", "value", "popularity", "× popularity", title=f"run {result.run_id}")
     for row in metrics_rows(result.metrics):
@@ -126,24 +127,22 @@ def run(
     console.print("try: " + _example_query(config.storage.db, result.example_artist), highlight=False, soft_wrap=True)
 
 
-_READ_DB = typer.Option(None, "--db", envvar="RECS_DB",
-                        help="SQLAlchemy URL to read (default: the config's, sqlite:///data/recs.db).")
-
-
 @app.command()
 @one_line_errors
 def deploy() -> None:
-    """Register the weekly retrain (deployments/prefect.yaml) with the Prefect server in
-    PREFECT_API_URL, creating its process work pool first if it is missing."""
+    """Register the weekly retrain with the Prefect server in PREFECT_API_URL.
+
+    Creates the process work pool named in deployments/prefect.yaml if it is missing, then runs
+    `prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all` from the project root.
+    """
     import subprocess
 
     import yaml
+    from prefect.settings import PREFECT_API_URL
 
     project = Path(__file__).resolve().parents[1]
     spec = project / "deployments" / "prefect.yaml"
     env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", **os.environ}
-    from prefect.settings import PREFECT_API_URL
-
     api = PREFECT_API_URL.value()  # from the environment or the active Prefect profile
     if not api:
         raise RecsError("PREFECT_API_URL is not set; start a server (prefect server start) and "
@@ -170,6 +169,10 @@ def deploy() -> None:
 def _last_line(done) -> str:
     lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
     return lines[-1] if lines else f"exit code {done.returncode}"
+
+
+_READ_DB = typer.Option(None, "--db", envvar="RECS_DB",
+                        help="SQLAlchemy URL to read (default: the config's, sqlite:///data/recs.db).")
 
 
 def _read_engine(db: str | None):
