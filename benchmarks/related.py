@@ -3,6 +3,7 @@
     python -m benchmarks.related               # HetRec 2K + a 360K-shaped synthetic run (300K artists)
     python -m benchmarks.related --quick       # HetRec 2K + a small synthetic run (< 2 minutes)
     python -m benchmarks.related --clustered   # 300K artists from random clustered factors, no fit
+    python -m benchmarks.related --work-dir D  # keep the generated file and fitted factors in D, reuse them
 
 Per catalogue, with the shipped ``related_model`` and ``IndexConfig`` defaults:
 
@@ -21,6 +22,7 @@ records the load average, and the ratios (same run, same data) are the figures t
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -34,7 +36,7 @@ import scipy.sparse as sp
 from benchmarks import raw
 from flows.config import IndexConfig, RetrainConfig
 from tasks.contracts import Factors
-from tasks.factorize import fit
+from tasks.factorize import fit, load, save
 from tasks.index import build_index
 from tasks.recommend import recall_at_n, related_annoy, related_exact, user_top_n, user_top_n_annoy
 from tasks.weight import weight
@@ -65,15 +67,28 @@ def hetrec(config: RetrainConfig) -> tuple[Factors, sp.csr_matrix, str]:
 
 
 def synthetic(config: RetrainConfig, size: dict, work: Path) -> tuple[Factors, sp.csr_matrix, str]:
+    """Generate, parse, encode and fit; the file and the factors are reused from ``work`` when a
+    previous run with the same size left them there (the fit is most of the time at full size)."""
     from tasks.encode import encode
     from tasks.parse import parse
     from tasks.synthetic import generate
 
-    tsv, seconds = _timed(lambda: generate(work / "plays.tsv", **size))
-    _log(f"generated {size} in {seconds:.0f}s")
+    name = "synthetic-{users}-{artists}-{rows}".format(**size)
+    tsv = work / f"{name}.tsv"
+    if not tsv.is_file():
+        _, seconds = _timed(lambda: generate(tsv, **size))
+        _log(f"generated {size} in {seconds:.0f}s")
     plays = encode(parse(tsv)).plays
-    model, seconds = _timed(lambda: fit(weight(plays, config.related_model.weight), config.related_model))
-    _log(f"fitted {config.related_model.name} on {plays.shape} ({plays.nnz:,} pairs) in {seconds:.0f}s")
+    # one directory per model config, so a changed default is refitted rather than reused
+    digest = hashlib.sha1(config.related_model.model_dump_json().encode()).hexdigest()[:12]
+    saved = work / f"{name}-{config.related_model.name}-{digest}"
+    if (saved / "params.json").is_file():
+        model = load(saved)
+        _log(f"reusing the factors in {saved} (fitted in {model.fit_seconds:.0f}s)")
+    else:
+        model = fit(weight(plays, config.related_model.weight), config.related_model)
+        save(model, saved)
+        _log(f"fitted {config.related_model.name} on {plays.shape} ({plays.nnz:,} pairs) in {model.fit_seconds:.0f}s")
     label = f"tasks.synthetic 360K-format run {size}, default related_model"
     return model, plays, label
 
@@ -150,13 +165,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--users", type=int)
     parser.add_argument("--artists", type=int)
     parser.add_argument("--rows", type=int)
+    parser.add_argument("--work-dir", type=Path, help="keep data and fitted factors here (default: a temp dir)")
     args = parser.parse_args(argv)
     config = RetrainConfig()
     size = dict(QUICK if args.quick else FULL)
     size.update({k: v for k in size if (v := getattr(args, k)) is not None})
     results = {"load_average": os.getloadavg(), "cores": os.cpu_count(), "n": config.n}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = args.work_dir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         results["hetrec"] = measure(*hetrec(config), config.index, config.n, work)
         if args.clustered:
             large = clustered(size["artists"], config.related_model.factors)
