@@ -262,9 +262,7 @@ def data(
     from rich.text import Text
 
     from flows.config import DataConfig
-    from tasks.datasets import obtain, resolve
-    from tasks.encode import encode
-    from tasks.parse import parse
+    from tasks.datasets import prepare
 
     fields = {"dataset": dataset, "source": source, "sha256": sha256, "cache_dir": cache_dir,
               "min_listeners": min_listeners, "min_artists": min_artists}
@@ -274,10 +272,8 @@ def data(
         first = exc.errors()[0]
         raise RecsError(f"invalid option --{'-'.join(map(str, first['loc'])).replace('_', '-')}: "
                         f"{first['msg']}") from None
-    plan = resolve(config)
-    downloaded = obtain(plan)
-    interactions = parse(downloaded.path, plan.dataset)
-    encoded = encode(interactions, config.min_listeners, config.min_artists)
+    prepared = prepare(config)
+    downloaded, interactions, encoded = prepared.downloaded, prepared.interactions, prepared.encoded
 
     bad = interactions.bad_rows
     table = Table(title=Text(interactions.dataset), show_header=False)

@@ -160,7 +160,7 @@ def download_task(data: DataConfig) -> tuple[Downloaded, str | None]:
     dataset name to record (None: the user's own file, named by its format when parsed).
     A small result, cached across runs by source."""
     plan = resolve(data)
-    return obtain(plan), plan.dataset
+    return obtain(plan, attempts=1), plan.dataset
 
 
 @dataclass(frozen=True)

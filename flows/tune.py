@@ -20,19 +20,8 @@ from pathlib import Path
 import yaml
 
 from flows.config import RetrainConfig
-from tasks.contracts import Encoded
+from tasks.datasets import prepare
 from tasks.tune import REFERENCE, Trial, TuneResult, sample_candidates, tune, write_trials
-
-
-def load_encoded(config: RetrainConfig) -> Encoded:
-    """The dataset of ``config.data``, obtained (cached), parsed and encoded."""
-    from tasks.datasets import obtain, resolve
-    from tasks.encode import encode
-    from tasks.parse import parse
-
-    plan = resolve(config.data)
-    downloaded = obtain(plan)
-    return encode(parse(downloaded.path, plan.dataset), config.data.min_listeners, config.data.min_artists)
 
 
 def run_tune(
@@ -47,7 +36,7 @@ def run_tune(
     """Run a search of ``trials`` random candidates (+ 2 anchors) on ``config``'s data and
     holdout settings; returns the result and the directory its records were written to
     (default ``config.work_dir / "tune-<UTC time>"``)."""
-    encoded = load_encoded(config)
+    encoded = prepare(config.data).encoded
     candidates = sample_candidates(trials, seed, anchors=(REFERENCE, config.user_model))
     k = 10 if 10 in config.eval.k else config.eval.k[0]
     result = tune(encoded.plays, candidates, holdout=config.eval.holdout, min_artists=config.eval.min_artists,

@@ -3,7 +3,8 @@
 ``resolve(config)`` says what to obtain (plain data, no I/O); ``obtain(source)`` downloads it
 (``tasks.download.fetch``) or generates it (``tasks.synthetic.generate``) into the cache and
 returns ``Downloaded``, whose ``path`` ``tasks.parse.parse`` reads. The flow calls
-``obtain`` -> ``parse`` -> ``encode`` as three steps; ``recs data`` calls the same three.
+``obtain`` -> ``parse`` -> ``encode`` as three tasks; ``prepare`` chains the same three for
+``recs data`` and tuning.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows.config import DataConfig, SyntheticConfig
-from tasks.contracts import Downloaded
+from tasks.contracts import Downloaded, Encoded, Interactions
 from tasks.download import cache_entry, fetch, file_sha256, read_recorded, record
-from tasks.parse import HETREC_PLAYS, LASTFM_360K_PLAYS
+from tasks.encode import encode
+from tasks.parse import HETREC_PLAYS, LASTFM_360K_PLAYS, parse
 from tasks.synthetic import GENERATOR_VERSION, generate
 
 
@@ -89,12 +91,33 @@ def resolve(config: DataConfig) -> Source:
     return Source(named.name, named.url, config.sha256, named.expect, config.cache_dir)
 
 
-def obtain(source: Source) -> Downloaded:
-    """Download (or reuse from the cache) or generate ``source``; see ``tasks.download.fetch``."""
+def obtain(source: Source, attempts: int = 4) -> Downloaded:
+    """Download (or reuse from the cache) or generate ``source``; see ``tasks.download.fetch``.
+
+    ``attempts``: tries of a transient network failure. The flow passes 1 because its download
+    task retries instead, so the retries show in the Prefect UI and are not multiplied.
+    """
     if source.synthetic is None:
         assert source.location is not None
-        return fetch(source.location, source.cache_dir, source.sha256, expect=source.expect)
+        return fetch(source.location, source.cache_dir, source.sha256, expect=source.expect, attempts=attempts)
     return _synthetic(source.synthetic, source.cache_dir)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A dataset obtained, parsed and encoded in one go (for ``recs data`` and tuning)."""
+
+    downloaded: Downloaded
+    interactions: Interactions
+    encoded: Encoded
+
+
+def prepare(config: DataConfig) -> Prepared:
+    """``resolve`` -> ``obtain`` -> ``parse`` -> ``encode`` for ``config``, outside any flow."""
+    plan = resolve(config)
+    downloaded = obtain(plan)
+    interactions = parse(downloaded.path, plan.dataset)
+    return Prepared(downloaded, interactions, encode(interactions, config.min_listeners, config.min_artists))
 
 
 def _synthetic(params: SyntheticConfig, cache_dir: Path) -> Downloaded:
