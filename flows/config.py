@@ -98,6 +98,9 @@ class EvalConfig(_Strict):
     min_artists: int = Field(5, ge=2, description="users with fewer artists are never held out")
     k: list[int] = [10]
     seed: int = 0
+    max_users: int | None = Field(
+        10_000, ge=100, description="rank a seeded sample of at most this many test users (None: all)"
+    )
 
 
 class StorageConfig(_Strict):

@@ -288,7 +288,8 @@ def evaluate_task(fitted: list[Fitted], split: Split, config: RetrainConfig) -> 
         # the explicit model predicts its weighted training target; RMSE compares with that
         target = weight(split.test, f.model.weight) if f.model.name == "explicit" else None
         run = report if i == 0 else evaluate  # the first model brings the baselines
-        metrics += run(f.scorer, own, config.eval.k, rmse_target=target, seed=config.eval.seed)
+        metrics += run(f.scorer, own, config.eval.k, rmse_target=target, seed=config.eval.seed,
+                       max_users=config.eval.max_users)
     return metrics
 
 

@@ -219,3 +219,22 @@ def test_real_model_beats_both_baselines_on_hetrec(hetrec_als):
     assert metrics[("popularity", "coverage")] < metrics[("als", "coverage")] < metrics[("random", "coverage")]
     assert metrics[("als", "novelty")] > metrics[("popularity", "novelty")]
     assert 0 < metrics[("als", "rmse_binary")] < 1
+
+
+def test_sampled_users_estimate_the_full_evaluation_within_its_standard_error(hetrec_als):
+    _, factors, split = hetrec_als
+    full = {m.metric: m.value for m in evaluate(factors, split, ks=[10]) if m.k == 10}
+    users_with_test = int((np.diff(split.test.indptr) > 0).sum())
+    n = 600
+    assert users_with_test > 2 * n  # the sample is a real subset
+    estimates = [
+        {m.metric: m.value for m in evaluate(factors, split, ks=[10], seed=seed, max_users=n) if m.k == 10}
+        for seed in (1, 2)
+    ]
+    assert estimates[0] != estimates[1]  # different seeds, different users
+    for sampled in estimates:
+        for metric in ("precision", "ndcg", "recall"):
+            assert abs(sampled[metric] - full[metric]) < 3 * 0.5 / np.sqrt(n)
+    # a sample as large as the population is the full evaluation
+    assert {m.metric: m.value for m in evaluate(factors, split, ks=[10], max_users=users_with_test)
+            if m.k == 10} == full
