@@ -34,7 +34,7 @@ class Stages:
     """Collects ``{stage: {"seconds": s, "peak_rss_mb": m}}`` in call order."""
 
     def __init__(self) -> None:
-        self.figures: dict[str, dict[str, float | str]] = {}
+        self.figures: dict[str, dict[str, float]] = {}
         self.rss_per_stage = True
 
     @contextmanager
@@ -50,13 +50,6 @@ class Stages:
             }
             # a full-size run takes many minutes: show progress on stderr (stdout is the JSON)
             print(f"{stage}: {self.figures[stage]}", file=sys.stderr, flush=True)
-
-    def extrapolate(self, stage: str, factor: float, basis: str) -> None:
-        """Scale a stage measured on part of its input to the whole; the measured time is kept."""
-        figures = self.figures[stage]
-        figures["measured_seconds"] = figures["seconds"]
-        figures["seconds"] = round(figures["seconds"] * factor, 3)
-        figures["extrapolated_from"] = basis
 
     def total(self) -> dict[str, float]:
         """Sum of stage seconds and the largest stage peak."""

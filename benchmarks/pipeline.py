@@ -21,7 +21,6 @@ its measured value. Timings on a shared machine are noisy; the JSON records the 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -36,7 +35,7 @@ import numpy as np
 from benchmarks import raw
 from benchmarks.measure import Stages, peak_rss_mb
 from flows.config import DataConfig, EvalConfig, IndexConfig, ModelConfig, RetrainConfig, StorageConfig
-from tasks.contracts import Factors, Metric, Split
+from tasks.contracts import Metric
 
 FULL = {"users": 360_000, "artists": 300_000, "rows": 17_500_000}
 QUICK = {"users": 3_000, "artists": 4_000, "rows": 120_000}
@@ -101,13 +100,7 @@ def fresh_schema(url: str | None) -> Iterator[str | None]:
         admin.dispose()
 
 
-def _user_rows(split: Split, weighted, factors: Factors, rows: np.ndarray) -> tuple[Split, object, Factors]:
-    """The split, weighted train and factors restricted to the users ``rows`` (renumbered 0..)."""
-    return (Split(train=split.train[rows], test=split.test[rows], rule=split.rule, seed=split.seed),
-            weighted[rows], dataclasses.replace(factors, user_factors=factors.user_factors[rows]))
-
-
-def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None, evaluate_users: int | None) -> dict:
+def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> dict:
     """The flow's steps as plain calls, in the flow's order, each timed with its peak RSS.
 
     Each step is the function under the flow's task (``task.fn``), so the work is the same and
@@ -155,15 +148,8 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None, evalu
         rows = _sample(heard.shape[0], cfg.recall_sample, config.eval.seed)
         recall.append(Metric("annoy", "user_recall", n,
                              recall_at_n(users, user_top_n(factors, heard, n, users=rows), rows)))
-    eval_rows = None if evaluate_users is None else _sample(heard.shape[0], evaluate_users, config.eval.seed)
-    held, held_weighted, held_factors = (split, weighted, factors) if eval_rows is None else _user_rows(
-        split, weighted, factors, eval_rows)
     with stages("evaluate"):
-        metrics = evaluate_task.fn([Fitted(model=model, scorer=held_factors, train=held_weighted)], held, config)
-        metrics += recall
-    if eval_rows is not None:
-        # every metric is a mean over users and costs the same per user: scale the time linearly
-        stages.extrapolate("evaluate", heard.shape[0] / len(eval_rows), f"{len(eval_rows)} of {heard.shape[0]} users")
+        metrics = evaluate_task.fn([Fitted(model=model, scorer=factors, train=weighted)], split, config) + recall
     recommended = Recommended(related=related, users=users, recall=recall)
     for name, url in [("sqlite", config.storage.db)] + ([("postgres", postgres)] if postgres else []):
         target = config.model_copy(update={"storage": config.storage.model_copy(update={"db": url})})
@@ -251,9 +237,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--postgres", metavar="URL", help="also publish into this PostgreSQL database")
     parser.add_argument("--work-dir", type=Path, help="keep data and databases here (default: a temp dir)")
-    parser.add_argument("--evaluate-users", type=int, metavar="N",
-                        help="evaluate on N sampled users and extrapolate the time (the evaluation scores every "
-                             "user against every artist, model and two baselines: hours at full size)")
     parser.add_argument("--no-flow", action="store_true",
                         help="skip the Prefect flow run (and so the orchestration-overhead figure)")
     args = parser.parse_args(argv)
@@ -277,8 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         stages = Stages()
         with fresh_schema(args.postgres) as postgres:
-            plain = run_plain(_config(tsv, work, f"sqlite:///{work / 'plain.db'}", args.seed), stages, postgres,
-                              args.evaluate_users)
+            plain = run_plain(_config(tsv, work, f"sqlite:///{work / 'plain.db'}", args.seed), stages, postgres)
         raw_figures = run_raw(plain, _config(tsv, work, "", args.seed), sample, args.postgres)
         del plain
         flow = None if args.no_flow else run_flow(_config(tsv, work, f"sqlite:///{work / 'flow.db'}", args.seed))
