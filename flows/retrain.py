@@ -59,7 +59,7 @@ from tasks.factorize import fit, save
 from tasks.index import build_index
 from tasks.parse import parse
 from tasks.recommend import (
-    recall_at_n, related_annoy, related_exact, use_approximate_users, user_top_n, user_top_n_annoy,
+    recall_at_n, related_annoy, related_exact, user_top_n, user_top_n_annoy,
 )
 from tasks.split import per_user_holdout
 from tasks.weight import weight
@@ -451,7 +451,7 @@ def _retrain(config: RetrainConfig, logger) -> RetrainResult:
     related, users = _fit_models(config, split, run_dir, timer)
     related_index = timer("index", index_task, related.scorer.artist_factors, config, run_dir / "related.annoy")
     user_index = None
-    if isinstance(users.scorer, Factors) and use_approximate_users(config.index, encoded.n_artists):
+    if isinstance(users.scorer, Factors) and config.index.approximate_users:
         user_index = timer("index", index_task, users.scorer.artist_factors, config, run_dir / "users.annoy",
                            inner_product=True)
     # every artist a user ever heard (train and test) is excluded from the published top-N; the

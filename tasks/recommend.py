@@ -17,15 +17,11 @@ from annoy import AnnoyIndex
 from implicit.cpu.topk import topk
 from threadpoolctl import threadpool_limits
 
-from flows.config import IndexConfig
 from tasks.contracts import Factors, Scorer, TopN
 from tasks.errors import RecsError
 from tasks.index import normalise
 
 MAX_BLOCK_CELLS = 1 << 24  # 16M float32 scores (64 MB) per block
-# Catalogue size (artists) from which IndexConfig.approximate_users=None picks Annoy for users, as
-# the config documents. Measured at 300K artists x 24 factors, exact was no slower (README).
-APPROXIMATE_USERS_FROM = 50_000
 
 
 def top_n(scores: np.ndarray, n: int) -> TopN:
@@ -216,8 +212,3 @@ def user_top_n_annoy(user_factors: np.ndarray, artist_factors: np.ndarray, index
     return _stack(parts, n)
 
 
-def use_approximate_users(cfg: IndexConfig, n_artists: int) -> bool:
-    """Whether user top-N should go through Annoy: as configured, or by catalogue size."""
-    if cfg.approximate_users is None:
-        return n_artists >= APPROXIMATE_USERS_FROM
-    return cfg.approximate_users

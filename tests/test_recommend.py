@@ -17,7 +17,6 @@ from tasks.recommend import (
     related_annoy,
     related_exact,
     top_n,
-    use_approximate_users,
     user_top_n,
     user_top_n_annoy,
 )
@@ -139,9 +138,3 @@ def test_user_top_n_annoy_against_exact(tmp_path):
     default = user_top_n_annoy(USERS, ARTISTS, info.load(), HEARD, 10)
     assert not HEARD[np.repeat(np.arange(150), 10), np.maximum(default.ids.ravel(), 0)].any()
     assert 0.5 < recall_at_n(default, exact, np.arange(150)) <= 1.0
-
-
-def test_approximate_users_by_catalogue_size():
-    assert not use_approximate_users(IndexConfig(), 17_632)
-    assert use_approximate_users(IndexConfig(), 300_000)
-    assert use_approximate_users(IndexConfig(approximate_users=True), 100)
