@@ -55,6 +55,7 @@ from tasks.datasets import obtain, resolve
 from tasks.encode import encode
 from tasks.errors import RecsError
 from tasks.evaluate import evaluate, report
+from tasks.files import atomic_path
 from tasks.factorize import fit, save
 from tasks.index import build_index
 from tasks.parse import parse
@@ -177,14 +178,9 @@ def parse_task(downloaded: Downloaded, dataset: str | None, out_dir: Path) -> Pa
     """Parse into the tidy frame and write it as Parquet next to the download; the cached result
     is only the path and the bad-row counts, never the frame."""
     interactions = parse(downloaded.path, dataset)
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"parsed-{downloaded.sha256[:16]}-{interactions.dataset}.parquet"
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        interactions.frame.to_parquet(tmp, index=False)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as temp:
+        interactions.frame.to_parquet(temp, index=False)
     return Parsed(path=path, bad_rows=interactions.bad_rows, dataset=interactions.dataset)
 
 

@@ -21,6 +21,7 @@ import yaml
 
 from flows.config import RetrainConfig
 from tasks.datasets import prepare
+from tasks.files import write_text_atomic
 from tasks.tune import REFERENCE, Trial, TuneResult, sample_candidates, tune, write_trials
 
 
@@ -44,11 +45,6 @@ def run_tune(
                   incumbent=config.user_model)
     out_dir = Path(out_dir) if out_dir else config.work_dir / time.strftime("tune-%Y%m%dT%H%M%SZ", time.gmtime())
     write_trials(result, out_dir)
-    best = out_dir / "best.yaml"
-    tmp = best.with_name(f".{best.name}.tmp")
-    try:
-        tmp.write_text(yaml.safe_dump({"user_model": result.best.model_dump(mode="json")}, sort_keys=False))
-        tmp.replace(best)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(out_dir / "best.yaml",
+                      yaml.safe_dump({"user_model": result.best.model_dump(mode="json")}, sort_keys=False))
     return result, out_dir

@@ -38,15 +38,12 @@ from tqdm import tqdm
 
 from tasks.contracts import Downloaded
 from tasks.errors import RecsError
+from tasks.files import UMASK, temp_path, write_text_atomic
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 CHUNK = 1 << 20
 PROGRESS_MIN_BYTES = 16 << 20  # smaller downloads finish before a bar is worth drawing
 USER_AGENT = "lastfm-recs/0.1"
-# Read once at import (os.umask can only be read by setting it): files and folders renamed into
-# the cache get the usual permissions, not the private ones of temporary files.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 def fetch(
@@ -105,7 +102,7 @@ def read_recorded(file: Path) -> str | None:
 
 def record(file: Path, digest: str) -> None:
     """Write ``<file>.sha256`` atomically (the marker that ``file`` is complete)."""
-    _atomic_write_text(_record_path(file), f"{digest}  {file.name}\n")
+    write_text_atomic(_record_path(file), f"{digest}  {file.name}\n")
 
 
 # --- remote ---------------------------------------------------------------------------------
@@ -298,7 +295,7 @@ def _extract(archive: Path, name: str, target: Path, expect: str | None, source:
     """Extract ``archive`` (format told by ``name``) into a temporary folder beside ``target``,
     check it, rename it into place."""
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
-    staging.chmod(0o777 & ~_UMASK)
+    staging.chmod(0o777 & ~UMASK)
     try:
         if name.lower().endswith(".zip"):
             _extract_zip(archive, staging, source)
@@ -374,24 +371,6 @@ def _safe(name: str) -> str:
 
 def _record_path(file: Path) -> Path:
     return file.with_name(file.name + ".sha256")
-
-
-def temp_path(folder: Path, name: str) -> Path:
-    """A new empty file ``folder/.<name>.<random>.part``, with the permissions a plain ``open``
-    would give (mkstemp's 0600 would survive the rename into place)."""
-    fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
-    os.fchmod(fd, 0o666 & ~_UMASK)
-    os.close(fd)
-    return Path(temp)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    temp = temp_path(path.parent, path.name)
-    try:
-        temp.write_text(text)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def _discard(final: Path) -> None:

@@ -21,8 +21,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +33,7 @@ from threadpoolctl import threadpool_limits
 from flows.config import ModelConfig
 from tasks.contracts import Factors, Scorer
 from tasks.errors import RecsError
+from tasks.files import atomic_path, write_text_atomic
 
 FACTORS_FILE = "factors.npz"
 PARAMS_FILE = "params.json"
@@ -239,11 +238,10 @@ def save(model: Factors, directory: Path) -> Path:
     Returns ``directory``.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     meta = {"name": model.name, "params": model.params, "fit_seconds": model.fit_seconds}
-    _atomic_write(directory / FACTORS_FILE, lambda fh: np.savez(
-        fh, user_factors=model.user_factors, artist_factors=model.artist_factors))
-    _atomic_write(directory / PARAMS_FILE, lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
+    with atomic_path(directory / FACTORS_FILE) as temp, open(temp, "wb") as fh:
+        np.savez(fh, user_factors=model.user_factors, artist_factors=model.artist_factors)
+    write_text_atomic(directory / PARAMS_FILE, json.dumps(meta, indent=2))
     return directory
 
 
@@ -259,13 +257,3 @@ def load(directory: Path) -> Factors:
     return Factors(name=meta["name"], params=meta["params"], user_factors=user, artist_factors=artist,
                    fit_seconds=meta["fit_seconds"])
 
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

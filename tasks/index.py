@@ -12,7 +12,6 @@ ranking by cosine):
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from implicit.utils import augment_inner_product_matrix
 
 from flows.config import IndexConfig
 from tasks.errors import RecsError
+from tasks.files import atomic_path
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,6 @@ def build_index(artist_factors: np.ndarray, cfg: IndexConfig, path: Path, *, inn
     else:
         vectors = normalise(artist_factors)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     start = time.perf_counter()
     index = AnnoyIndex(vectors.shape[1], "angular")
     index.set_seed(seed)
@@ -84,10 +82,9 @@ def build_index(artist_factors: np.ndarray, cfg: IndexConfig, path: Path, *, inn
     index.build(cfg.n_trees, n_jobs=1)
     seconds = time.perf_counter() - start
     try:
-        index.save(str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as temp:
+            index.save(str(temp))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise RecsError(f"cannot write the Annoy index to {path}: {exc.strerror}; check space and permissions") from None
     finally:
         index.unload()

@@ -19,7 +19,6 @@ import json
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -33,6 +32,7 @@ from threadpoolctl import threadpool_limits
 from flows.config import ModelConfig, WeightConfig
 from tasks.contracts import Split
 from tasks.errors import RecsError
+from tasks.files import write_text_atomic
 from tasks.evaluate import Popularity, evaluate
 from tasks.factorize import fit
 from tasks.split import per_user_holdout, validation_split
@@ -345,17 +345,7 @@ def write_trials(result: TuneResult, out_dir: Path) -> tuple[Path, Path]:
     writer.writeheader()
     writer.writerows(rows)
     json_path, csv_path = out_dir / "trials.json", out_dir / "trials.csv"
-    _atomic_text(json_path, json.dumps(doc, indent=2, default=str))
-    _atomic_text(csv_path, buffer.getvalue())
+    write_text_atomic(json_path, json.dumps(doc, indent=2, default=str))
+    write_text_atomic(csv_path, buffer.getvalue())
     return json_path, csv_path
 
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
