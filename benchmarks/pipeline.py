@@ -210,7 +210,8 @@ def _ratios(plain: Stages, raw_figures: dict, flow: dict | None) -> dict:
         "publish_sqlite_vs_executemany": s["publish_sqlite"] / raw_figures["sqlite_executemany_seconds"],
     }
     if flow:
-        ratios["flow_overhead"] = flow["seconds"] / plain.total()["seconds"] - 1
+        # the flow publishes into SQLite only; compare it with the plain stages that match
+        ratios["flow_overhead"] = flow["seconds"] / (plain.total()["seconds"] - s.get("publish_postgres", 0.0)) - 1
     if "postgres_copy_seconds" in raw_figures:
         ratios["publish_postgres_vs_copy"] = s["publish_postgres"] / raw_figures["postgres_copy_seconds"]
     return {k: round(v, 3) for k, v in ratios.items()}
