@@ -71,24 +71,13 @@ def _fit_als(train: sp.csr_matrix, cfg: ModelConfig) -> Factors:
     return _fit_implicit(model, train, cfg, ("factors", "regularization", "alpha", "iterations"))
 
 
-def _fit_bpr(train: sp.csr_matrix, cfg: ModelConfig) -> Factors:
+def _fit_sgd(train: sp.csr_matrix, cfg: ModelConfig) -> Factors:
+    """implicit's SGD models, ``bpr`` and ``lmf``, which take the same hyper-parameters."""
     from implicit.cpu.bpr import BayesianPersonalizedRanking
-
-    model = BayesianPersonalizedRanking(
-        factors=cfg.factors,
-        learning_rate=cfg.learning_rate,
-        regularization=cfg.regularization,
-        iterations=cfg.iterations,
-        num_threads=1,
-        random_state=cfg.random_state,
-    )
-    return _fit_implicit(model, train, cfg, ("factors", "learning_rate", "regularization", "iterations"))
-
-
-def _fit_lmf(train: sp.csr_matrix, cfg: ModelConfig) -> Factors:
     from implicit.cpu.lmf import LogisticMatrixFactorization
 
-    model = LogisticMatrixFactorization(
+    model_class = {"bpr": BayesianPersonalizedRanking, "lmf": LogisticMatrixFactorization}[cfg.name]
+    model = model_class(
         factors=cfg.factors,
         learning_rate=cfg.learning_rate,
         regularization=cfg.regularization,
@@ -216,8 +205,8 @@ def _fit_spark_als(train: sp.csr_matrix, cfg: ModelConfig) -> Scorer:
 MODELS: dict[str, Callable[[sp.csr_matrix, ModelConfig], Scorer]] = {
     "als": _fit_als,
     "lsa": _fit_lsa,
-    "bpr": _fit_bpr,
-    "lmf": _fit_lmf,
+    "bpr": _fit_sgd,
+    "lmf": _fit_sgd,
     "explicit": _fit_explicit,
     "itemknn": _fit_itemknn,
     "blend": _fit_blend,
