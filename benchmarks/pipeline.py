@@ -85,19 +85,10 @@ def fresh_schema(url: str | None) -> Iterator[str | None]:
     if not url:
         yield None
         return
-    import sqlalchemy as sa
-    from sqlalchemy.engine import make_url
+    from storage.engine import scratch_schema
 
-    schema = f"recs_bench_{os.getpid()}"  # generated here, never user input
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    try:
-        yield make_url(url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
+    with scratch_schema(url, "recs_bench") as scratch:
+        yield scratch
 
 
 def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> dict:

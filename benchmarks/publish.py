@@ -21,16 +21,15 @@ import os
 import statistics
 import tempfile
 import time
-import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 import sqlalchemy as sa
 from psycopg import sql
-from sqlalchemy.engine import make_url
 
-from storage.engine import make_engine
+from storage.engine import make_engine, scratch_schema
 from storage.publish import RunOutputs, publish
 from tasks.contracts import Encoded, Metric, TopN
 
@@ -173,24 +172,11 @@ def main() -> None:
         report["sqlite"]["target_rows_per_s"] = 300_000
 
     if args.postgres_url:
-        admin = sa.create_engine(args.postgres_url)
-        schemas = {f"{kind}{i}": f"bench_{kind}{i}_{uuid.uuid4().hex[:8]}"
-                   for kind in ("publish", "bare") for i in range(args.repeat)}
-        with admin.begin() as conn:
-            for schema in schemas.values():
-                conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-        try:
-            base = make_url(args.postgres_url)
-            report["postgresql"] = measure(
-                lambda name: base.update_query_dict({"options": f"-csearch_path={schemas[name]}"})
-                .render_as_string(hide_password=False),
-                bare_postgres, outputs, total, args.repeat)
+        with ExitStack() as stack:
+            urls = {f"{kind}{i}": stack.enter_context(scratch_schema(args.postgres_url, f"bench_{kind}{i}"))
+                    for kind in ("publish", "bare") for i in range(args.repeat)}
+            report["postgresql"] = measure(urls.__getitem__, bare_postgres, outputs, total, args.repeat)
             report["postgresql"]["target_rows_per_s"] = 500_000
-        finally:
-            with admin.begin() as conn:
-                for schema in schemas.values():
-                    conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-            admin.dispose()
     print(json.dumps(report, indent=2))
 
 

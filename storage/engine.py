@@ -14,6 +14,7 @@ here and bumps ``SCHEMA_VERSION``.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -159,3 +160,23 @@ def _version(conn: Connection) -> int | None:
     if not sa.inspect(conn).has_table(SchemaVersion.__tablename__):
         return None
     return conn.execute(sa.select(sa.func.max(SchemaVersion.version))).scalar_one_or_none()
+
+
+@contextmanager
+def scratch_schema(url: str, prefix: str) -> Iterator[str]:
+    """``url`` (PostgreSQL) pointed at a new, empty schema ``<prefix>_<random>`` through
+    ``options=-csearch_path``, dropped with everything in it afterwards: for tests and benchmarks
+    that must not touch what the database already holds, nor collide with each other."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"  # generated here, never user input
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        try:
+            yield make_url(url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+                hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    finally:
+        admin.dispose()

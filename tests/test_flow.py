@@ -169,35 +169,27 @@ def test_unreachable_database_is_retried_then_fails_the_run(two_runs):
 def test_flow_publishes_into_postgresql(two_runs):
     """The same flow into a real PostgreSQL (a fresh schema, dropped afterwards)."""
     import os
-    import uuid
 
     import sqlalchemy as sa
 
     from flows.retrain import retrain
+    from storage.engine import scratch_schema
 
     url = os.environ.get("RECS_TEST_POSTGRES_URL")
     if not url:
         pytest.skip("set RECS_TEST_POSTGRES_URL to run against PostgreSQL")
     tmp, config, _ = two_runs
-    schema = f"recs_flow_{uuid.uuid4().hex[:12]}"  # generated here, never user input
-    admin = sa.create_engine(url)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    try:
-        db = sa.engine.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
-        pg = _one_model(config).model_copy(update={"storage": config.storage.model_copy(
-            update={"db": db.render_as_string(hide_password=False)})})
+    with scratch_schema(url, "recs_flow") as db:
+        pg = _one_model(config).model_copy(update={"storage": config.storage.model_copy(update={"db": db})})
         result = retrain(pg)
-        with sa.create_engine(db).connect() as conn:
+        reader = sa.create_engine(db)
+        with reader.connect() as conn:
             published = conn.execute(sa.text("SELECT run_id FROM runs WHERE status = 'published'")).scalars().all()
             coldplay = conn.execute(sa.text(
                 "SELECT count(*) FROM current_related_artists WHERE lower(artist_name) = 'coldplay'")).scalar()
-        assert published == [result.run_id]
-        assert coldplay == config.n
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
+        reader.dispose()
+    assert published == [result.run_id]
+    assert coldplay == config.n
 
 
 def test_download_key_follows_edits_of_a_local_source(tmp_path):

@@ -7,24 +7,21 @@ skips only when that variable is unset.
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 import storage.publish as publish_module
-from storage.engine import SCHEMA_VERSION, make_engine
+from storage.engine import SCHEMA_VERSION, make_engine, scratch_schema
 from storage.publish import RunOutputs, RunRejected, publish
 from storage.queries import list_runs, recommendations, related_artists
 from storage.schema import SchemaVersion
@@ -33,8 +30,6 @@ from tasks.errors import RecsError
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("RECS_TEST_POSTGRES_URL")
-SESSION = uuid.uuid4().hex[:8]
-_schemas = itertools.count()
 BULK = ("artists", "users", "related_artists", "user_recommendations")
 
 # Names that break naive quoting, LIKE patterns, COPY text escaping or terminal markup.
@@ -123,16 +118,8 @@ def db_url(request, tmp_path):
         return
     if not PG_URL:
         pytest.skip("RECS_TEST_POSTGRES_URL is not set")
-    schema = f"recs_test_{SESSION}_{next(_schemas)}"  # generated here, never user input
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    try:
-        yield make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
+    with scratch_schema(PG_URL, "recs_test") as url:
+        yield url
 
 
 @pytest.fixture
