@@ -34,7 +34,7 @@ import numpy as np
 
 from benchmarks import raw
 from benchmarks.measure import Stages, peak_rss_mb
-from flows.config import DataConfig, EvalConfig, IndexConfig, ModelConfig, RetrainConfig, StorageConfig
+from flows.config import DataConfig, RetrainConfig, StorageConfig
 from tasks.contracts import Metric
 
 FULL = {"users": 360_000, "artists": 300_000, "rows": 17_500_000}
@@ -53,24 +53,21 @@ TARGETS = {
 }
 
 
-# The model the targets are stated for: implicit ALS, 64 factors x 15 iterations on BM25 weights,
-# one model for both related artists and user top-N (so the Annoy user path applies). The shipped
-# user model is a blend with item-kNN, which has no factors for Annoy.
-MODEL = ModelConfig(name="als", factors=64, iterations=15)
+# The profile the targets are for: one ALS model (64 factors x 15 iterations on BM25 weights) in
+# both roles, faiss for related artists and user top-N. The shipped defaults are the HetRec 2K
+# choices (an ALS + item-kNN blend for users, Annoy), which do not carry over to this size.
+PROFILE = Path(__file__).resolve().parents[1] / "deployments" / "lastfm-360k.yaml"
 
 
 def _config(tsv: Path, work: Path, db: str, seed: int) -> RetrainConfig:
-    """The benchmark model in both roles, pointed at the generated file, with the approximate
-    user path on at every size (automatic from 50K artists; the quick size would skip it)."""
-    return RetrainConfig(
-        data=DataConfig(dataset="synthetic", source=str(tsv), cache_dir=work / "cache"),
-        related_model=MODEL,
-        user_model=MODEL,
-        index=IndexConfig(approximate_users=True),
-        storage=StorageConfig(db=db),
-        eval=EvalConfig(seed=seed),
-        work_dir=work / "runs",
-    )
+    """``PROFILE`` pointed at the generated file, the benchmark's database and folders."""
+    profile = RetrainConfig.from_file(PROFILE)
+    return profile.model_copy(update={
+        "data": DataConfig(dataset="synthetic", source=str(tsv), cache_dir=work / "cache"),
+        "storage": StorageConfig(db=db),
+        "eval": profile.eval.model_copy(update={"seed": seed}),
+        "work_dir": work / "runs",
+    })
 
 
 def _sample(count: int, size: int, seed: int, among: np.ndarray | None = None) -> np.ndarray:
@@ -95,15 +92,15 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
     """The flow's steps as plain calls, in the flow's order, each timed with its peak RSS.
 
     Each step is the function under the flow's task (``task.fn``), so the work is the same and
-    only Prefect is left out. ``recommend`` is spelled out stage by stage (its task calls the
-    ``index`` task inside), to time the Annoy builds and queries apart from the exact checks.
+    only Prefect is left out. ``recommend`` is spelled out stage by stage, to time the index
+    builds and searches apart from the exact checks.
     """
     from flows.retrain import (
         Fitted, Recommended, download_task, encode_task, evaluate_task, factorize_task, parse_task,
         publish_task, split_task, weight_task,
     )
     from tasks.index import build_index
-    from tasks.recommend import recall_at_n, related_annoy, related_exact, user_top_n, user_top_n_annoy
+    from tasks.recommend import recall_at_n, related_approx, related_exact, user_top_n, user_top_n_approx
 
     data, model, n, cfg = config.data, config.related_model, config.n, config.index
     run_dir = Path(config.work_dir) / "plain"
@@ -122,22 +119,22 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
     # the flow recommends to users from everything they heard, train and test
     heard = encoded.plays
     with stages("index_related"):
-        related_index = build_index(factors.artist_factors, cfg, run_dir / "related.annoy", seed=model.random_state)
+        related_index = build_index(factors.artist_factors, cfg, run_dir / f"related.{cfg.engine}",
+                                    seed=model.random_state)
     with stages("related"):
-        related = related_annoy(related_index.load(), n, cfg.search_k)
+        related = related_approx(related_index, factors.artist_factors, n)
     with stages("index_users"):
-        user_index = build_index(factors.artist_factors, cfg, run_dir / "users.annoy", inner_product=True,
+        user_index = build_index(factors.artist_factors, cfg, run_dir / f"users.{cfg.engine}", inner_product=True,
                                  seed=model.random_state)
     with stages("users"):
-        users = user_top_n_annoy(factors.user_factors, factors.artist_factors, user_index.load(), heard, n,
-                                 cfg.search_k)
+        users = user_top_n_approx(user_index, factors.user_factors, factors.artist_factors, heard, n)
     with stages("recall_check"):
-        # as the flow does: Annoy against exact search on index.recall_sample rows
+        # as the flow does: the index against exact search on index.recall_sample rows
         rows = _sample(len(factors.artist_factors), cfg.recall_sample, config.eval.seed)
-        recall = [Metric("annoy", "related_recall", n,
+        recall = [Metric(cfg.engine, "related_recall", n,
                          recall_at_n(related, related_exact(factors.artist_factors, n, rows), rows))]
         rows = _sample(heard.shape[0], cfg.recall_sample, config.eval.seed)
-        recall.append(Metric("annoy", "user_recall", n,
+        recall.append(Metric(cfg.engine, "user_recall", n,
                              recall_at_n(users, user_top_n(factors, heard, n, users=rows), rows)))
     with stages("evaluate"):
         metrics = evaluate_task.fn([Fitted(model=model, scorer=factors, train=weighted)], split, config) + recall

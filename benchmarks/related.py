@@ -1,4 +1,4 @@
-"""Related artists and user top-N: exact search vs Annoy, time and recall, on two catalogues.
+"""Related artists and user top-N: exact search vs Annoy and faiss, time and recall, on two catalogues.
 
     python -m benchmarks.related               # HetRec 2K + a 360K-shaped synthetic run (300K artists)
     python -m benchmarks.related --quick       # HetRec 2K + a small synthetic run (< 2 minutes)
@@ -10,10 +10,11 @@ Per catalogue, with the shipped ``related_model`` and ``IndexConfig`` defaults:
 - ``exact``: ``tasks.recommend.related_exact`` and, as the raw-library yardstick, implicit's exact
   ``similar_items`` (``benchmarks.raw.exact_similar``), both on the same sample of artists and
   extrapolated linearly to every artist (brute force: per-row cost does not depend on the row);
-- ``annoy``: ``build_index`` + ``related_annoy`` for **every** artist, measured in full, and its
-  recall@N (``recall_at_n``) against both exact answers on the sample;
-- ``users``: exact ``user_top_n`` vs ``user_top_n_annoy`` on a sample of users (time
-  extrapolated), recall of the Annoy path against the exact one.
+- ``annoy`` and ``faiss`` (each engine of ``index.engine``): ``build_index`` + ``related_approx``
+  for **every** artist, measured in full, and its recall@N (``recall_at_n``) against both exact
+  answers on the sample;
+- ``users``: exact ``user_top_n`` vs ``user_top_n_approx`` with each engine on a sample of users
+  (time extrapolated), recall of the approximate paths against the exact one.
 
 Prints one JSON object. Timings are wall clock on whatever else the machine is doing; the JSON
 records the load average, and the ratios (same run, same data) are the figures to compare.
@@ -38,13 +39,14 @@ from flows.config import IndexConfig, RetrainConfig
 from tasks.contracts import Factors
 from tasks.factorize import fit, load, save
 from tasks.index import build_index
-from tasks.recommend import recall_at_n, related_annoy, related_exact, user_top_n, user_top_n_annoy
+from tasks.recommend import recall_at_n, related_approx, related_exact, user_top_n, user_top_n_approx
 from tasks.weight import weight
 
 HETREC = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hetrec2011-lastfm-2k"
 FULL = {"users": 360_000, "artists": 300_000, "rows": 17_500_000}
 QUICK = {"users": 3_000, "artists": 20_000, "rows": 150_000}
 SAMPLE = 2_000
+ENGINES = ("annoy", "faiss")
 
 
 def _timed(call):
@@ -104,33 +106,43 @@ def clustered(artists: int, factors: int, seed: int = 0) -> tuple[Factors, sp.cs
     return model, sp.csr_matrix((0, artists), dtype=np.float32), "random clustered factors (not a fitted model)"
 
 
+def _settings(cfg: IndexConfig) -> dict:
+    if cfg.engine == "faiss":
+        return {"n_lists": cfg.n_lists, "n_probe": cfg.n_probe, "n_probe_users": cfg.n_probe_users}
+    return {"n_trees": cfg.n_trees, "search_k": cfg.search_k}
+
+
 def measure(model: Factors, plays: sp.csr_matrix, label: str, cfg: IndexConfig, n: int, work: Path) -> dict:
     artists = model.artist_factors.shape[0]
     rng = np.random.default_rng(0)
     rows = np.sort(rng.choice(artists, min(SAMPLE, artists), replace=False))
     exact, exact_seconds = _timed(lambda: related_exact(model.artist_factors, n, rows))
     library = raw.exact_similar(model, rows, n)
-    info = build_index(model.artist_factors, cfg, work / f"related-{artists}.ann")
-    approx, query_seconds = _timed(lambda: related_annoy(info.load(), n, cfg.search_k))
     exact_all = exact_seconds * artists / len(rows)
-    annoy_all = info.build_seconds + query_seconds
     out = {
         "catalogue": label,
         "artists": artists,
         "factors": model.artist_factors.shape[1],
         "fit_seconds": round(model.fit_seconds, 2),
-        "index": {"n_trees": cfg.n_trees, "search_k": cfg.search_k},
         "sample": len(rows),
         "exact_all_seconds": round(exact_all, 2),
         "implicit_exact_all_seconds": round(library.seconds, 2),
         "exact_vs_implicit": round(exact_all / library.seconds, 3),
-        "annoy_build_seconds": round(info.build_seconds, 2),
-        "annoy_query_all_seconds": round(query_seconds, 2),
-        "annoy_speedup_vs_exact": round(exact_all / annoy_all, 2),
-        "annoy_speedup_vs_implicit_exact": round(library.seconds / annoy_all, 2),
-        "annoy_recall": round(recall_at_n(approx, exact, rows), 4),
-        "annoy_recall_vs_implicit": round(recall_at_n(approx, library.exact, rows), 4),
     }
+    for engine in ENGINES:
+        engine_cfg = cfg.model_copy(update={"engine": engine})
+        info = build_index(model.artist_factors, engine_cfg, work / f"related-{artists}.{engine}")
+        approx, query_seconds = _timed(lambda: related_approx(info, model.artist_factors, n))
+        total = info.build_seconds + query_seconds
+        out[engine] = {
+            "settings": _settings(engine_cfg) | ({"n_lists_used": info.n_lists} if engine == "faiss" else {}),
+            "build_seconds": round(info.build_seconds, 2),
+            "query_all_seconds": round(query_seconds, 2),
+            "speedup_vs_exact": round(exact_all / total, 2),
+            "speedup_vs_implicit_exact": round(library.seconds / total, 2),
+            "recall": round(recall_at_n(approx, exact, rows), 4),
+            "recall_vs_implicit": round(recall_at_n(approx, library.exact, rows), 4),
+        }
     _log(json.dumps(out))
     if plays.shape[0]:
         out["users"] = measure_users(model, plays, cfg, n, work)
@@ -140,20 +152,21 @@ def measure(model: Factors, plays: sp.csr_matrix, label: str, cfg: IndexConfig, 
 def measure_users(model: Factors, heard: sp.csr_matrix, cfg: IndexConfig, n: int, work: Path) -> dict:
     users = np.sort(np.random.default_rng(1).choice(heard.shape[0], min(SAMPLE, heard.shape[0]), replace=False))
     exact, exact_seconds = _timed(lambda: user_top_n(model, heard, n, users=users))
-    info = build_index(model.artist_factors, cfg, work / "users.ann", inner_product=True)
-    approx, annoy_seconds = _timed(
-        lambda: user_top_n_annoy(model.user_factors, model.artist_factors, info.load(), heard, n, cfg.search_k, users=users))
     scale = heard.shape[0] / len(users)
-    out = {
-        "users": heard.shape[0],
-        "sample": len(users),
-        "exact_all_seconds": round(exact_seconds * scale, 2),
-        "annoy_build_seconds": round(info.build_seconds, 2),
-        "annoy_all_seconds": round(annoy_seconds * scale, 2),
-        "annoy_speedup_vs_exact": round(exact_seconds * scale / (info.build_seconds + annoy_seconds * scale), 2),
-        # both lists are in ``users`` order, so approx is indexed by sample position here
-        "annoy_recall": round(recall_at_n(approx, exact, np.arange(len(users))), 4),
-    }
+    out = {"users": heard.shape[0], "sample": len(users), "exact_all_seconds": round(exact_seconds * scale, 2)}
+    for engine in ENGINES:
+        engine_cfg = cfg.model_copy(update={"engine": engine})
+        info = build_index(model.artist_factors, engine_cfg, work / f"users.{engine}", inner_product=True)
+        approx, seconds = _timed(lambda: user_top_n_approx(info, model.user_factors, model.artist_factors, heard, n,
+                                                           users=users))
+        out[engine] = {
+            "settings": _settings(engine_cfg),
+            "build_seconds": round(info.build_seconds, 2),
+            "all_seconds": round(seconds * scale, 2),
+            "speedup_vs_exact": round(exact_seconds * scale / (info.build_seconds + seconds * scale), 2),
+            # both lists are in ``users`` order, so approx is indexed by sample position here
+            "recall": round(recall_at_n(approx, exact, np.arange(len(users))), 4),
+        }
     _log(json.dumps(out))
     return out
 

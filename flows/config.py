@@ -79,16 +79,24 @@ class ModelConfig(_Strict):
 
 
 class IndexConfig(_Strict):
-    """Annoy index for related artists and approximate user top-N."""
+    """Nearest-neighbour index for related artists and approximate user top-N (tasks/index.py)."""
 
+    # annoy for small catalogues (the design's index); faiss for large ones: at 300K artists on 2
+    # cores Annoy was no faster than exact search at recall@10 >= 0.95, faiss IVF more than 15x
+    # faster (README "Performance"; deployments/lastfm-360k.yaml selects it).
+    engine: Literal["annoy", "faiss"] = Field("annoy", description="annoy (trees) or faiss (IVF lists)")
     # 100 trees: on a 300K-artist synthetic catalogue 50 trees reached recall@10 0.93 at Annoy's
     # default search_k, 100 trees 0.98 (README "Models and related artists", benchmarks/related.py).
-    n_trees: int = Field(100, ge=1)
-    search_k: int = Field(-1, description="-1: Annoy's default (n_trees * n)")
+    n_trees: int = Field(100, ge=1, description="annoy: trees")
+    search_k: int = Field(-1, description="annoy: nodes a query inspects; -1: Annoy's default (n_trees * k)")
+    n_lists: int | None = Field(None, ge=1, description="faiss: k-means lists; None: about 4 sqrt(artists)")
+    # 24 and 64 of 2,048 lists: recall@10 0.96 for both on 64-d ALS factors of 300K artists
+    n_probe: int = Field(24, ge=1, description="faiss: lists a related-artists query scans")
+    n_probe_users: int = Field(64, ge=1, description="faiss: lists a user query scans (inner product)")
     recall_sample: int = Field(1_000, ge=10, description="artists/users checked against exact search")
-    # Off by default: at 300K artists on 2 cores the exact batched path was as fast or faster than
-    # Annoy at recall@10 >= 0.95 (README "Exact search vs Annoy"); Annoy pays with more cores/factors.
-    approximate_users: bool = Field(False, description="Annoy (inner product) for user top-N of factor models")
+    # Off by default: at 300K artists on 2 cores the exact path was as fast as Annoy or faiss at
+    # recall@10 >= 0.95 for users (README "Performance").
+    approximate_users: bool = Field(False, description="the index (inner product) for user top-N of factor models")
 
 
 class EvalConfig(_Strict):

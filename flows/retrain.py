@@ -59,9 +59,7 @@ from tasks.files import atomic_path
 from tasks.factorize import fit, save
 from tasks.index import build_index
 from tasks.parse import parse
-from tasks.recommend import (
-    recall_at_n, related_annoy, related_exact, user_top_n, user_top_n_annoy,
-)
+from tasks.recommend import recall_at_n, related_approx, related_exact, user_top_n, user_top_n_approx
 from tasks.split import per_user_holdout
 from tasks.weight import weight
 
@@ -217,8 +215,9 @@ def factorize_task(weighted: sp.csr_matrix, model: ModelConfig, out_dir: Path) -
 
 @task(name="index", task_run_name="index-{path.stem}", **IN_MEMORY)
 def index_task(artist_factors: np.ndarray, config: RetrainConfig, path: Path, inner_product: bool = False):
-    """Annoy index over artist factors (float32, artists x f) saved at ``path``: cosine for
-    related artists, or inner product (``inner_product=True``) for approximate user top-N."""
+    """Nearest-neighbour index (``index.engine``) over artist factors (float32, artists x f) saved
+    at ``path``: cosine for related artists, or inner product (``inner_product=True``) for
+    approximate user top-N."""
     return build_index(artist_factors, config.index, path, inner_product=inner_product,
                        seed=config.related_model.random_state)
 
@@ -244,16 +243,16 @@ def recommend_task(related_scorer: Factors, user_scorer: Scorer, related_index, 
     artists) excluded: through ``user_index`` when given (recall checked the same way), else exact."""
     n, cfg = config.n, config.index
     artist_factors = related_scorer.artist_factors
-    related = related_annoy(related_index.load(), n, cfg.search_k)
+    related = related_approx(related_index, artist_factors, n)
     rows = _sample(len(artist_factors), cfg.recall_sample, config.eval.seed)
-    recall = [Metric("annoy", "related_recall", n, recall_at_n(related, related_exact(artist_factors, n, rows), rows))]
+    recall = [Metric(cfg.engine, "related_recall", n,
+                     recall_at_n(related, related_exact(artist_factors, n, rows), rows))]
 
     if user_index is not None:
-        users = user_top_n_annoy(user_scorer.user_factors, user_scorer.artist_factors, user_index.load(), heard, n,
-                                 cfg.search_k)
+        users = user_top_n_approx(user_index, user_scorer.user_factors, user_scorer.artist_factors, heard, n)
         rows = _sample(heard.shape[0], cfg.recall_sample, config.eval.seed)
         exact = user_top_n(user_scorer, heard, n, users=rows)
-        recall.append(Metric("annoy", "user_recall", n, recall_at_n(users, exact, rows)))
+        recall.append(Metric(cfg.engine, "user_recall", n, recall_at_n(users, exact, rows)))
     else:
         users = user_top_n(user_scorer, heard, n)
     return Recommended(related=related, users=users, recall=recall)
@@ -445,11 +444,12 @@ def _retrain(config: RetrainConfig, logger) -> RetrainResult:
                 encoded.n_artists, encoded.plays.nnz, parsed.bad_rows.total)
     split = timer("split", split_task, encoded, config)
     related, users = _fit_models(config, split, run_dir, timer)
-    related_index = timer("index", index_task, related.scorer.artist_factors, config, run_dir / "related.annoy")
+    related_index = timer("index", index_task, related.scorer.artist_factors, config,
+                          run_dir / f"related.{config.index.engine}")
     user_index = None
     if isinstance(users.scorer, Factors) and config.index.approximate_users:
-        user_index = timer("index", index_task, users.scorer.artist_factors, config, run_dir / "users.annoy",
-                           inner_product=True)
+        user_index = timer("index", index_task, users.scorer.artist_factors, config,
+                           run_dir / f"users.{config.index.engine}", inner_product=True)
     # every artist a user ever heard (train and test) is excluded from the published top-N; the
     # scorers only read which artists were heard, not how often (item-kNN binarises its input)
     recommended = timer("recommend", recommend_task, related.scorer, users.scorer, related_index, user_index,

@@ -130,6 +130,19 @@ class Scorer(Protocol):
         ...
 
 
+@runtime_checkable
+class Ranker(Protocol):
+    """A ``Scorer`` that picks a user's top N without scoring every artist (the baselines: one
+    order for everyone, or a random one); ``tasks.recommend.user_top_n`` prefers this."""
+
+    name: str
+
+    def top_n(self, users: np.ndarray, heard: sp.csr_matrix, n: int) -> TopN:
+        """The ``n`` best artists for ``users``, none of them in ``heard`` (their training rows,
+        CSR, len(users) x artists); padded with -1 / NaN where fewer exist."""
+        ...
+
+
 @dataclass(frozen=True)
 class Factors:
     """A fitted latent-factor model.

@@ -44,10 +44,10 @@ import scipy.sparse as sp
 
 from tasks.contracts import Factors, Metric, Scorer, Split, TopN
 from tasks.errors import RecsError
-from tasks.recommend import MAX_BLOCK_CELLS, user_top_n
+from tasks.recommend import MAX_BLOCK_CELLS, first_unheard, hits, top_n, user_top_n
 
 class Popularity:
-    """Baseline ``Scorer``: every user gets artists by number of train listeners."""
+    """Baseline ``Scorer``/``Ranker``: every user gets artists by number of train listeners."""
 
     name = "popularity"
 
@@ -57,13 +57,22 @@ class Popularity:
         plays = np.asarray(train.sum(axis=0, dtype=np.float64)).ravel()
         tiebreak = plays / (plays.max() + 1.0) if len(plays) and plays.max() > 0 else 0.0
         self.popularity = (listeners + tiebreak).astype(np.float32)
+        self.order = np.argsort(-self.popularity, kind="stable")
 
     def score(self, users: np.ndarray, heard: sp.csr_matrix) -> np.ndarray:
         return np.tile(self.popularity, (len(users), 1))
 
+    def top_n(self, users: np.ndarray, heard: sp.csr_matrix, n: int) -> TopN:
+        """The ``n`` most listened artists each user has not heard: they are among the first
+        ``n + (most artists a user in the block heard)`` of the global order."""
+        width = min(n + int(np.diff(heard.indptr).max(initial=0)), len(self.order))
+        ids = first_unheard(np.broadcast_to(self.order[:width], (len(users), width)), heard, n)
+        return TopN(ids=ids, scores=np.where(ids >= 0, self.popularity[ids], np.nan).astype(np.float32))
+
 
 class RandomScorer:
-    """Baseline ``Scorer``: uniform random scores, repeatable for a seed and a sequence of calls."""
+    """Baseline ``Scorer``/``Ranker``: uniform random scores, repeatable for a seed and a sequence
+    of calls."""
 
     name = "random"
 
@@ -74,19 +83,20 @@ class RandomScorer:
     def score(self, users: np.ndarray, heard: sp.csr_matrix) -> np.ndarray:
         return self.rng.random((len(users), self.n_artists), dtype=np.float32)
 
-
-def hits(ids: np.ndarray, test: sp.csr_matrix) -> np.ndarray:
-    """bool, same shape as ``ids`` (users x K artist codes, -1 padded): is the artist in that
-    user's row of ``test`` (CSR, same users in the same order)."""
-    test = sp.csr_matrix(test)
-    test.sort_indices()
-    if test.nnz == 0:
-        return np.zeros(ids.shape, dtype=bool)
-    n_users, n_artists = test.shape
-    keys = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(test.indptr)) * n_artists + test.indices
-    query = np.arange(n_users, dtype=np.int64)[:, None] * n_artists + ids
-    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-    return (ids >= 0) & (keys[pos] == query)
+    def top_n(self, users: np.ndarray, heard: sp.csr_matrix, n: int) -> TopN:
+        """``n`` distinct unheard artists per user, uniformly at random: the first unheard ones of
+        ``2 (n + most heard) + 16`` random draws, which falls short only when a user heard most of
+        the catalogue; such users are ranked by a full row of random scores instead. Scores are
+        uniform draws, sorted to follow the list order."""
+        width = 2 * (n + int(np.diff(heard.indptr).max(initial=0))) + 16
+        ids = first_unheard(self.rng.integers(0, self.n_artists, (len(users), width)), heard, n)
+        short = np.flatnonzero((ids < 0).any(axis=1))
+        if len(short):
+            scores = self.score(users[short], heard[short])
+            scores[np.repeat(np.arange(len(short)), np.diff(heard[short].indptr)), heard[short].indices] = -np.inf
+            ids[short] = top_n(scores, n).ids
+        scores = -np.sort(-self.rng.random(ids.shape, dtype=np.float32), axis=1)
+        return TopN(ids=ids, scores=np.where(ids >= 0, scores, np.nan).astype(np.float32))
 
 
 def ranking_at_k(ids: np.ndarray, test: sp.csr_matrix, k: int) -> dict[str, float]:

@@ -2,30 +2,35 @@
 
 Exact paths work on a block of rows at a time, so memory is ``batch x n_artists`` float32 (at
 most ``MAX_BLOCK_CELLS``), never users x artists. Factor models go through implicit's ``topk``
-(product + heap selection + heard-artist filter in C, multi-threaded); other Scorers (item-kNN,
-blends) give dense scores per block, selected with ``argpartition``.
-Approximate paths query an Annoy index (``tasks.index``). Annoy answers one query per call, so
-those paths loop over artists/users in Python with a single C call per iteration; everything
-around the calls (self/heard filtering, rescoring, sorting) is vectorised per batch.
+(product + heap selection + heard-artist filter in C, multi-threaded), for users over the
+catalogue by decreasing artist norm, stopping when the rest cannot enter a list; other Scorers
+(item-kNN, blends) give dense scores per block, selected with ``argpartition``.
+Approximate paths query an index (``tasks.index``, Annoy or faiss) for a batch of rows at a
+time; everything around the search (self/heard filtering, exact rescoring, sorting) is
+vectorised per batch.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
-from annoy import AnnoyIndex
 from implicit.cpu.topk import topk
 from threadpoolctl import threadpool_limits
 
-from tasks.contracts import Factors, Scorer, TopN
+from tasks.contracts import Factors, Ranker, Scorer, TopN
 from tasks.errors import RecsError
-from tasks.index import normalise
+from tasks.index import ArtistIndex, normalise
 
 MAX_BLOCK_CELLS = 1 << 24  # 16M float32 scores (64 MB) per block
 # Queries per call of implicit's topk, which bounds its own memory by batching inside: bigger
 # calls keep its threads busy. At 300K artists x 64 factors, 1,000-query calls ran 2.2x faster
 # than 55-query (MAX_BLOCK_CELLS) ones, with the same peak RSS.
 TOPK_BLOCK = 4096
+# Artists in the first slice of the norm-ordered catalogue that exact user top-N scores
+# (``_factor_top_n``); later slices double.
+FIRST_SLICE = 8192
 
 
 def top_n(scores: np.ndarray, n: int) -> TopN:
@@ -60,9 +65,11 @@ def _stack(parts: list[TopN], n: int) -> TopN:
 
 
 def _block(scorer: Scorer, n_columns: int) -> int:
-    """Users per block: ``TOPK_BLOCK`` for factor models (implicit's topk), else as many as keep
-    a dense block of scores within ``MAX_BLOCK_CELLS``."""
-    return TOPK_BLOCK if isinstance(scorer, Factors) else max(1, MAX_BLOCK_CELLS // max(n_columns, 1))
+    """Users per block: ``TOPK_BLOCK`` for factor models (implicit's topk) and ``Ranker``s (no
+    dense scores), else as many as keep a dense block of scores within ``MAX_BLOCK_CELLS``."""
+    if isinstance(scorer, (Factors, Ranker)):
+        return TOPK_BLOCK
+    return max(1, MAX_BLOCK_CELLS // max(n_columns, 1))
 
 
 def related_exact(artist_factors: np.ndarray, n: int, rows: np.ndarray | None = None,
@@ -109,17 +116,53 @@ def _without_self(ids: np.ndarray, scores: np.ndarray, rows: np.ndarray, n: int)
     return _padded(ids, np.where(valid, np.take_along_axis(scores, order, axis=1), np.nan), n)
 
 
-def related_annoy(index: AnnoyIndex, n: int, search_k: int = -1) -> TopN:
-    """Related artists for every item of ``index`` (built with ``inner_product=False``), self
-    excluded, best first; scores are cosines recovered from Annoy's angular distance
-    (``1 - d^2 / 2``). Pads with -1/NaN where Annoy returns fewer than ``n`` neighbours."""
-    n_items = index.get_n_items()
-    ids = np.full((n_items, n + 1), -1, dtype=np.int32)
-    dist = np.full((n_items, n + 1), np.nan, dtype=np.float32)
-    for i in range(n_items):
-        found, d = index.get_nns_by_item(i, n + 1, search_k=search_k, include_distances=True)
-        ids[i, :len(found)], dist[i, :len(d)] = found, d
-    return _without_self(ids, 1 - dist**2 / 2, np.arange(n_items), n)
+def related_approx(index: ArtistIndex, artist_factors: np.ndarray, n: int, batch_size: int = 16384) -> TopN:
+    """Related artists for every artist from ``index`` (built over ``artist_factors``, float32,
+    n_artists x f, with ``inner_product=False``), self excluded, best first. Candidates are
+    rescored by their exact cosine, so scores match ``related_exact``'s whatever the engine. Pads
+    with -1/NaN where the index returns fewer than ``n`` neighbours."""
+    unit = normalise(artist_factors)
+    search = index.searcher()
+    k = min(n + 1, len(unit))  # one more, for the artist itself
+    parts = []
+    for lo in range(0, len(unit), batch_size):
+        rows = np.arange(lo, min(lo + batch_size, len(unit)))
+        ids = search(unit[rows], k)
+        scores = np.where(ids >= 0, np.einsum("if,ikf->ik", unit[rows], unit[np.maximum(ids, 0)]), -np.inf)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        ids = np.take_along_axis(ids, order, axis=1)
+        parts.append(_without_self(ids, np.take_along_axis(scores, order, axis=1), rows, n))
+    return _stack(parts, n)
+
+
+def hits(ids: np.ndarray, test: sp.csr_matrix) -> np.ndarray:
+    """bool, same shape as ``ids`` (users x K artist codes, -1 padded): is the artist in that
+    user's row of ``test`` (CSR, same users in the same order)."""
+    test = sp.csr_matrix(test)
+    test.sort_indices()
+    if test.nnz == 0:
+        return np.zeros(ids.shape, dtype=bool)
+    n_users, n_artists = test.shape
+    keys = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(test.indptr)) * n_artists + test.indices
+    query = np.arange(n_users, dtype=np.int64)[:, None] * n_artists + ids
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return (ids >= 0) & (keys[pos] == query)
+
+
+def first_unheard(candidates: np.ndarray, heard: sp.csr_matrix, n: int) -> np.ndarray:
+    """int32, users x n: per row of ``candidates`` (int artist codes, users x width, best first),
+    the first ``n`` distinct codes not in that user's row of ``heard`` (CSR, users x artists),
+    in candidate order; -1 where fewer remain."""
+    order = np.argsort(candidates, axis=1, kind="stable")
+    ranked = np.take_along_axis(candidates, order, axis=1)
+    repeat = np.zeros(candidates.shape, dtype=bool)
+    # a code seen earlier in the row (the stable sort keeps the first copy first)
+    np.put_along_axis(repeat, order[:, 1:], ranked[:, 1:] == ranked[:, :-1], axis=1)
+    fresh = ~repeat & ~hits(candidates, heard)
+    pick = np.argsort(~fresh, axis=1, kind="stable")[:, :n]
+    ids = np.take_along_axis(candidates, pick, axis=1).astype(np.int32)
+    ids[~np.take_along_axis(fresh, pick, axis=1)] = -1
+    return np.pad(ids, ((0, 0), (0, n - ids.shape[1])), constant_values=-1)
 
 
 def recall_at_n(approx: TopN, exact: TopN, rows: np.ndarray, tol: float = 1e-3) -> float:
@@ -150,17 +193,23 @@ def user_top_n(scorer: Scorer, heard: sp.csr_matrix, n: int, batch_size: int | N
 
     ``heard``: CSR, users x artists (the training matrix); its non-zeros are never recommended.
     Works for any ``Scorer``: users go in blocks of ``batch_size`` (default ``_block``) to
-    implicit's ``topk`` (factor models) or to ``scorer.score``. Rows follow ``users``' order.
+    implicit's ``topk`` over norm-ordered slices of the catalogue (factor models,
+    ``_factor_top_n``), to ``scorer.top_n`` (``Ranker``s) or to ``scorer.score``. Rows follow
+    ``users``' order.
     """
     heard = sp.csr_matrix(heard)
     users = np.arange(heard.shape[0]) if users is None else np.asarray(users)
     step = batch_size or _block(scorer, heard.shape[1])
+    catalogue = _ByNorm.of(scorer.artist_factors) if isinstance(scorer, Factors) else None
     parts = []
     for lo in range(0, len(users), step):
         block = users[lo:lo + step]
         seen = heard[block]
-        if isinstance(scorer, Factors):
-            parts.append(_factor_top_n(scorer, block, seen, n))
+        if catalogue is not None:
+            parts.append(_factor_top_n(catalogue, scorer.user_factors[block], seen, n))
+            continue
+        if isinstance(scorer, Ranker):
+            parts.append(scorer.top_n(block, seen, n))
             continue
         scores = np.asarray(scorer.score(block, seen), dtype=np.float32)
         scores[np.repeat(np.arange(len(block)), np.diff(seen.indptr)), seen.indices] = -np.inf
@@ -168,53 +217,87 @@ def user_top_n(scorer: Scorer, heard: sp.csr_matrix, n: int, batch_size: int | N
     return _stack(parts, n)
 
 
-def _factor_top_n(model: Factors, block: np.ndarray, seen: sp.csr_matrix, n: int) -> TopN:
-    """``user_top_n`` for one block of a factor model, by implicit's ``topk``, which marks the
-    slots left after filtering heard artists with the lowest float32."""
-    k = min(n, model.artist_factors.shape[0])
-    ids, scores = _topk(model.artist_factors, model.user_factors[block], k, filter_query_items=seen)
-    missing = scores <= np.finfo(np.float32).min
-    ids[missing] = -1
-    return _padded(ids, np.where(missing, np.nan, scores), n)
+@dataclass(frozen=True)
+class _ByNorm:
+    """Artist factors in decreasing L2 norm: ``factors`` (float32, artists x f) in that order,
+    ``order`` (their codes) and ``norms`` (float32, non-increasing)."""
+
+    factors: np.ndarray
+    order: np.ndarray
+    norms: np.ndarray
+
+    @classmethod
+    def of(cls, artist_factors: np.ndarray) -> _ByNorm:
+        norms = np.linalg.norm(artist_factors, axis=1)
+        order = np.argsort(-norms, kind="stable")
+        return cls(np.ascontiguousarray(artist_factors[order]), order, norms[order].astype(np.float32))
 
 
-def user_top_n_annoy(user_factors: np.ndarray, artist_factors: np.ndarray, index: AnnoyIndex,
-                     heard: sp.csr_matrix, n: int, search_k: int = -1, users: np.ndarray | None = None,
-                     batch_size: int = 4096) -> TopN:
-    """Approximate top ``n`` new artists by inner product, via an Annoy index built with
+def _factor_top_n(catalogue: _ByNorm, queries: np.ndarray, seen: sp.csr_matrix, n: int) -> TopN:
+    """``user_top_n`` for one block of users of a factor model (``queries``: their factors,
+    float32, users x f; ``seen``: their heard rows, CSR). Exact, but skips whole slices of the
+    catalogue that cannot hold a user's next hit.
+
+    Artists are visited by decreasing norm in slices (the first ``FIRST_SLICE``, then doubling).
+    ``u @ a <= |u| |a|``, so once a user's n-th best score so far is at least ``|u|`` times the
+    largest norm still unvisited, nothing left can enter the list and the user is done. Each slice
+    goes to implicit's ``topk`` (heard artists filtered) for the users not done yet. With ALS the
+    norm tracks popularity, so most users stop within the first slices.
+    """
+    n_artists = len(catalogue.order)
+    k = min(n, n_artists)
+    # the bound with a margin for float32 rounding in topk's products, so it never prunes a hit
+    reach = np.linalg.norm(queries, axis=1) * (1 + 1e-4)
+    seen = sp.csr_matrix(seen)[:, catalogue.order]
+    best_ids = np.full((len(queries), k), -1, dtype=np.int64)
+    best = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    todo = np.arange(len(queries))
+    lo, size = 0, FIRST_SLICE
+    while len(todo) and lo < n_artists:
+        hi = min(lo + size, n_artists)
+        ids, scores = _topk(catalogue.factors[lo:hi], queries[todo], min(k, hi - lo),
+                            filter_query_items=seen[todo][:, lo:hi])
+        scores = np.where(scores <= np.finfo(np.float32).min, -np.inf, scores)
+        merged_ids = np.hstack([best_ids[todo], np.where(np.isneginf(scores), -1, ids + lo)])
+        merged = np.hstack([best[todo], scores])
+        keep = np.argsort(-merged, axis=1, kind="stable")[:, :k]
+        best_ids[todo] = np.take_along_axis(merged_ids, keep, axis=1)
+        best[todo] = np.take_along_axis(merged, keep, axis=1)
+        if hi < n_artists:
+            todo = todo[best[todo, k - 1] < reach[todo] * catalogue.norms[hi]]
+        lo, size = hi, 2 * size
+    ids = np.where(best_ids >= 0, catalogue.order[np.maximum(best_ids, 0)], -1)
+    return _padded(ids, np.where(np.isneginf(best), np.nan, best), n)
+
+
+def user_top_n_approx(index: ArtistIndex, user_factors: np.ndarray, artist_factors: np.ndarray,
+                      heard: sp.csr_matrix, n: int, users: np.ndarray | None = None, batch_size: int = 4096) -> TopN:
+    """Approximate top ``n`` new artists by inner product, via an index built with
     ``build_index(artist_factors, ..., inner_product=True)``.
 
-    Like implicit's ``AnnoyModel.recommend``: each user asks for ``n + (artists heard)``
-    neighbours of its factor vector padded with a 0, so that ``n`` remain after the heard ones
-    are dropped. Candidates are rescored exactly (``user @ artist``) and sorted, so scores are
-    comparable with ``user_top_n``'s. Rows follow ``users``' order (default every user).
+    Like implicit's ``AnnoyModel.recommend``: a user's factor vector padded with a 0 asks for
+    ``n + (artists heard)`` neighbours, so that ``n`` remain after the heard ones are dropped.
+    Users go in batches of similar history length (one ``k`` per batch: ``n`` + the most any of
+    them heard). The ``n`` kept are rescored exactly (``user @ artist``) and sorted, so scores
+    are comparable with ``user_top_n``'s. Rows follow ``users``' order (default every user).
     """
     heard = sp.csr_matrix(heard)
     users = np.arange(heard.shape[0]) if users is None else np.asarray(users)
-    counts = np.diff(heard.indptr)
-    pad = np.zeros(1, dtype=np.float32)
-    n_artists = heard.shape[1]
-    parts = []
+    counts = np.diff(heard.indptr)[users]
+    search = index.searcher()
+    ids = np.full((len(users), n), -1, dtype=np.int32)
+    scores = np.full((len(users), n), np.nan, dtype=np.float32)
+    by_count = np.argsort(counts, kind="stable")
     for lo in range(0, len(users), batch_size):
-        block = users[lo:lo + batch_size]
-        found = [index.get_nns_by_vector(np.concatenate([user_factors[u], pad]), n + int(counts[u]), search_k=search_k)
-                 for u in block]
-        lengths = np.fromiter((len(f) for f in found), dtype=np.int64, count=len(found))
-        row = np.repeat(np.arange(len(block)), lengths)
-        col = np.concatenate(found).astype(np.int64) if lengths.sum() else np.empty(0, np.int64)
-        seen = heard[block].tocoo()
-        new = ~np.isin(row * n_artists + col, seen.row.astype(np.int64) * n_artists + seen.col)
-        row, col = row[new], col[new]
-        score = np.einsum("ij,ij->i", user_factors[block[row]], artist_factors[col])
-        order = np.lexsort((-score, row))
-        row, col, score = row[order], col[order], score[order]
-        rank = np.arange(len(row)) - np.searchsorted(row, row)  # position within the user's candidates
-        take = rank < n
-        ids = np.full((len(block), n), -1, dtype=np.int32)
-        scores = np.full((len(block), n), np.nan, dtype=np.float32)
-        ids[row[take], rank[take]] = col[take]
-        scores[row[take], rank[take]] = score[take]
-        parts.append(TopN(ids=ids, scores=scores))
-    return _stack(parts, n)
-
-
+        pos = by_count[lo:lo + batch_size]
+        block = users[pos]
+        k = min(n + int(counts[pos].max()), heard.shape[1])
+        found = search(np.hstack([user_factors[block], np.zeros((len(block), 1), np.float32)]), k)
+        kept = first_unheard(found, heard[block], n)
+        exact = np.einsum("uf,unf->un", user_factors[block], artist_factors[np.maximum(kept, 0)])
+        exact = np.where(kept >= 0, exact, -np.inf)
+        order = np.argsort(-exact, axis=1, kind="stable")
+        ids[pos] = np.take_along_axis(kept, order, axis=1)
+        best = np.take_along_axis(exact, order, axis=1)
+        scores[pos] = np.where(np.isneginf(best), np.nan, best)
+    return TopN(ids=ids, scores=scores)

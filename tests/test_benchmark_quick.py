@@ -59,7 +59,7 @@ def test_ratios_against_the_raw_libraries_are_measured(quick):
 def test_approximate_steps_are_checked_against_exact(quick):
     for name in ("related_recall", "user_recall"):
         value = quick["raw"][name]
-        # Annoy at the shipped 50 trees on a few thousand artists finds most true neighbours;
+        # the profile's faiss index on a few thousand artists finds most true neighbours;
         # a broken index or misaligned codes would score near the random rate (10 / artists).
         assert 0.5 < value <= 1.0, (name, value)
         assert quick["targets"][name]["value"] == value

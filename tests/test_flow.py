@@ -106,7 +106,7 @@ def test_flow_publishes_and_reports(two_runs):
     assert {METRICS_KEY, REPORT_KEY} <= set(by_key)
     report = by_key[REPORT_KEY].data
     assert "data:image/png;base64," in report
-    for section in ("## Dataset", "## Bad rows", "## Models", "## Annoy recall", "## Related artists", "## Timings"):
+    for section in ("## Dataset", "## Bad rows", "## Models", "## Index recall", "## Related artists", "## Timings"):
         assert section in report
     assert "**Coldplay** →" in report
 

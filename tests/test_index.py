@@ -1,4 +1,4 @@
-"""tasks.index: Annoy indexes on disk, by cosine and by inner product."""
+"""tasks.index: Annoy and faiss indexes on disk, by cosine and by inner product."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from flows.config import IndexConfig
 from tasks.errors import RecsError
-from tasks.index import build_index, normalise
+from tasks.index import build_index, n_lists, normalise
 
 
 def _factors(n: int = 300, f: int = 8, seed: int = 0) -> np.ndarray:
@@ -44,24 +44,49 @@ def test_inner_product_index_ranks_by_dot_product(tmp_path):
     assert found == np.argsort(-(x @ user))[:10].tolist()
 
 
-def test_same_seed_same_file(tmp_path):
-    a = build_index(_factors(), IndexConfig(n_trees=10), tmp_path / "a.ann", seed=7)
-    b = build_index(_factors(), IndexConfig(n_trees=10), tmp_path / "b.ann", seed=7)
-    assert a.path.read_bytes() == b.path.read_bytes()
+ENGINES = {"annoy": IndexConfig(engine="annoy", n_trees=10), "faiss": IndexConfig(engine="faiss", n_lists=4)}
 
 
-def test_bad_input_and_paths(tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_same_seed_same_file(tmp_path, engine):
+    a = build_index(_factors(), ENGINES[engine], tmp_path / "a.idx", seed=7)
+    b = build_index(_factors(), ENGINES[engine], tmp_path / "b.idx", seed=7)
+    assert a.engine == engine and a.path.read_bytes() == b.path.read_bytes()
+
+
+def test_faiss_index_searches_by_cosine_and_inner_product(tmp_path):
+    x = _factors() * np.random.default_rng(1).uniform(0.1, 3, (300, 1)).astype(np.float32)
+    cfg = IndexConfig(engine="faiss", n_lists=4, n_probe=4, n_probe_users=4)  # every list: exact
+    related = build_index(x, cfg, tmp_path / "related.faiss")
+    assert (related.dim, related.n_items, related.n_lists, related.n_probe) == (8, 300, 4, 4)
+    unit = normalise(x)
+    found = related.searcher()(unit[:5], 3)
+    assert found.dtype == np.int64 and found.tolist() == np.argsort(-(unit[:5] @ unit.T), axis=1)[:, :3].tolist()
+    users = build_index(x, cfg, tmp_path / "users.faiss", inner_product=True)
+    user = _factors(1, seed=2)
+    assert users.dim == 9 and users.searcher()(np.hstack([user, [[0]]]), 10)[0].tolist() == np.argsort(-(x @ user[0]))[:10].tolist()
+
+
+def test_faiss_lists_follow_the_catalogue():
+    assert n_lists(300_000, None) == 2190  # about 4 sqrt(n)
+    assert n_lists(400, None) == 10 and n_lists(400, 64) == 10  # at least 39 artists a list
+    assert n_lists(20, None) == 1 and n_lists(100_000, 256) == 256
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bad_input_and_paths(tmp_path, engine):
+    cfg = ENGINES[engine]
     bad = _factors()
     bad[3, 2] = np.nan
     with pytest.raises(RecsError, match="NaN"):
-        build_index(bad, IndexConfig(), tmp_path / "x.ann")
+        build_index(bad, cfg, tmp_path / "x.idx")
     with pytest.raises(RecsError, match="non-empty"):
-        build_index(np.empty((0, 4), np.float32), IndexConfig(), tmp_path / "x.ann")
+        build_index(np.empty((0, 4), np.float32), cfg, tmp_path / "x.idx")
     (tmp_path / "taken").mkdir()
     with pytest.raises(RecsError, match="cannot write"):  # the target is a directory
-        build_index(_factors(), IndexConfig(n_trees=2), tmp_path / "taken")
+        build_index(_factors(), cfg, tmp_path / "taken")
     assert [p.name for p in tmp_path.rglob("*")] == ["taken"]  # no half-written index left behind
-    info = build_index(_factors(), IndexConfig(n_trees=2), tmp_path / "gone.ann")
+    info = build_index(_factors(), cfg, tmp_path / "gone.idx")
     info.path.unlink()
     with pytest.raises(RecsError, match="cannot load"):
         info.load()

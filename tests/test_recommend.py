@@ -14,11 +14,11 @@ from tasks.errors import RecsError
 from tasks.index import build_index, normalise
 from tasks.recommend import (
     recall_at_n,
-    related_annoy,
+    related_approx,
     related_exact,
     top_n,
     user_top_n,
-    user_top_n_annoy,
+    user_top_n_approx,
 )
 
 RNG = np.random.default_rng(0)
@@ -52,9 +52,15 @@ def test_related_exact_is_cosine_without_self():
     np.testing.assert_array_equal(small_batches.ids, expected[rows])
 
 
-def test_related_annoy_matches_exact_when_search_is_exhaustive(tmp_path):
-    info = build_index(ARTISTS, IndexConfig(n_trees=20), tmp_path / "a.ann")
-    approx = related_annoy(info.load(), 10, search_k=10**6)
+# each engine searched exhaustively: every tree node (Annoy) or every list (faiss)
+EXHAUSTIVE = {"annoy": IndexConfig(engine="annoy", n_trees=20, search_k=10**6),
+              "faiss": IndexConfig(engine="faiss", n_lists=8, n_probe=8, n_probe_users=8)}
+
+
+@pytest.mark.parametrize("engine", EXHAUSTIVE)
+def test_related_approx_matches_exact_when_search_is_exhaustive(tmp_path, engine):
+    info = build_index(ARTISTS, EXHAUSTIVE[engine], tmp_path / "a.idx")
+    approx = related_approx(info, ARTISTS, 10, batch_size=64)
     exact = related_exact(ARTISTS, 10)
     assert (approx.ids != np.arange(400)[:, None]).all()  # self excluded
     np.testing.assert_array_equal(approx.ids, exact.ids)
@@ -62,9 +68,10 @@ def test_related_annoy_matches_exact_when_search_is_exhaustive(tmp_path):
     assert recall_at_n(approx, exact, np.arange(400)) == 1.0
 
 
-def test_related_annoy_pads_small_catalogues(tmp_path):
-    info = build_index(ARTISTS[:4], IndexConfig(n_trees=5), tmp_path / "tiny.ann")
-    out = related_annoy(info.load(), 5, search_k=10**6)
+@pytest.mark.parametrize("engine", EXHAUSTIVE)
+def test_related_approx_pads_small_catalogues(tmp_path, engine):
+    info = build_index(ARTISTS[:4], EXHAUSTIVE[engine], tmp_path / "tiny.idx")
+    out = related_approx(info, ARTISTS[:4], 5)
     assert out.ids.shape == (4, 5)
     assert (out.ids[:, 3:] == -1).all() and np.isnan(out.scores[:, 3:]).all()
     assert all(sorted(row[:3]) == sorted(set(range(4)) - {i}) for i, row in enumerate(out.ids.tolist()))
@@ -128,13 +135,48 @@ def test_user_top_n_pads_users_who_heard_nearly_everything():
     assert out.ids[0].tolist() == [7, -1, -1] and np.isnan(out.scores[0, 1:]).all()
 
 
-def test_user_top_n_annoy_against_exact(tmp_path):
-    info = build_index(ARTISTS, IndexConfig(n_trees=20), tmp_path / "ip.ann", inner_product=True)
+@pytest.mark.parametrize("engine", EXHAUSTIVE)
+def test_user_top_n_approx_against_exact(tmp_path, engine):
+    info = build_index(ARTISTS, EXHAUSTIVE[engine], tmp_path / "ip.idx", inner_product=True)
     exact = user_top_n(MODEL, HEARD, 10)
-    approx = user_top_n_annoy(USERS, ARTISTS, info.load(), HEARD, 10, search_k=10**6, batch_size=40)
+    approx = user_top_n_approx(info, USERS, ARTISTS, HEARD, 10, batch_size=40)
     np.testing.assert_array_equal(approx.ids, exact.ids)
     np.testing.assert_allclose(approx.scores, exact.scores, rtol=1e-5)
-    # Annoy's default search is approximate; its recall is measured, and heard artists never leak
-    default = user_top_n_annoy(USERS, ARTISTS, info.load(), HEARD, 10)
-    assert not HEARD[np.repeat(np.arange(150), 10), np.maximum(default.ids.ravel(), 0)].any()
-    assert 0.5 < recall_at_n(default, exact, np.arange(150)) <= 1.0
+    users = np.array([149, 0, 70])  # rows follow the users asked for, whatever the batching
+    np.testing.assert_array_equal(user_top_n_approx(info, USERS, ARTISTS, HEARD, 10, users=users).ids,
+                                  exact.ids[users])
+
+
+@pytest.mark.parametrize("engine", ["annoy", "faiss"])
+def test_user_top_n_approx_default_search_never_recommends_heard(tmp_path, engine):
+    info = build_index(ARTISTS, IndexConfig(engine=engine, n_trees=20, n_lists=16, n_probe_users=4),
+                       tmp_path / "ip.idx", inner_product=True)
+    exact = user_top_n(MODEL, HEARD, 10)
+    approx = user_top_n_approx(info, USERS, ARTISTS, HEARD, 10)
+    assert not HEARD[np.repeat(np.arange(150), 10), np.maximum(approx.ids.ravel(), 0)].any()
+    assert 0.5 < recall_at_n(approx, exact, np.arange(150)) <= 1.0
+
+
+@pytest.mark.parametrize("spread", [0.0, 1.0, 3.0])
+def test_user_top_n_skips_slices_only_when_exact(monkeypatch, spread):
+    """Norm-ordered slices with the |u| |a| bound give exactly the brute-force lists, whether
+    artist norms are equal (nothing to skip) or spread like ALS's (most users stop early), and the
+    skipping does happen when norms are spread."""
+    import tasks.recommend as recommend
+
+    rng = np.random.default_rng(3)
+    artists = (rng.normal(size=(3000, 8)) * np.exp(spread * rng.normal(size=(3000, 1)))).astype(np.float32)
+    users = rng.normal(size=(500, 8)).astype(np.float32)
+    heard = sp.random(500, 3000, density=0.02, format="csr", dtype=np.float32, random_state=4)
+    model = Factors(name="t", params={}, user_factors=users, artist_factors=artists, fit_seconds=0.0)
+    scored = []
+    real_topk = recommend._topk
+    monkeypatch.setattr(recommend, "_topk", lambda items, queries, k, **kw: (
+        scored.append(len(items) * len(queries)), real_topk(items, queries, k, **kw))[1])
+    monkeypatch.setattr(recommend, "FIRST_SLICE", 50)
+    out = user_top_n(model, heard, 10, batch_size=128)
+    want = _brute_user_top_n(users @ artists.T, heard, 10)
+    np.testing.assert_array_equal(out.ids, want)
+    np.testing.assert_allclose(out.scores, np.take_along_axis(users @ artists.T, want, axis=1), rtol=1e-5)
+    if spread >= 3.0:
+        assert sum(scored) < 0.5 * 500 * 3000

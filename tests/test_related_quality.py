@@ -6,7 +6,7 @@
 - label-split synonyms: the listeners of the 20 most-listened artists X are split at random
   between X and a new label "The X" (as Last.fm 360K has "Arcade Fire" / "The Arcade Fire" with no
   listener in common); the alias should be in X's top 10.
-- Annoy recall@10 of the default index against the exact lists.
+- recall@10 of the default index settings (Annoy and faiss) against the exact lists.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from flows.config import IndexConfig, ModelConfig, RetrainConfig, WeightConfig
 from tasks.contracts import Encoded, Factors
 from tasks.factorize import fit
 from tasks.index import build_index
-from tasks.recommend import recall_at_n, related_annoy, related_exact
+from tasks.recommend import recall_at_n, related_approx, related_exact
 from tasks.weight import weight
 
 N = 10
@@ -124,16 +124,18 @@ def test_label_split_synonyms(hetrec_encoded, capsys):
     assert found.mean() >= 0.8
 
 
-def test_annoy_recall_of_default_index(hetrec_encoded, default_model, tmp_path, capsys):
-    cfg = IndexConfig()
-    info = build_index(default_model.artist_factors, cfg, tmp_path / "related.ann")
-    approx = related_annoy(info.load(), N, cfg.search_k)
+@pytest.mark.parametrize("engine", ["annoy", "faiss"])
+def test_index_recall_of_default_settings(hetrec_encoded, default_model, tmp_path, capsys, engine):
+    cfg = IndexConfig(engine=engine)
+    info = build_index(default_model.artist_factors, cfg, tmp_path / "related.idx")
+    approx = related_approx(info, default_model.artist_factors, N)
     rows = np.random.default_rng(0).choice(hetrec_encoded.n_artists, cfg.recall_sample, replace=False)
     exact = related_exact(default_model.artist_factors, N, rows)
     recall = recall_at_n(approx, exact, rows)
     # the id-only recall is lower because of ties (e.g. one-listener artists at cosine 1); shown for context
     id_recall = float((approx.ids[rows][:, :, None] == exact.ids[:, None, :]).any(axis=2).mean())
     with capsys.disabled():
-        print(f"\nAnnoy recall@{N} (n_trees={cfg.n_trees}, search_k={cfg.search_k}) on {len(rows)} artists: "
+        settings = f"n_trees={info.n_trees}" if engine == "annoy" else f"n_lists={info.n_lists}, n_probe={info.n_probe}"
+        print(f"\n{engine} recall@{N} ({settings}) on {len(rows)} artists: "
               f"{recall:.3f} (id-only {id_recall:.3f})")
     assert recall >= 0.95
