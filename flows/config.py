@@ -89,10 +89,11 @@ class IndexConfig(_Strict):
     # default search_k, 100 trees 0.98 (README "Models and related artists", benchmarks/related.py).
     n_trees: int = Field(100, ge=1, description="annoy: trees")
     search_k: int = Field(-1, description="annoy: nodes a query inspects; -1: Annoy's default (n_trees * k)")
-    n_lists: int | None = Field(None, ge=1, description="faiss: k-means lists; None: about 4 sqrt(artists)")
-    # 24 and 64 of 2,048 lists: recall@10 0.96 for both on 64-d ALS factors of 300K artists
+    n_lists: int | None = Field(None, ge=1, description="faiss: k-means lists; None: about 3 sqrt(artists)")
+    # 24 and 96 of 1,643 lists: recall@10 0.97 (related) and 0.96 (users) on 64-d ALS factors of
+    # 300K synthetic artists (a sweep of 16-24 and 64-96 on 2,000 artists / 20,000 users)
     n_probe: int = Field(24, ge=1, description="faiss: lists a related-artists query scans")
-    n_probe_users: int = Field(64, ge=1, description="faiss: lists a user query scans (inner product)")
+    n_probe_users: int = Field(96, ge=1, description="faiss: lists a user query scans (inner product)")
     recall_sample: int = Field(1_000, ge=10, description="artists/users checked against exact search")
     # Off by default: at 300K artists on 2 cores the exact path was as fast as Annoy or faiss at
     # recall@10 >= 0.95 for users (README "Performance").

@@ -164,7 +164,7 @@ class RunMetric(Base):
     __tablename__ = "run_metrics"
     __table_args__ = (
         sa.Index("ix_run_metrics_run_id", "run_id"),
-        {"comment": "Evaluation results of each run: models, baselines and Annoy recall."},
+        {"comment": "Evaluation results of each run: models, baselines and index recall."},
     )
 
     metric_id: Mapped[int] = mapped_column(
@@ -172,7 +172,7 @@ class RunMetric(Base):
     )
     run_id: Mapped[int] = mapped_column(sa.Integer, comment="runs.run_id")
     model: Mapped[str] = mapped_column(
-        sa.Text, comment="model name, or popularity / random (baselines), or annoy (index recall)"
+        sa.Text, comment="model name, or popularity / random (baselines), or annoy / faiss (index recall)"
     )
     metric: Mapped[str] = mapped_column(sa.Text, comment="e.g. precision, ndcg, map, rmse, recall")
     k: Mapped[int | None] = mapped_column(sa.Integer, comment="cut-off, NULL for metrics without one")

@@ -44,7 +44,7 @@ import scipy.sparse as sp
 
 from tasks.contracts import Factors, Metric, Scorer, Split, TopN
 from tasks.errors import RecsError
-from tasks.recommend import MAX_BLOCK_CELLS, first_unheard, hits, top_n, user_top_n
+from tasks.recommend import MAX_BLOCK_CELLS, contains, first_unheard, hits, pair_keys, top_n, user_top_n
 
 class Popularity:
     """Baseline ``Scorer``/``Ranker``: every user gets artists by number of train listeners."""
@@ -179,25 +179,22 @@ def unheard_pairs(split: Split, seed: int = 0, tries: int = 20) -> sp.csr_matrix
     nearly every artist may get fewer."""
     test = split.test
     n_users, n_artists = test.shape
-    known = (split.train != 0) + (test != 0)
-    known = sp.csr_matrix(known)
-    known.sort_indices()
-    known_keys = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(known.indptr)) * n_artists + known.indices
+    known = pair_keys(sp.csr_matrix((split.train != 0) + (test != 0)))
     users = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(test.indptr))
     rng = np.random.default_rng(seed)
-    chosen = np.empty(0, dtype=np.int64)
+    chosen = np.empty(0, dtype=np.int64)  # sorted
     for _ in range(tries):
         if not len(users):
             break
         keys = users * n_artists + rng.integers(0, n_artists, len(users))
-        fresh = ~np.isin(keys, known_keys) & ~np.isin(keys, chosen)
+        fresh = ~contains(known, keys) & ~contains(chosen, keys)
         # one draw per slot, so a key drawn twice in this round keeps only its first copy
         keys_fresh, first = np.unique(keys[fresh], return_index=True)
-        chosen = np.concatenate([chosen, keys_fresh])
+        chosen = np.sort(np.concatenate([chosen, keys_fresh]))  # disjoint: fresh keys are not in chosen
         taken = np.zeros(len(users), dtype=bool)
         taken[np.flatnonzero(fresh)[first]] = True
         users = users[~taken]
-    rows, cols = np.divmod(np.sort(chosen), n_artists)
+    rows, cols = np.divmod(chosen, n_artists)
     return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=test.shape)
 
 

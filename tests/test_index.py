@@ -68,7 +68,7 @@ def test_faiss_index_searches_by_cosine_and_inner_product(tmp_path):
 
 
 def test_faiss_lists_follow_the_catalogue():
-    assert n_lists(300_000, None) == 2190  # about 4 sqrt(n)
+    assert n_lists(300_000, None) == 1643  # about 3 sqrt(n)
     assert n_lists(400, None) == 10 and n_lists(400, 64) == 10  # at least 39 artists a list
     assert n_lists(20, None) == 1 and n_lists(100_000, 256) == 256
 

@@ -63,9 +63,13 @@ def test_related_approx_matches_exact_when_search_is_exhaustive(tmp_path, engine
     approx = related_approx(info, ARTISTS, 10, batch_size=64)
     exact = related_exact(ARTISTS, 10)
     assert (approx.ids != np.arange(400)[:, None]).all()  # self excluded
-    np.testing.assert_array_equal(approx.ids, exact.ids)
-    np.testing.assert_allclose(approx.scores, exact.scores, atol=1e-5)
+    unit = normalise(ARTISTS)  # scores are the exact cosines of the ids found
+    np.testing.assert_allclose(approx.scores, np.einsum("if,ikf->ik", unit, unit[approx.ids]), rtol=1e-5)
+    # faiss stores float16 rows, so near-ties (within ~1e-3) can swap; Annoy searched exhaustively is exact
+    np.testing.assert_allclose(approx.scores, exact.scores, atol=1e-3 if engine == "faiss" else 1e-5)
     assert recall_at_n(approx, exact, np.arange(400)) == 1.0
+    if engine == "annoy":
+        np.testing.assert_array_equal(approx.ids, exact.ids)
 
 
 @pytest.mark.parametrize("engine", EXHAUSTIVE)
