@@ -2,17 +2,15 @@
 
 Exact paths work on a block of rows at a time, so memory is ``batch x n_artists`` float32 (at
 most ``MAX_BLOCK_CELLS``), never users x artists. Factor models go through implicit's ``topk``
-(product + heap selection + heard-artist filter in C, multi-threaded), for users over the
-catalogue by decreasing artist norm, stopping when the rest cannot enter a list; other Scorers
-(item-kNN, blends) give dense scores per block, selected with ``argpartition``.
+(product + heap selection + heard-artist filter in C, multi-threaded); the baselines pick their
+own lists (``Ranker``); other Scorers (item-kNN, blends) give dense scores per block, selected
+with ``argpartition``.
 Approximate paths query an index (``tasks.index``, Annoy or faiss) for a batch of rows at a
 time; everything around the search (self/heard filtering, exact rescoring, sorting) is
 vectorised per batch.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -28,9 +26,6 @@ MAX_BLOCK_CELLS = 1 << 24  # 16M float32 scores (64 MB) per block
 # calls keep its threads busy. At 300K artists x 64 factors, 1,000-query calls ran 2.2x faster
 # than 55-query (MAX_BLOCK_CELLS) ones, with the same peak RSS.
 TOPK_BLOCK = 4096
-# Artists in the first slice of the norm-ordered catalogue that exact user top-N scores
-# (``_factor_top_n``); later slices double.
-FIRST_SLICE = 8192
 
 
 def top_n(scores: np.ndarray, n: int) -> TopN:
@@ -203,20 +198,18 @@ def user_top_n(scorer: Scorer, heard: sp.csr_matrix, n: int, batch_size: int | N
 
     ``heard``: CSR, users x artists (the training matrix); its non-zeros are never recommended.
     Works for any ``Scorer``: users go in blocks of ``batch_size`` (default ``_block``) to
-    implicit's ``topk`` over norm-ordered slices of the catalogue (factor models,
-    ``_factor_top_n``), to ``scorer.top_n`` (``Ranker``s) or to ``scorer.score``. Rows follow
-    ``users``' order.
+    implicit's ``topk`` (factor models), to ``scorer.top_n`` (``Ranker``s) or to
+    ``scorer.score``. Rows follow ``users``' order.
     """
     heard = sp.csr_matrix(heard)
     users = np.arange(heard.shape[0]) if users is None else np.asarray(users)
     step = batch_size or _block(scorer, heard.shape[1])
-    catalogue = _ByNorm.of(scorer.artist_factors) if isinstance(scorer, Factors) else None
     parts = []
     for lo in range(0, len(users), step):
         block = users[lo:lo + step]
         seen = heard[block]
-        if catalogue is not None:
-            parts.append(_factor_top_n(catalogue, scorer.user_factors[block], seen, n))
+        if isinstance(scorer, Factors):
+            parts.append(_factor_top_n(scorer, block, seen, n))
             continue
         if isinstance(scorer, Ranker):
             parts.append(scorer.top_n(block, seen, n))
@@ -227,57 +220,14 @@ def user_top_n(scorer: Scorer, heard: sp.csr_matrix, n: int, batch_size: int | N
     return _stack(parts, n)
 
 
-@dataclass(frozen=True)
-class _ByNorm:
-    """Artist factors in decreasing L2 norm: ``factors`` (float32, artists x f) in that order,
-    ``order`` (their codes) and ``norms`` (float32, non-increasing)."""
-
-    factors: np.ndarray
-    order: np.ndarray
-    norms: np.ndarray
-
-    @classmethod
-    def of(cls, artist_factors: np.ndarray) -> _ByNorm:
-        norms = np.linalg.norm(artist_factors, axis=1)
-        order = np.argsort(-norms, kind="stable")
-        return cls(np.ascontiguousarray(artist_factors[order]), order, norms[order].astype(np.float32))
-
-
-def _factor_top_n(catalogue: _ByNorm, queries: np.ndarray, seen: sp.csr_matrix, n: int) -> TopN:
-    """``user_top_n`` for one block of users of a factor model (``queries``: their factors,
-    float32, users x f; ``seen``: their heard rows, CSR). Exact, but skips whole slices of the
-    catalogue that cannot hold a user's next hit.
-
-    Artists are visited by decreasing norm in slices (the first ``FIRST_SLICE``, then doubling).
-    ``u @ a <= |u| |a|``, so once a user's n-th best score so far is at least ``|u|`` times the
-    largest norm still unvisited, nothing left can enter the list and the user is done. Each slice
-    goes to implicit's ``topk`` (heard artists filtered) for the users not done yet. With ALS the
-    norm tracks popularity, so most users stop within the first slices.
-    """
-    n_artists = len(catalogue.order)
-    k = min(n, n_artists)
-    # the bound with a margin for float32 rounding in topk's products, so it never prunes a hit
-    reach = np.linalg.norm(queries, axis=1) * (1 + 1e-4)
-    seen = sp.csr_matrix(seen)[:, catalogue.order]
-    best_ids = np.full((len(queries), k), -1, dtype=np.int64)
-    best = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    todo = np.arange(len(queries))
-    lo, size = 0, FIRST_SLICE
-    while len(todo) and lo < n_artists:
-        hi = min(lo + size, n_artists)
-        ids, scores = _topk(catalogue.factors[lo:hi], queries[todo], min(k, hi - lo),
-                            filter_query_items=seen[todo][:, lo:hi])
-        scores = np.where(scores <= np.finfo(np.float32).min, -np.inf, scores)
-        merged_ids = np.hstack([best_ids[todo], np.where(np.isneginf(scores), -1, ids + lo)])
-        merged = np.hstack([best[todo], scores])
-        keep = np.argsort(-merged, axis=1, kind="stable")[:, :k]
-        best_ids[todo] = np.take_along_axis(merged_ids, keep, axis=1)
-        best[todo] = np.take_along_axis(merged, keep, axis=1)
-        if hi < n_artists:
-            todo = todo[best[todo, k - 1] < reach[todo] * catalogue.norms[hi]]
-        lo, size = hi, 2 * size
-    ids = np.where(best_ids >= 0, catalogue.order[np.maximum(best_ids, 0)], -1)
-    return _padded(ids, np.where(np.isneginf(best), np.nan, best), n)
+def _factor_top_n(model: Factors, block: np.ndarray, seen: sp.csr_matrix, n: int) -> TopN:
+    """``user_top_n`` for one block of a factor model, by implicit's ``topk``, which marks the
+    slots left after filtering heard artists with the lowest float32."""
+    k = min(n, model.artist_factors.shape[0])
+    ids, scores = _topk(model.artist_factors, model.user_factors[block], k, filter_query_items=seen)
+    missing = scores <= np.finfo(np.float32).min
+    ids[missing] = -1
+    return _padded(ids, np.where(missing, np.nan, scores), n)
 
 
 def user_top_n_approx(index: ArtistIndex, user_factors: np.ndarray, artist_factors: np.ndarray,

@@ -159,28 +159,3 @@ def test_user_top_n_approx_default_search_never_recommends_heard(tmp_path, engin
     approx = user_top_n_approx(info, USERS, ARTISTS, HEARD, 10)
     assert not HEARD[np.repeat(np.arange(150), 10), np.maximum(approx.ids.ravel(), 0)].any()
     assert 0.5 < recall_at_n(approx, exact, np.arange(150)) <= 1.0
-
-
-@pytest.mark.parametrize("spread", [0.0, 1.0, 3.0])
-def test_user_top_n_skips_slices_only_when_exact(monkeypatch, spread):
-    """Norm-ordered slices with the |u| |a| bound give exactly the brute-force lists, whether
-    artist norms are equal (nothing to skip) or spread like ALS's (most users stop early), and the
-    skipping does happen when norms are spread."""
-    import tasks.recommend as recommend
-
-    rng = np.random.default_rng(3)
-    artists = (rng.normal(size=(3000, 8)) * np.exp(spread * rng.normal(size=(3000, 1)))).astype(np.float32)
-    users = rng.normal(size=(500, 8)).astype(np.float32)
-    heard = sp.random(500, 3000, density=0.02, format="csr", dtype=np.float32, random_state=4)
-    model = Factors(name="t", params={}, user_factors=users, artist_factors=artists, fit_seconds=0.0)
-    scored = []
-    real_topk = recommend._topk
-    monkeypatch.setattr(recommend, "_topk", lambda items, queries, k, **kw: (
-        scored.append(len(items) * len(queries)), real_topk(items, queries, k, **kw))[1])
-    monkeypatch.setattr(recommend, "FIRST_SLICE", 50)
-    out = user_top_n(model, heard, 10, batch_size=128)
-    want = _brute_user_top_n(users @ artists.T, heard, 10)
-    np.testing.assert_array_equal(out.ids, want)
-    np.testing.assert_allclose(out.scores, np.take_along_axis(users @ artists.T, want, axis=1), rtol=1e-5)
-    if spread >= 3.0:
-        assert sum(scored) < 0.5 * 500 * 3000
