@@ -95,8 +95,9 @@ class IndexConfig(_Strict):
     n_probe: int = Field(24, ge=1, description="faiss: lists a related-artists query scans")
     n_probe_users: int = Field(96, ge=1, description="faiss: lists a user query scans (inner product)")
     recall_sample: int = Field(1_000, ge=10, description="artists/users checked against exact search")
-    # Off by default: at 300K artists on 2 cores the exact path was as fast as Annoy or faiss at
-    # recall@10 >= 0.95 for users (README "Performance").
+    # Off by default: with Annoy (the default engine) exact search was quicker for users at every
+    # size measured; with faiss at 300K artists the index was 4.8x quicker at recall@10 0.96, so
+    # deployments/lastfm-360k.yaml turns it on (README "Performance").
     approximate_users: bool = Field(False, description="the index (inner product) for user top-N of factor models")
 
 

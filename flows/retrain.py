@@ -224,7 +224,7 @@ def index_task(artist_factors: np.ndarray, config: RetrainConfig, path: Path, in
 
 @dataclass(frozen=True)
 class Recommended:
-    """The published lists and how well Annoy matched exact search on a sample."""
+    """The published lists and how well the index matched exact search on a sample."""
 
     related: TopN  # artists x n
     users: TopN  # users x n
@@ -367,7 +367,7 @@ def _run_dir(config: RetrainConfig) -> Path:
 
 
 def _prune_run_dirs(work_dir: Path, keep: int, current: Path) -> None:
-    """Keep the ``keep`` newest run folders (factors, Annoy indexes) under ``work_dir``, like the
+    """Keep the ``keep`` newest run folders (factors, index files) under ``work_dir``, like the
     database keeps its last published runs; the current one is never removed."""
     runs = sorted((p for p in work_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in runs[keep:]:

@@ -180,9 +180,9 @@ class TopN:
 
 @dataclass(frozen=True)
 class Metric:
-    """One evaluation figure. ``k`` is None for metrics without a cut-off (RMSE, recall of Annoy
-    uses k=N). ``model`` is the model name, or ``popularity`` / ``random`` for baselines, or
-    ``annoy`` for index recall."""
+    """One evaluation figure. ``k`` is None for metrics without a cut-off (RMSE; the index's
+    recall uses k=N). ``model`` is the model name, or ``popularity`` / ``random`` for baselines, or
+    the index engine (``annoy`` / ``faiss``) for index recall."""
 
     model: str
     metric: str

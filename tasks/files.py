@@ -1,7 +1,7 @@
 """Writing files so that no reader (or later run) ever sees half of one.
 
-Every output file of the pipeline (downloads, generated data, parsed frames, factors, Annoy
-indexes, tuning records) is written to a temporary sibling and renamed into place, which is
+Every output file of the pipeline (downloads, generated data, parsed frames, factors, index
+files, tuning records) is written to a temporary sibling and renamed into place, which is
 atomic within one filesystem; on any error the temporary file is removed.
 """
 

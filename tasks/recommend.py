@@ -237,8 +237,8 @@ def user_top_n_approx(index: ArtistIndex, user_factors: np.ndarray, artist_facto
 
     Like implicit's ``AnnoyModel.recommend``: a user's factor vector padded with a 0 asks for
     ``n + (artists heard)`` neighbours, so that ``n`` remain after the heard ones are dropped.
-    Users go in batches of similar history length (one ``k`` per batch: ``n`` + the most any of
-    them heard). The ``n`` kept are rescored exactly (``user @ artist``) and sorted, so scores
+    Users go in batches of similar history length, so a batch's widest list (faiss searches a
+    batch at its largest count) stays close to the others. The ``n`` kept are rescored exactly (``user @ artist``) and sorted, so scores
     are comparable with ``user_top_n``'s. Rows follow ``users``' order (default every user).
     """
     heard = sp.csr_matrix(heard)
@@ -251,8 +251,8 @@ def user_top_n_approx(index: ArtistIndex, user_factors: np.ndarray, artist_facto
     for lo in range(0, len(users), batch_size):
         pos = by_count[lo:lo + batch_size]
         block = users[pos]
-        k = min(n + int(counts[pos].max()), heard.shape[1])
-        found = search(np.hstack([user_factors[block], np.zeros((len(block), 1), np.float32)]), k)
+        found = search(np.hstack([user_factors[block], np.zeros((len(block), 1), np.float32)]),
+                       np.minimum(n + counts[pos], heard.shape[1]))
         kept = first_unheard(found, heard[block], n)
         exact = np.einsum("uf,unf->un", user_factors[block], artist_factors[np.maximum(kept, 0)])
         exact = np.where(kept >= 0, exact, -np.inf)

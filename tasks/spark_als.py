@@ -1,6 +1,6 @@
 """Spark MLlib ALS (``implicitPrefs=True``): the factorize back-end for data past one machine.
 
-Same seam as the in-process models: ``fit(weighted, ModelConfig) -> Factors``, so Annoy related
+Same seam as the in-process models: ``fit(weighted, ModelConfig) -> Factors``, so related
 artists, user top-N and evaluation run unchanged on its factors. ``user_top_n`` is the Spark-side
 per-user top-N (``recommendForAllUsers``, already-heard artists removed by an anti-join), for when
 the user matrix itself lives on a cluster.
