@@ -22,6 +22,7 @@ from tasks.evaluate import (
     rmse_binary,
     unheard_pairs,
 )
+from tasks.recommend import top_n
 from tasks.split import per_user_holdout
 
 
@@ -108,6 +109,44 @@ def test_random_baseline_repeats_for_a_seed():
     assert first.shape == (3, 6) and first.dtype == np.float32
     assert np.array_equal(first, b.score(users, None))
     assert not np.array_equal(first, c.score(users, None))
+
+
+def _heard(seed: int = 0) -> sp.csr_matrix:
+    """200 users x 500 artists, a few users with long histories; user 0 heard all but 3."""
+    rng = np.random.default_rng(seed)
+    dense = rng.random((200, 500)) < rng.choice([0.01, 0.05, 0.4], size=(200, 1), p=[0.6, 0.3, 0.1])
+    dense[0] = True
+    dense[0, [7, 70, 170]] = False
+    return sp.csr_matrix(dense.astype(np.float32))
+
+
+def test_popularity_top_n_matches_ranking_every_artist():
+    heard = _heard()
+    pop = Popularity(sp.random(300, 500, density=0.05, format="csr", dtype=np.float32, random_state=3))
+    users = np.arange(200)
+    fast = pop.top_n(users, heard, 10)
+    scores = pop.score(users, heard)
+    scores[heard.nonzero()] = -np.inf
+    slow = top_n(scores, 10)
+    np.testing.assert_array_equal(fast.scores, slow.scores)  # ties may order differently; scores may not
+    assert (fast.ids[0, :3] >= 0).all() and (fast.ids[0, 3:] == -1).all()
+
+
+def test_random_top_n_draws_distinct_unheard_artists_repeatably():
+    heard = _heard()
+    users = np.arange(200)
+    out = RandomScorer(500, seed=5).top_n(users, heard, 10)
+    assert sorted(out.ids[0, :3]) == [7, 70, 170] and (out.ids[0, 3:] == -1).all()  # fallback path
+    full = out.ids[1:]
+    assert (full >= 0).all()
+    assert all(len(set(row)) == 10 for row in full.tolist())
+    assert not heard[np.repeat(np.arange(1, 200), 10), full.ravel()].any()
+    assert (np.diff(out.scores[1:], axis=1) <= 0).all()  # scores follow the list order
+    np.testing.assert_array_equal(out.ids, RandomScorer(500, seed=5).top_n(users, heard, 10).ids)
+    # uniform: over many users every unheard artist turns up about equally often
+    draws = RandomScorer(500, seed=6).top_n(np.zeros(20_000, int), sp.csr_matrix((20_000, 500), dtype=np.float32), 10)
+    counts = np.bincount(draws.ids.ravel(), minlength=500)
+    assert counts.min() > 0.7 * counts.mean() and counts.max() < 1.3 * counts.mean()
 
 
 def test_unheard_pairs_are_new_and_as_many_as_test_per_user():
