@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -230,3 +231,15 @@ def test_only_transient_errors_are_retried(tmp_path):
     cannot_open = OperationalError("connect", {}, sqlite3.OperationalError("unable to open database file"))
     assert _is_transient(wrapped(locked))
     assert not _is_transient(wrapped(cannot_open))
+
+
+def test_scale_advice_points_large_runs_at_the_360k_profile():
+    from flows.retrain import scale_advice
+
+    default = RetrainConfig()
+    assert scale_advice(default, 1_892, 17_632) is None  # HetRec size: the defaults are fine
+    advice = scale_advice(default, 360_000, 300_000)
+    assert "'blend' scores all 300,000 artists" in advice and "annoy" in advice
+    assert "deployments/lastfm-360k.yaml" in advice and "\n" not in advice
+    profile = RetrainConfig.from_file(Path(__file__).resolve().parents[1] / "deployments" / "lastfm-360k.yaml")
+    assert scale_advice(profile, 360_000, 300_000) is None
