@@ -140,7 +140,8 @@ def pair_keys(matrix: sp.csr_matrix) -> np.ndarray:
 
 def contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """bool, shape of ``keys``: is each key in ``sorted_keys`` (sorted int64). A binary search:
-    at tens of millions of keys much quicker than ``np.isin``, which re-sorts both sides."""
+    ``np.isin`` goes through NumPy 2.4's hash-based ``unique`` of both sides, which took 72 s
+    where this takes about 2 s (the 17.5 M keys of ``rmse_binary``'s negative sampling at 360K)."""
     if not len(sorted_keys):
         return np.zeros(np.shape(keys), dtype=bool)
     pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
