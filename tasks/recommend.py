@@ -239,8 +239,9 @@ def user_top_n_approx(index: ArtistIndex, user_factors: np.ndarray, artist_facto
     Like implicit's ``AnnoyModel.recommend``: a user's factor vector padded with a 0 asks for
     ``n + (artists heard)`` neighbours, so that ``n`` remain after the heard ones are dropped.
     Users go in batches of similar history length, so a batch's widest list (faiss searches a
-    batch at its largest count) stays close to the others. The ``n`` kept are rescored exactly (``user @ artist``) and sorted, so scores
-    are comparable with ``user_top_n``'s. Rows follow ``users``' order (default every user).
+    batch at its largest count) stays close to the others. The ``n`` kept are rescored exactly
+    (``user @ artist``) and sorted, so scores are comparable with ``user_top_n``'s. Rows follow
+    ``users``' order (default every user).
     """
     heard = sp.csr_matrix(heard)
     users = np.arange(heard.shape[0]) if users is None else np.asarray(users)
