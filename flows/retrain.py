@@ -379,15 +379,16 @@ def _prune_run_dirs(work_dir: Path, keep: int, current: Path) -> None:
 LARGE_CELLS = 10**10
 
 
-def scale_advice(config: RetrainConfig, n_users: int, n_artists: int) -> str | None:
-    """One line to log when the data is large and the config still has settings that only suit
-    small catalogues (README "Performance"): a user model without factors, which scores every
-    artist for every user, or the Annoy engine, no quicker than exact search there. None otherwise."""
+def scale_advice(config: RetrainConfig, user_scorer: Scorer, n_users: int, n_artists: int) -> str | None:
+    """One line to log when the data is large and the run still has what only suits small
+    catalogues (README "Performance"): a user model without factors (item-kNN, blends), which
+    scores every artist for every user, or the Annoy engine, no quicker than exact search there.
+    None otherwise."""
     if n_users * n_artists < LARGE_CELLS:
         return None
     slow = []
-    if config.user_model.name in ("blend", "itemknn"):
-        slow.append(f"user_model {config.user_model.name!r} scores all {n_artists:,} artists for every user")
+    if not isinstance(user_scorer, Factors):
+        slow.append(f"user_model {user_scorer.name!r} scores all {n_artists:,} artists for every user")
     if config.index.engine == "annoy":
         slow.append("the annoy index is no quicker than exact search at this size")
     if not slow:
@@ -465,11 +466,11 @@ def _retrain(config: RetrainConfig, logger) -> RetrainResult:
     encoded = timer("encode", encode_task, parsed, data)
     logger.info("%s: %d users x %d artists, %d pairs; %d bad rows", parsed.dataset, encoded.n_users,
                 encoded.n_artists, encoded.plays.nnz, parsed.bad_rows.total)
-    advice = scale_advice(config, encoded.n_users, encoded.n_artists)
-    if advice:
-        logger.warning(advice)
     split = timer("split", split_task, encoded, config)
     related, users = _fit_models(config, split, run_dir, timer)
+    advice = scale_advice(config, users.scorer, encoded.n_users, encoded.n_artists)
+    if advice:
+        logger.warning(advice)
     related_index = timer("index", index_task, related.scorer.artist_factors, config,
                           run_dir / f"related.{config.index.engine}")
     user_index = None

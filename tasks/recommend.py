@@ -122,12 +122,17 @@ def related_approx(index: ArtistIndex, artist_factors: np.ndarray, n: int, batch
     parts = []
     for lo in range(0, len(unit), batch_size):
         rows = np.arange(lo, min(lo + batch_size, len(unit)))
-        ids = search(unit[rows], k)
-        scores = np.where(ids >= 0, np.einsum("if,ikf->ik", unit[rows], unit[np.maximum(ids, 0)]), -np.inf)
-        order = np.argsort(-scores, axis=1, kind="stable")
-        ids = np.take_along_axis(ids, order, axis=1)
-        parts.append(_without_self(ids, np.take_along_axis(scores, order, axis=1), rows, n))
+        ids, scores = _rescored(unit[rows], unit, search(unit[rows], k))
+        parts.append(_without_self(ids, scores, rows, n))
     return _stack(parts, n)
+
+
+def _rescored(queries: np.ndarray, items: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates ``ids`` (queries x k item codes, -1 = none) with their exact inner products
+    ``queries[i] @ items[ids[i, j]]`` (-inf for none), both sorted best first per row."""
+    scores = np.where(ids >= 0, np.einsum("qf,qkf->qk", queries, items[np.maximum(ids, 0)]), -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 def pair_keys(matrix: sp.csr_matrix) -> np.ndarray:
@@ -255,11 +260,6 @@ def user_top_n_approx(index: ArtistIndex, user_factors: np.ndarray, artist_facto
         block = users[pos]
         found = search(np.hstack([user_factors[block], np.zeros((len(block), 1), np.float32)]),
                        np.minimum(n + counts[pos], heard.shape[1]))
-        kept = first_unheard(found, heard[block], n)
-        exact = np.einsum("uf,unf->un", user_factors[block], artist_factors[np.maximum(kept, 0)])
-        exact = np.where(kept >= 0, exact, -np.inf)
-        order = np.argsort(-exact, axis=1, kind="stable")
-        ids[pos] = np.take_along_axis(kept, order, axis=1)
-        best = np.take_along_axis(exact, order, axis=1)
+        ids[pos], best = _rescored(user_factors[block], artist_factors, first_unheard(found, heard[block], n))
         scores[pos] = np.where(np.isneginf(best), np.nan, best)
     return TopN(ids=ids, scores=scores)

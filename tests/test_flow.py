@@ -7,6 +7,7 @@ import socket
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flows.config import RetrainConfig
@@ -234,12 +235,17 @@ def test_only_transient_errors_are_retried(tmp_path):
 
 
 def test_scale_advice_points_large_runs_at_the_360k_profile():
-    from flows.retrain import scale_advice
+    import scipy.sparse as sp
 
+    from flows.retrain import scale_advice
+    from tasks.factorize import fit
+
+    plays = sp.random(60, 40, density=0.2, format="csr", dtype=np.float32, random_state=0)
     default = RetrainConfig()
-    assert scale_advice(default, 1_892, 17_632) is None  # HetRec size: the defaults are fine
-    advice = scale_advice(default, 360_000, 300_000)
+    blend = fit(plays, default.user_model)  # the shipped user model, fitted for real on a tiny matrix
+    assert scale_advice(default, blend, 1_892, 17_632) is None  # HetRec size: the defaults are fine
+    advice = scale_advice(default, blend, 360_000, 300_000)
     assert "'blend' scores all 300,000 artists" in advice and "annoy" in advice
     assert "deployments/lastfm-360k.yaml" in advice and "\n" not in advice
     profile = RetrainConfig.from_file(Path(__file__).resolve().parents[1] / "deployments" / "lastfm-360k.yaml")
-    assert scale_advice(profile, 360_000, 300_000) is None
+    assert scale_advice(profile, fit(plays, profile.user_model), 360_000, 300_000) is None
