@@ -1,9 +1,9 @@
-"""Holdout splits of a users x artists matrix: per-user fraction, implicit-style random, leave-k-out.
+"""Holdout splits of a users x artists matrix: a per-user fraction of each user's artists.
 
 Every split returns a ``Split`` whose ``train + test`` holds exactly the input's pairs. Validation
 for tuning is a second split of ``train`` (``validation_split``), so tuning never sees test pairs.
 
-All are vectorised: one random key per stored pair, then a rank within each CSR row from a
+Both are vectorised: one random key per stored pair, then a rank within each CSR row from a
 ``lexsort`` on (key, row); no Python loop over users.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from implicit.evaluation import train_test_split
 
 from tasks.contracts import Split
 from tasks.errors import RecsError
@@ -74,34 +73,6 @@ def per_user_holdout(
     rows = np.repeat(np.arange(plays.shape[0]), counts)
     mask = _rank_within_rows(plays, seed) < n_test[rows]
     return _by_mask(plays, mask, f"per-user {fraction:g} min={min_artists}", seed)
-
-
-def leave_k_out(plays: sp.csr_matrix, k: int = 1, seed: int = 0) -> Split:
-    """Hold out ``k`` random artists of every user with more than ``k`` artists.
-
-    Not implicit's ``leave_k_out_split``: it shuffles with NumPy's global RNG, so its split does
-    not repeat for a given ``random_state``.
-    """
-    if k < 1:
-        raise RecsError(f"leave-k-out needs k >= 1, got {k}")
-    plays = _check(plays)
-    counts = np.diff(plays.indptr)
-    n_test = np.where(counts > k, k, 0)
-    rows = np.repeat(np.arange(plays.shape[0]), counts)
-    mask = _rank_within_rows(plays, seed) < n_test[rows]
-    return _by_mask(plays, mask, f"leave-{k}-out", seed)
-
-
-def random_split(plays: sp.csr_matrix, fraction: float = 0.2, seed: int = 0) -> Split:
-    """implicit's ``train_test_split``: every pair goes to test with probability ``fraction``
-    (users may lose all their history; kept for comparison with implicit's published numbers)."""
-    if not 0 < fraction < 1:
-        raise RecsError(f"test fraction must be between 0 and 1 (exclusive), got {fraction}")
-    plays = _check(plays)
-    train, test = train_test_split(plays, train_percentage=1.0 - fraction, random_state=seed)
-    train.sort_indices()
-    test.sort_indices()
-    return Split(train=train, test=test, rule=f"random {fraction:g}", seed=seed)
 
 
 def validation_split(split: Split, fraction: float = 0.2, min_artists: int = 5) -> Split:

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from tasks.errors import RecsError
-from tasks.split import leave_k_out, per_user_holdout, random_split, validation_split
+from tasks.split import per_user_holdout, validation_split
 
 
 @pytest.fixture(scope="module")
@@ -69,24 +69,6 @@ def test_per_user_holdout_picks_artists_uniformly(plays):
     assert freq[~eligible_rows].sum() == 0
 
 
-def test_leave_k_out_holds_k_per_user_with_more_than_k(plays):
-    split = leave_k_out(plays, k=2, seed=5)
-    _assert_partition(split, plays)
-    n = np.diff(plays.indptr)
-    assert np.array_equal(np.diff(split.test.indptr), np.where(n > 2, 2, 0))
-    assert (leave_k_out(plays, k=2, seed=5).test != split.test).nnz == 0
-
-
-def test_random_split_matches_implicit_train_test_split(plays):
-    from implicit.evaluation import train_test_split
-
-    split = random_split(plays, fraction=0.25, seed=9)
-    _assert_partition(split, plays)
-    train, test = train_test_split(plays, train_percentage=0.75, random_state=9)
-    assert (split.test != test).nnz == 0 and (split.train != train).nnz == 0
-    assert split.test.nnz / plays.nnz == pytest.approx(0.25, abs=0.03)
-
-
 def test_validation_is_a_split_of_train_only(plays):
     outer = per_user_holdout(plays, seed=1)
     inner = validation_split(outer)
@@ -107,8 +89,6 @@ def test_splits_of_the_real_matrix(hetrec_encoded):
     [
         (lambda m: per_user_holdout(m, fraction=1.0), "fraction"),
         (lambda m: per_user_holdout(m, min_artists=1), "min_artists"),
-        (lambda m: leave_k_out(m, k=0), "k >= 1"),
-        (lambda m: random_split(m, fraction=0.0), "fraction"),
         (lambda m: per_user_holdout(m.toarray()), "sparse"),
     ],
 )
