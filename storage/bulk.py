@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -72,7 +73,7 @@ def write_run_rows(conn: Connection, table: sa.Table, run_id: int, batches: Iter
     attached as the run's partition, which builds its indexes in one sorted pass (4x faster than
     maintaining them row by row during COPY). SQLite: multi-row INSERTs into the shared table.
     """
-    dbapi = conn.connection.driver_connection
+    dbapi = _driver(conn)
     if conn.dialect.name != "postgresql":
         return _insert_batches(dbapi, conn.dialect, table, batches)
     part = sql.Identifier(partition_name(table, run_id))
@@ -88,12 +89,20 @@ def write_run_rows(conn: Connection, table: sa.Table, run_id: int, batches: Iter
     return written
 
 
+def _driver(conn: Connection) -> Any:
+    """The DBAPI connection under ``conn`` (psycopg's or sqlite3's), for the bulk fast paths."""
+    dbapi = conn.connection.driver_connection
+    if dbapi is None:
+        raise RuntimeError("the connection was closed before the bulk load")
+    return dbapi
+
+
 def drop_run_rows(conn: Connection, table: sa.Table, run_ids: list[int]) -> None:
     """Remove the rows of ``run_ids`` from ``table``: drop their partitions, or DELETE in SQLite."""
     if conn.dialect.name != "postgresql":
         conn.execute(sa.delete(table).where(table.c.run_id.in_(run_ids)))
         return
-    with conn.connection.driver_connection.cursor() as cursor:
+    with _driver(conn).cursor() as cursor:
         for run_id in run_ids:
             cursor.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(partition_name(table, run_id))))
 
@@ -164,7 +173,7 @@ def pg_binary_rows(batch: Batch) -> bytes:
     bigint/real/double precision).
     """
     columns = list(batch.values())
-    layout = [("fields", ">i2")]
+    layout: list[tuple[str, Any]] = [("fields", ">i2")]
     for i, values in enumerate(columns):
         layout += [(f"size{i}", ">i4"), (f"value{i}", values.dtype.newbyteorder(">"))]
     rows = np.empty(len(columns[0]), dtype=np.dtype(layout))

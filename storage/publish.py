@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -40,15 +41,17 @@ from sqlalchemy.engine import Connection, Engine
 
 from storage.bulk import column_batches, drop_run_rows, topn_batches, write_run_rows
 from storage.engine import database_errors, write_transaction
+from storage.runs import GATE_K, GATE_METRIC, current_run_id
 from storage.schema import Artist, RelatedArtist, Run, RunMetric, User, UserRecommendation
 from tasks.contracts import Encoded, Metric, TopN
 from tasks.errors import RecsError
 
-GATE_METRIC = "precision"
-GATE_K = 10
 LOCK_WAIT_SECONDS = 30.0
 PRUNE_LOCK_TIMEOUT = "5s"
-BULK_TABLES = (Artist.__table__, User.__table__, RelatedArtist.__table__, UserRecommendation.__table__)
+# the per-run tables as Core tables (the declarative ``__table__`` is typed as a plain FromClause)
+ARTISTS, USERS, RELATED, RECOMMENDATIONS = (cast(sa.Table, model.__table__)
+                                            for model in (Artist, User, RelatedArtist, UserRecommendation))
+BULK_TABLES = (ARTISTS, USERS, RELATED, RECOMMENDATIONS)
 log = logging.getLogger(__name__)
 _LOCK_KEY_SQL = "hashtext('recs.publish.' || current_schema())"
 
@@ -214,11 +217,6 @@ def _fail_leftovers(engine: Engine) -> None:
         )
 
 
-def current_run_id(conn: Connection) -> int | None:
-    """run_id the views show (the newest published run), None before the first publish."""
-    return conn.execute(sa.select(sa.func.max(Run.run_id)).where(Run.status == "published")).scalar_one()
-
-
 def _start_run(engine: Engine, outputs: RunOutputs, max_regression: float | None) -> tuple[int, str | None]:
     """Record the run (``loading``, or ``rejected`` with the reason) and its metrics."""
     with write_transaction(engine) as conn:
@@ -269,7 +267,7 @@ def _quality_gate(conn: Connection, outputs: RunOutputs, max_regression: float) 
         return None
     value = _gate_value(outputs)
     floor = previous * (1.0 - max_regression)
-    if value >= floor:
+    if value is None or value >= floor:  # _validate refuses a gated run without the figure
         return None
     return (f"{GATE_METRIC}@{GATE_K} of {outputs.user_model} is {value:.4f}, below {floor:.4f} "
             f"(current run {current}: {previous:.4f}, max regression {max_regression:.1%}); "
@@ -292,11 +290,11 @@ def _load_and_publish(engine: Engine, run_id: int, outputs: RunOutputs, batch_ro
         "user_key": enc.user_keys,
     }
     with write_transaction(engine) as conn:
-        write_run_rows(conn, Artist.__table__, run_id, column_batches(artists, batch_rows))
-        write_run_rows(conn, User.__table__, run_id, column_batches(users, batch_rows))
-        write_run_rows(conn, RelatedArtist.__table__, run_id,
+        write_run_rows(conn, ARTISTS, run_id, column_batches(artists, batch_rows))
+        write_run_rows(conn, USERS, run_id, column_batches(users, batch_rows))
+        write_run_rows(conn, RELATED, run_id,
                        topn_batches(run_id, outputs.related, "artist_id", "related_artist_id", batch_rows))
-        write_run_rows(conn, UserRecommendation.__table__, run_id,
+        write_run_rows(conn, RECOMMENDATIONS, run_id,
                        topn_batches(run_id, outputs.recommendations, "user_id", "artist_id", batch_rows))
         _mark_published(conn, run_id)
 
@@ -335,7 +333,7 @@ def _prune(engine: Engine, retention: int) -> None:
             if not old:
                 return
             for table in BULK_TABLES:
-                drop_run_rows(conn, table, old)
+                drop_run_rows(conn, table, list(old))
             conn.execute(sa.update(Run).where(Run.run_id.in_(old)).values(status="pruned"))
     except sa.exc.OperationalError as exc:
         if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):

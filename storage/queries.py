@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from storage.engine import database_errors
-from storage.publish import GATE_K, GATE_METRIC, current_run_id
+from storage.runs import GATE_K, GATE_METRIC, current_run_id
 from storage.schema import Artist, Run, RunMetric, current_related_artists, current_user_recommendations
 from tasks.errors import RecsError
 
