@@ -6,10 +6,10 @@
 
 Each measurement runs in a fresh (spawned) process so its peak RSS is its own:
 
-- ``generate``: ``tasks.synthetic.generate`` writing the file (skipped with ``--path``);
+- ``generate``: ``tasks.data.synthetic.generate`` writing the file (skipped with ``--path``);
 - ``raw_read``: the yardstick, ``pyarrow.csv.read_csv`` of the same file into plain columns (no
   cleaning, no dictionaries): what reading the bytes costs at all;
-- ``parse`` and ``encode``: ``tasks.parse.parse`` then ``tasks.encode.encode``, each timed, with the
+- ``parse`` and ``encode``: ``tasks.data.parse.parse`` then ``tasks.data.encode.encode``, each timed, with the
   process's peak RSS over both (the figure that must stay under 4 GB).
 
 Prints one JSON object; ``parse_vs_raw_read`` is parse seconds / raw read seconds. Timings on a
@@ -35,7 +35,7 @@ RSS_LIMIT_MB = 4096
 
 
 def _generate(path: str, size: dict, genres: int, seed: int) -> dict:
-    from tasks.synthetic import generate
+    from tasks.data.synthetic import generate
 
     started = time.perf_counter()
     generate(Path(path), size["users"], size["artists"], size["rows"], genres, seed)
@@ -56,8 +56,8 @@ def _raw_read(path: str) -> dict:
 
 
 def _parse_encode(path: str) -> dict:
-    from tasks.encode import encode
-    from tasks.parse import parse
+    from tasks.data.encode import encode
+    from tasks.data.parse import parse
 
     started = time.perf_counter()
     interactions = parse(Path(path))

@@ -4,11 +4,12 @@
     python -m benchmarks.pipeline --quick              # small, < 2 minutes (what CI runs)
     python -m benchmarks.pipeline --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-On one generated dataset (``tasks.synthetic``, the real 360K file format), with the
+On one generated dataset (``tasks.data.synthetic``, the real 360K file format), with the
 ``deployments/lastfm-360k.yaml`` profile, it runs, in order:
 
-1. ``plain``: every stage function called directly, in the flow's order, each timed with its own
-   peak RSS (``benchmarks.measure``), published into SQLite (and PostgreSQL when given);
+1. ``plain``: the stage functions the flow's tasks call, called directly in the flow's order,
+   each timed with its own peak RSS (``benchmarks.measure``; the recommend stage's parts by its
+   own ``Recommended.seconds``), published into SQLite (and PostgreSQL when given);
 2. ``raw``: the libraries alone on the same matrices and factors (``benchmarks.raw``): implicit's
    ALS fit, implicit's exact ``similar_items`` and batch ``recommend`` on a sample (extrapolated),
    a bare sqlite3 ``executemany`` / psycopg ``COPY`` of as many rows as were published;
@@ -37,8 +38,9 @@ import numpy as np
 
 from benchmarks import raw
 from benchmarks.measure import Stages, peak_rss_mb
-from flows.config import DataConfig, RetrainConfig, StorageConfig
-from tasks.contracts import Metric
+from flows.config import RetrainConfig
+from storage.config import StorageConfig
+from tasks.data.datasets import DataConfig
 
 FULL = {"users": 360_000, "artists": 300_000, "rows": 17_500_000}
 QUICK = {"users": 3_000, "artists": 4_000, "rows": 120_000}
@@ -92,62 +94,68 @@ def fresh_schema(url: str | None) -> Iterator[str | None]:
 
 
 def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> dict:
-    """The flow's steps as plain calls, in the flow's order, each timed with its peak RSS.
-
-    Each step is the function under the flow's task (``task.fn``), so the work is the same and
-    only Prefect is left out. ``recommend`` is spelled out stage by stage, to time the index
-    builds and searches apart from the exact checks.
-    """
-    from flows.retrain import (
-        Fitted, Recommended, download_task, encode_task, evaluate_task, factorize_task, parse_task,
-        publish_task, split_task, weight_task,
-    )
+    """The flow's stages as plain calls of the stage functions its tasks call, in the flow's
+    order, each timed with its peak RSS; only Prefect is left out. The profile fits one model
+    for both roles, so weight and factorize run once, as in the flow."""
+    from storage.engine import make_engine
+    from storage.publish import RunOutputs, publish
+    from tasks.data.datasets import obtain, resolve
+    from tasks.data.encode import encode_parsed
+    from tasks.data.parse import parse_to_parquet
+    from tasks.evaluate import evaluate_models
     from tasks.index import build_index
-    from tasks.recommend import recall_at_n, related_approx, related_exact, user_top_n, user_top_n_approx
+    from tasks.models.base import fit
+    from tasks.models.roles import Fitted
+    from tasks.models.store import save
+    from tasks.recommend import recommend
+    from tasks.split import per_user_holdout
+    from tasks.weight import weight
+    from tasks.workspace import code_version
 
     data, model, n, cfg = config.data, config.related_model, config.n, config.index
     run_dir = Path(config.work_dir) / "plain"
     with stages("download"):
-        downloaded, dataset = download_task.fn(data)
+        plan = resolve(data)
+        downloaded = obtain(plan, attempts=1)
     with stages("parse"):
-        parsed = parse_task.fn(downloaded, dataset, Path(data.cache_dir) / "parsed")
+        parsed = parse_to_parquet(downloaded, plan.dataset, Path(data.cache_dir) / "parsed")
     with stages("encode"):
-        encoded = encode_task.fn(parsed, data)
+        encoded = encode_parsed(parsed, data.min_listeners, data.min_artists)
     with stages("split"):
-        split = split_task.fn(encoded, config)
+        split = per_user_holdout(encoded.plays, config.eval.holdout, config.eval.min_artists, config.eval.seed)
     with stages("weight"):
-        weighted = weight_task.fn(split.train, model)
+        weighted = weight(split.train, model.weight)
     with stages("factorize"):
-        factors = factorize_task.fn(weighted, model, run_dir)
+        factors = fit(weighted, model)
+        save(factors, run_dir / model.name)
     # the flow recommends to users from everything they heard, train and test
     heard = encoded.plays
     with stages("index_related"):
         related_index = build_index(factors.artist_factors, cfg, run_dir / f"related.{cfg.engine}",
                                     seed=model.random_state)
-    with stages("related"):
-        related = related_approx(related_index, factors.artist_factors, n)
     with stages("index_users"):
         user_index = build_index(factors.artist_factors, cfg, run_dir / f"users.{cfg.engine}", inner_product=True,
                                  seed=model.random_state)
-    with stages("users"):
-        users = user_top_n_approx(user_index, factors.user_factors, factors.artist_factors, heard, n)
-    with stages("recall_check"):
-        # as the flow does: the index against exact search on index.recall_sample rows
-        rows = _sample(len(factors.artist_factors), cfg.recall_sample, config.eval.seed)
-        recall = [Metric(cfg.engine, "related_recall", n,
-                         recall_at_n(related, related_exact(factors.artist_factors, n, rows), rows))]
-        rows = _sample(heard.shape[0], cfg.recall_sample, config.eval.seed)
-        recall.append(Metric(cfg.engine, "user_recall", n,
-                             recall_at_n(users, user_top_n(factors, heard, n, users=rows), rows)))
+    with stages("recommend"):
+        recommended = recommend(factors, factors, related_index, user_index, heard, n, cfg, seed=config.eval.seed)
     with stages("evaluate"):
-        metrics = evaluate_task.fn([Fitted(model=model, scorer=factors, train=weighted)], split, config) + recall
-    recommended = Recommended(related=related, users=users, recall=recall)
+        metrics = evaluate_models([Fitted(model=model, scorer=factors, train=weighted)], split, config.eval)
+        metrics += recommended.recall
+    outputs = RunOutputs(
+        encoded=encoded, related=recommended.related, recommendations=recommended.users, metrics=metrics,
+        config=config.model_dump(mode="json"), dataset=parsed.dataset, source=downloaded.source,
+        data_sha256=downloaded.sha256, related_model=factors.name, user_model=factors.name, code_version=code_version(),
+    )
     for name, url in [("sqlite", config.storage.db)] + ([("postgres", postgres)] if postgres else []):
-        target = config.model_copy(update={"storage": config.storage.model_copy(update={"db": url})})
-        with stages(f"publish_{name}"):
-            publish_task.fn(target, downloaded, parsed.dataset, encoded, recommended, metrics, factors.name,
-                            factors.name)
+        engine = make_engine(url)
+        try:
+            with stages(f"publish_{name}"):
+                publish(engine, outputs, retention=config.storage.retention)
+        finally:
+            engine.dispose()
+    related, users = recommended.related, recommended.users
     return {"weighted": weighted, "heard": heard, "factors": factors, "related": related, "users": users,
+            "recommend_seconds": {k: round(v, 3) for k, v in recommended.seconds.items()},
             # what publish writes in bulk: both top-N tables plus one row per artist and per user
             "published_rows": int((related.ids >= 0).sum() + (users.ids >= 0).sum()) + sum(heard.shape)}
 
@@ -193,10 +201,10 @@ def run_flow(config: RetrainConfig) -> dict:
             "run_id": result.run_id}
 
 
-def _ratios(plain: Stages, raw_figures: dict, flow: dict | None) -> dict:
+def _ratios(plain: Stages, recommend_seconds: dict, raw_figures: dict, flow: dict | None) -> dict:
     s = {k: v["seconds"] for k, v in plain.figures.items()}
-    related = s["index_related"] + s["related"]
-    users = s["index_users"] + s["users"]
+    related = s["index_related"] + recommend_seconds["related"]
+    users = s["index_users"] + recommend_seconds["users"]
     ratios = {
         "fit_ratio": s["factorize"] / raw_figures["implicit_fit_seconds"],
         "related_speedup": raw_figures["exact_similar_all_seconds"] / related,
@@ -247,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
     size.update({k: getattr(args, k) for k in size if getattr(args, k) is not None})
     sample = SAMPLE["quick" if args.quick else "full"]
 
-    from tasks.synthetic import generate
+    from tasks.data.synthetic import generate
 
     with tempfile.TemporaryDirectory(prefix="recs-bench-") as tmp:
         work = args.work_dir or Path(tmp)
@@ -261,11 +269,12 @@ def main(argv: list[str] | None = None) -> dict:
         with fresh_schema(args.postgres) as postgres:
             plain = run_plain(_config(tsv, work, f"sqlite:///{work / 'plain.db'}", args.seed), stages, postgres)
         raw_figures = run_raw(plain, _config(tsv, work, "", args.seed), sample, args.postgres)
+        recommend_seconds = plain["recommend_seconds"]
         del plain
         flow = None if args.no_flow else run_flow(_config(tsv, work, f"sqlite:///{work / 'flow.db'}", args.seed))
 
     total = stages.total()
-    ratios = _ratios(stages, raw_figures, flow)
+    ratios = _ratios(stages, recommend_seconds, raw_figures, flow)
     measured = ratios | {
         "pipeline_seconds": total["seconds"],
         "pipeline_peak_rss_mb": total["peak_rss_mb"],
@@ -277,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load],
                     "rss_per_stage": stages.rss_per_stage},
         "generate_seconds": round(generate_seconds, 3),
-        "plain": {"stages": stages.figures, "total": total},
+        "plain": {"stages": stages.figures, "recommend_parts": recommend_seconds, "total": total},
         "raw": raw_figures,
         "flow": flow,
         "ratios": ratios,

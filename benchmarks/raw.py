@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from flows.config import ModelConfig
+from tasks.models.implicit_mf import ALSParams
 from tasks.contracts import Factors, TopN
 
 
@@ -37,7 +37,7 @@ class Timed:
     exact: TopN | None = None
 
 
-def implicit_fit(weighted: sp.csr_matrix, cfg: ModelConfig) -> Timed:
+def implicit_fit(weighted: sp.csr_matrix, cfg: ALSParams) -> Timed:
     """implicit's ALS fit alone on ``weighted`` (CSR, users x artists, float32), same
     hyper-parameters as the pipeline, BLAS at one thread as implicit asks."""
     with threadpool_limits(1, "blas"):

@@ -35,10 +35,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from benchmarks import raw
-from flows.config import IndexConfig, RetrainConfig
+from flows.config import RetrainConfig
 from tasks.contracts import Factors
-from tasks.factorize import fit, load, save
-from tasks.index import build_index
+from tasks.index import IndexConfig, build_index
+from tasks.models.base import fit
+from tasks.models.store import load, save
 from tasks.recommend import recall_at_n, related_approx, related_exact, user_top_n, user_top_n_approx
 from tasks.weight import weight
 
@@ -60,8 +61,8 @@ def _log(message: str) -> None:
 
 
 def hetrec(config: RetrainConfig) -> tuple[Factors, sp.csr_matrix, str]:
-    from tasks.encode import encode
-    from tasks.parse import parse
+    from tasks.data.encode import encode
+    from tasks.data.parse import parse
 
     folder = Path(os.environ.get("RECS_SHARED_DATASETS", HETREC.parent)) / HETREC.name
     plays = encode(parse(folder)).plays
@@ -71,9 +72,9 @@ def hetrec(config: RetrainConfig) -> tuple[Factors, sp.csr_matrix, str]:
 def synthetic(config: RetrainConfig, size: dict, work: Path) -> tuple[Factors, sp.csr_matrix, str]:
     """Generate, parse, encode and fit; the file and the factors are reused from ``work`` when a
     previous run with the same size left them there (the fit is most of the time at full size)."""
-    from tasks.encode import encode
-    from tasks.parse import parse
-    from tasks.synthetic import generate
+    from tasks.data.encode import encode
+    from tasks.data.parse import parse
+    from tasks.data.synthetic import generate
 
     name = "synthetic-{users}-{artists}-{rows}".format(**size)
     tsv = work / f"{name}.tsv"
@@ -91,7 +92,7 @@ def synthetic(config: RetrainConfig, size: dict, work: Path) -> tuple[Factors, s
         model = fit(weight(plays, config.related_model.weight), config.related_model)
         save(model, saved)
         _log(f"fitted {config.related_model.name} on {plays.shape} ({plays.nnz:,} pairs) in {model.fit_seconds:.0f}s")
-    label = f"tasks.synthetic 360K-format run {size}, default related_model"
+    label = f"tasks.data.synthetic 360K-format run {size}, default related_model"
     return model, plays, label
 
 

@@ -59,7 +59,8 @@ def _run_config(config_file, dataset, source, db, model):
         if db:
             raw["storage"]["db"] = db
         if model:
-            raw["related_model"]["name"] = raw["user_model"]["name"] = model
+            raw["related_model"] = _switched(raw["related_model"], model)
+            raw["user_model"] = _switched(raw["user_model"], model)
         return RetrainConfig.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -68,6 +69,15 @@ def _run_config(config_file, dataset, source, db, model):
     except (OSError, ValueError, yaml.YAMLError) as exc:
         reason = " ".join(str(exc).split())
         raise RecsError(f"cannot read config {config_file}: {reason}; give a readable .yaml or .toml file") from None
+
+
+def _switched(model: dict, name: str) -> dict:
+    """``model`` (a config mapping) as model ``name``, keeping the settings that model also has
+    (weighting, seed, factors...); an unknown name is left for validation to refuse."""
+    from tasks.models.registry import MODELS
+
+    fields = MODELS[name].model_fields if name in MODELS else {}
+    return {k: v for k, v in model.items() if k in fields} | {"name": name}
 
 
 def _example_query(db: str, artist: str) -> str:
@@ -261,8 +271,8 @@ def data(
     from rich.table import Table
     from rich.text import Text
 
-    from flows.config import DataConfig
-    from tasks.datasets import prepare
+    from tasks.data.datasets import DataConfig
+    from tasks.data.datasets import prepare
 
     fields = {"dataset": dataset, "source": source, "sha256": sha256, "cache_dir": cache_dir,
               "min_listeners": min_listeners, "min_artists": min_artists}

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from flows.config import RetrainConfig
-from tasks.datasets import prepare
+from tasks.data.datasets import prepare
 from tasks.files import write_text_atomic
 from tasks.tune import REFERENCE, Trial, TuneResult, sample_candidates, tune, write_trials
 

@@ -1,9 +1,9 @@
 """The typed values that travel between pipeline stages.
 
-Each arrow of the flow (download -> parse -> encode -> weight -> split -> factorize -> index ->
+Each arrow of the flow (download -> parse -> encode -> split -> weight -> factorize -> index ->
 recommend -> evaluate -> publish) carries one of these, so any stage can be read, tested and
 replaced alone. Stage logic lives in plain functions in the sibling modules; these are only the
-shapes they agree on.
+shapes they agree on, and ``StageConfig``, the base of every stage's own configuration.
 
 Conventions used throughout:
 - "user code" / "artist code" is the 0-based row / column of the encoded matrix.
@@ -15,11 +15,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict
+
+
+class StageConfig(BaseModel):
+    """Base of every stage's configuration. Unknown keys are an error, so a typo in a config
+    file is not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,16 @@ class BadRows:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A parse result kept on disk: ``path`` is a Parquet file of the tidy ``Interactions.frame``
+    (so a cached parse is a path and counts, never the frame)."""
+
+    path: Path
+    bad_rows: BadRows
+    dataset: str
 
 
 @dataclass(frozen=True)
@@ -116,9 +134,20 @@ class Split:
 
 @runtime_checkable
 class Scorer(Protocol):
-    """Anything that scores artists for users: factor models, item-kNN, blends."""
+    """Anything that scores artists for users: factor models, item-kNN, blends, baselines.
 
-    name: str
+    ``name`` labels its metrics; ``params`` are the hyper-parameters it was fitted with
+    (JSON-ready); ``fit_seconds`` the wall time of its fit (0 for baselines).
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def params(self) -> dict[str, Any]: ...
+
+    @property
+    def fit_seconds(self) -> float: ...
 
     def score(self, users: np.ndarray, heard: sp.csr_matrix) -> np.ndarray:
         """Scores for ``users`` (int array of user codes) against every artist.
@@ -135,7 +164,8 @@ class Ranker(Protocol):
     """A ``Scorer`` that picks a user's top N without scoring every artist (the baselines: one
     order for everyone, or a random one); ``tasks.recommend.user_top_n`` prefers this."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def top_n(self, users: np.ndarray, heard: sp.csr_matrix, n: int) -> TopN:
         """The ``n`` best artists for ``users``, none of them in ``heard`` (their training rows,
@@ -176,6 +206,21 @@ class TopN:
     @property
     def n(self) -> int:
         return self.ids.shape[1]
+
+
+@dataclass(frozen=True)
+class Recommended:
+    """What the recommend stage publishes, and how well the index matched exact search.
+
+    ``related``: artists x n; ``users``: users x n; ``recall``: the index's recall@n on a
+    sample (``related_recall``, and ``user_recall`` when users went through the index);
+    ``seconds``: wall seconds of its parts (``related``, ``users``, ``recall_check``).
+    """
+
+    related: TopN
+    users: TopN
+    recall: list[Metric]
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -42,16 +42,34 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from tasks.contracts import Factors, Metric, Scorer, Split, TopN
+from pydantic import Field
+
+from tasks.contracts import Factors, Metric, Scorer, Split, StageConfig, TopN
 from tasks.errors import RecsError
+from tasks.models.roles import Fitted
 from tasks.recommend import MAX_BLOCK_CELLS, contains, first_unheard, hits, pair_keys, top_n, user_top_n
+from tasks.weight import weight
+
+class EvalConfig(StageConfig):
+    """Holdout evaluation."""
+
+    holdout: float = Field(0.2, gt=0, lt=1)
+    min_artists: int = Field(5, ge=2, description="users with fewer artists are never held out")
+    k: list[int] = [10]
+    seed: int = 0
+    max_users: int | None = Field(
+        10_000, ge=100, description="rank a seeded sample of at most this many test users (None: all)"
+    )
+
 
 class Popularity:
     """Baseline ``Scorer``/``Ranker``: every user gets artists by number of train listeners."""
 
     name = "popularity"
+    fit_seconds = 0.0
 
     def __init__(self, train: sp.csr_matrix):
+        self.params = {"name": self.name}
         # float32 listeners per artist; ties broken towards more total plays
         listeners = np.bincount(train.indices, minlength=train.shape[1]).astype(np.float64)
         plays = np.asarray(train.sum(axis=0, dtype=np.float64)).ravel()
@@ -75,8 +93,10 @@ class RandomScorer:
     of calls."""
 
     name = "random"
+    fit_seconds = 0.0
 
     def __init__(self, n_artists: int, seed: int = 0):
+        self.params = {"name": self.name, "seed": seed}
         self.n_artists = n_artists
         self.rng = np.random.default_rng(seed)
 
@@ -275,4 +295,17 @@ def report(
                        max_users=max_users)
     for baseline in (Popularity(split.train), RandomScorer(split.train.shape[1], seed)):
         metrics += evaluate(baseline, split, ks, seed=seed, batch_size=batch_size, max_users=max_users)
+    return metrics
+
+
+def evaluate_models(fitted: Sequence[Fitted], split: Split, cfg: EvalConfig) -> list[Metric]:
+    """The evaluate stage: holdout metrics of each fitted model against ``split.test``, each
+    with its own weighted train matrix excluded, and the popularity and random baselines once
+    beside them (on the same sampled users)."""
+    metrics: list[Metric] = []
+    for i, f in enumerate(fitted):
+        own = Split(train=f.train, test=split.test, rule=split.rule, seed=split.seed)
+        target = weight(split.test, f.model.weight) if f.model.predicts_weights else None
+        run = report if i == 0 else evaluate
+        metrics += run(f.scorer, own, cfg.k, rmse_target=target, seed=cfg.seed, max_users=cfg.max_users)
     return metrics

@@ -13,6 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# Where data, caches, run folders and the default SQLite database go unless configured.
+DATA_DIR = Path(os.environ.get("RECS_DATA_DIR", "data"))
+
 # Read once at import (os.umask can only be read by setting it): files renamed into place get the
 # usual permissions, not the private ones (0600) of temporary files.
 UMASK = os.umask(0o022)

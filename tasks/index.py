@@ -22,15 +22,41 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import faiss
 import numpy as np
 from annoy import AnnoyIndex
 from implicit.utils import augment_inner_product_matrix
+from pydantic import Field
 
-from flows.config import IndexConfig
+from tasks.contracts import StageConfig
 from tasks.errors import RecsError
 from tasks.files import atomic_path
+
+
+class IndexConfig(StageConfig):
+    """Nearest-neighbour index for related artists and approximate user top-N."""
+
+    # annoy for small catalogues (the design's index); faiss for large ones: at 300K artists on 2
+    # cores Annoy was no faster than exact search at recall@10 >= 0.95, faiss IVF more than 15x
+    # faster (README "Performance"; deployments/lastfm-360k.yaml selects it).
+    engine: Literal["annoy", "faiss"] = Field("annoy", description="annoy (trees) or faiss (IVF lists)")
+    # 100 trees: on a 300K-artist synthetic catalogue 50 trees reached recall@10 0.93 at Annoy's
+    # default search_k, 100 trees 0.98 (README "Models and related artists", benchmarks/related.py).
+    n_trees: int = Field(100, ge=1, description="annoy: trees")
+    search_k: int = Field(-1, description="annoy: nodes a query inspects; -1: Annoy's default (n_trees * k)")
+    n_lists: int | None = Field(None, ge=1, description="faiss: k-means lists; None: about 3 sqrt(artists)")
+    # 24 and 96 of 1,643 lists: recall@10 0.97 (related) and 0.96 (users) on 64-d ALS factors of
+    # 300K synthetic artists (a sweep of 16-24 and 64-96 on 2,000 artists / 20,000 users)
+    n_probe: int = Field(24, ge=1, description="faiss: lists a related-artists query scans")
+    n_probe_users: int = Field(96, ge=1, description="faiss: lists a user query scans (inner product)")
+    recall_sample: int = Field(1_000, ge=10, description="artists/users checked against exact search")
+    # Off by default: with Annoy (the default engine) exact search was quicker for users at every
+    # size measured; with faiss at 300K artists the index was 4.8x quicker at recall@10 0.96, so
+    # deployments/lastfm-360k.yaml turns it on (README "Performance").
+    approximate_users: bool = Field(False, description="the index (inner product) for user top-N of factor models")
+
 
 Search = Callable[[np.ndarray, int | np.ndarray], np.ndarray]
 
@@ -57,19 +83,19 @@ class ArtistIndex:
     n_lists: int = 0
     n_probe: int = 0
 
-    def load(self):
+    def load(self) -> Any:
         """The engine's own index object: an ``AnnoyIndex`` (memory-mapped, cheap) or a faiss
         index read into memory with ``nprobe`` set."""
         if not self.path.is_file():
             raise RecsError(f"cannot load the {self.engine} index {self.path}; rebuild it with build_index")
         if self.engine == "faiss":
-            index = faiss.read_index(str(self.path))
+            index: Any = faiss.read_index(str(self.path))
             index.nprobe = self.n_probe
             return index
-        index = AnnoyIndex(self.dim, "angular")
-        if not index.load(str(self.path)):
+        annoy = AnnoyIndex(self.dim, "angular")
+        if not annoy.load(str(self.path)):
             raise RecsError(f"cannot load the Annoy index {self.path}; rebuild it with build_index")
-        return index
+        return annoy
 
     def searcher(self) -> Search:
         """``search(vectors, k)``: for float32 ``vectors`` (queries x dim, the index's space) the

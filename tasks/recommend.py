@@ -12,14 +12,16 @@ vectorised per batch.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.topk import topk
 from threadpoolctl import threadpool_limits
 
-from tasks.contracts import Factors, Ranker, Scorer, TopN
+from tasks.contracts import Factors, Metric, Ranker, Recommended, Scorer, TopN
 from tasks.errors import RecsError
-from tasks.index import ArtistIndex, normalise
+from tasks.index import ArtistIndex, IndexConfig, normalise
 
 MAX_BLOCK_CELLS = 1 << 24  # 16M float32 scores (64 MB) per block
 # Queries per call of implicit's topk, which bounds its own memory by batching inside: bigger
@@ -263,3 +265,66 @@ def user_top_n_approx(index: ArtistIndex, user_factors: np.ndarray, artist_facto
         ids[pos], best = _rescored(user_factors[block], artist_factors, first_unheard(found, heard[block], n))
         scores[pos] = np.where(np.isneginf(best), np.nan, best)
     return TopN(ids=ids, scores=scores)
+
+
+def sample_rows(count: int, size: int, seed: int) -> np.ndarray:
+    """A sorted, seeded sample of ``min(size, count)`` distinct row numbers below ``count``."""
+    return np.sort(np.random.default_rng(seed).choice(count, size=min(size, count), replace=False))
+
+
+def recommend(related_model: Factors, user_model: Scorer, related_index: ArtistIndex,
+              user_index: ArtistIndex | None, heard: sp.csr_matrix, n: int, cfg: IndexConfig,
+              seed: int = 0) -> Recommended:
+    """The recommend stage: related artists from ``related_index`` for every artist, and the
+    top ``n`` artists for every user with everything in ``heard`` (CSR, users x artists)
+    excluded, through ``user_index`` when given (a factor model's inner-product index) or else
+    exactly. Each index's recall@n against exact search is measured on ``cfg.recall_sample``
+    rows drawn with ``seed``."""
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    artist_factors = related_model.artist_factors
+    related = related_approx(related_index, artist_factors, n)
+    seconds["related"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    if user_index is not None:
+        if not isinstance(user_model, Factors):
+            raise RecsError(f"user model {user_model.name!r} has no factors to search an index with; "
+                            "set index.approximate_users to false")
+        users = user_top_n_approx(user_index, user_model.user_factors, user_model.artist_factors, heard, n)
+    else:
+        users = user_top_n(user_model, heard, n)
+    seconds["users"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    rows = sample_rows(len(artist_factors), cfg.recall_sample, seed)
+    recall = [Metric(cfg.engine, "related_recall", n,
+                     recall_at_n(related, related_exact(artist_factors, n, rows), rows))]
+    if user_index is not None:
+        rows = sample_rows(heard.shape[0], cfg.recall_sample, seed)
+        exact = user_top_n(user_model, heard, n, users=rows)
+        recall.append(Metric(cfg.engine, "user_recall", n, recall_at_n(users, exact, rows)))
+    seconds["recall_check"] = time.perf_counter() - start
+    return Recommended(related=related, users=users, recall=recall, seconds=seconds)
+
+
+# users x artists from which the HetRec-sized defaults get slow (Last.fm 360K is 1.1e11)
+LARGE_CELLS = 10**10
+
+
+def scale_advice(user_model: Scorer, engine: str, n_users: int, n_artists: int) -> str | None:
+    """One line to log when the data is large and the run still has what only suits small
+    catalogues (docs/performance.md): a user model without factors (item-kNN, blends), which
+    scores every artist for every user, or the Annoy engine, no quicker than exact search
+    there. None otherwise."""
+    if n_users * n_artists < LARGE_CELLS:
+        return None
+    slow = []
+    if not isinstance(user_model, Factors):
+        slow.append(f"user_model {user_model.name!r} scores all {n_artists:,} artists for every user")
+    if engine == "annoy":
+        slow.append("the annoy index is no quicker than exact search at this size")
+    if not slow:
+        return None
+    return (f"{n_users:,} users x {n_artists:,} artists: " + "; ".join(slow)
+            + "; for this size run with --config deployments/lastfm-360k.yaml (ALS + faiss)")

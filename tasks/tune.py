@@ -3,7 +3,7 @@
 The data is split as the retrain flow splits it (per-user holdout, ``EvalConfig``); the search
 then holds out a second per-user fraction of that *train* part (``tasks.split.validation_split``)
 and scores every candidate there, so the test pairs never influence the choice. Each trial
-weights the validation train matrix with its own scheme, fits (``tasks.factorize.fit``) and is
+weights the validation train matrix with its own scheme, fits (``tasks.models.registry.fit``) and is
 evaluated (``tasks.evaluate.evaluate``) with the train artists excluded.
 
 Candidates are a seeded random sample of ``SPACE`` plus fixed anchors (implicit's ALS defaults on
@@ -29,22 +29,22 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from flows.config import ModelConfig, WeightConfig
 from tasks.contracts import Split
 from tasks.errors import RecsError
-from tasks.files import write_text_atomic
 from tasks.evaluate import Popularity, evaluate
-from tasks.factorize import fit
+from tasks.files import write_text_atomic
+from tasks.models.base import fit
+from tasks.models.implicit_mf import ALSConfig
+from tasks.models.registry import ModelConfig, model_config
 from tasks.split import per_user_holdout, validation_split
-from tasks.weight import weight
+from tasks.weight import WeightConfig, weight
 
 # implicit's AlternatingLeastSquares() defaults on log1p(plays): the reference to beat
-REFERENCE = ModelConfig(
-    name="als", weight=WeightConfig(scheme="log", alpha=1.0, eps=1.0),
-    factors=100, regularization=0.01, alpha=1.0, iterations=15,
-)
+REFERENCE = ALSConfig(weight=WeightConfig(scheme="log", alpha=1.0, eps=1.0), factors=100, regularization=0.01,
+                      alpha=1.0, iterations=15)
 
-# Values each model's fields are drawn from. Weighting: "log" draws eps, "bm25" draws k1 and b.
+# Values each model's fields are drawn from; a dotted name is a field of a part (the blend's
+# ``factor`` and ``knn``). Weighting: "log" draws eps, "bm25" draws k1 and b.
 SPACE: dict[str, dict[str, list]] = {
     "als": {
         "weight": ["log", "log", "bm25"],
@@ -62,20 +62,20 @@ SPACE: dict[str, dict[str, list]] = {
     },
     "itemknn": {
         "weight": ["log"],
-        "knn_similarity": ["bm25", "bm25", "cosine", "tfidf"],
+        "similarity": ["bm25", "bm25", "cosine", "tfidf"],
         "neighbours": [50, 100, 200, 400],
-        "knn_k1": [0.25, 0.5, 1.0],
-        "knn_b": [0.5, 0.75, 1.0],
+        "k1": [0.25, 0.5, 1.0],
+        "b": [0.5, 0.75, 1.0],
     },
     "blend": {
         "weight": ["log"],
-        "factors": [16, 32, 48, 64],
-        "regularization": [0.3, 1.0, 3.0],
-        "alpha": [0.5, 1.0, 2.0],
-        "iterations": [15, 25],
-        "neighbours": [100, 200, 400],
-        "knn_k1": [0.3, 0.5, 0.8],
-        "knn_b": [0.6, 0.75, 0.9],
+        "factor.factors": [16, 32, 48, 64],
+        "factor.regularization": [0.3, 1.0, 3.0],
+        "factor.alpha": [0.5, 1.0, 2.0],
+        "factor.iterations": [15, 25],
+        "knn.neighbours": [100, 200, 400],
+        "knn.k1": [0.3, 0.5, 0.8],
+        "knn.b": [0.6, 0.75, 0.9],
         "blend_weight": [0.4, 0.5, 0.6, 0.7, 0.8],
     },
 }
@@ -129,7 +129,7 @@ def sample_candidates(n: int, seed: int = 0, anchors: Sequence[ModelConfig] = (R
             w = WeightConfig(scheme="log", alpha=1.0, eps=LOG_EPS[rng.integers(len(LOG_EPS))])
         else:
             w = WeightConfig(scheme="bm25", k1=BM25_K1[rng.integers(len(BM25_K1))], b=BM25_B[rng.integers(len(BM25_B))])
-        cfg = ModelConfig(name=name, weight=w, **{k: _plain(v) for k, v in fields.items()})
+        cfg = model_config(_nested({"name": name, "weight": w.model_dump(), **fields}))
         key = cfg.model_dump_json()
         if key not in seen:
             seen.add(key)
@@ -137,9 +137,17 @@ def sample_candidates(n: int, seed: int = 0, anchors: Sequence[ModelConfig] = (R
     return out
 
 
-def _plain(value):
-    """numpy scalars drawn from SPACE -> Python numbers/str (pydantic and JSON want those)."""
-    return value.item() if isinstance(value, np.generic) else value
+def _nested(fields: dict) -> dict:
+    """Dotted ``SPACE`` names -> nested mappings (``{"factor.factors": 32}`` -> ``{"factor":
+    {"factors": 32}}``), numpy scalars -> Python numbers/str (pydantic and JSON want those)."""
+    out: dict = {}
+    for key, value in fields.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value.item() if isinstance(value, np.generic) else value
+    return out
 
 
 def validation_of(plays: sp.csr_matrix, holdout: float = 0.2, min_artists: int = 5, seed: int = 0) -> Split:
@@ -180,13 +188,15 @@ _VALIDATION: Split | None = None  # a worker process's copy, set once by _init_w
 def _init_worker(validation: Split) -> None:
     global _VALIDATION
     _VALIDATION = validation
-    # implicit draws a progress bar on stderr for every fit (tasks.factorize asks for it); from
+    # implicit draws a progress bar on stderr for every fit (tasks.models.implicit_mf asks for it); from
     # parallel workers the bars only garble the trial table. A trial's failure still reaches the
     # parent: as Trial.error, or as the exception its future raises.
     sys.stderr = open(os.devnull, "w")
 
 
 def _run_in_worker(number: int, cfg: ModelConfig, k: int) -> Trial:
+    if _VALIDATION is None:
+        raise RuntimeError("tune worker started without _init_worker")
     return run_trial(number, cfg, _VALIDATION, k)
 
 
@@ -257,7 +267,7 @@ def tune(
     held = [t for t in done if incumbent is not None and t.model == incumbent.model_dump()]
     if held and best.metrics[target] <= (1 + min_gain) * held[0].metrics[target]:
         best = held[0]
-    return TuneResult(trials, ModelConfig.model_validate(best.model), best.number, target, baseline, validation.rule)
+    return TuneResult(trials, model_config(best.model), best.number, target, baseline, validation.rule)
 
 
 CSV_METRICS = ("precision", "ndcg", "map", "recall", "implicit_precision", "coverage", "novelty")
@@ -293,21 +303,19 @@ def describe_weight(w: dict) -> str:
 
 
 def describe_params(m: dict) -> str:
-    """The fields of a ``ModelConfig`` dict its model uses, compactly."""
+    """A ``ModelConfig`` dict's hyper-parameters, compactly."""
+    name = m["name"]
+    if name == "blend":
+        return (f"{m['blend_weight']:g}x {m['factor']['name']}({describe_params(m['factor'])})"
+                f" + {1 - m['blend_weight']:g}x knn({describe_params(m['knn'])})")
+    if name == "itemknn":
+        knn = f"{m['similarity']} K={m['neighbours']}"
+        return knn + (f" k1={m['k1']:g} b={m['b']:g}" if m["similarity"] == "bm25" else "")
+    if name == "lsa":
+        return f"f={m['factors']}"
     factor = f"f={m['factors']} reg={m['regularization']:g}"
-    knn = f"{m['knn_similarity']} K={m['neighbours']}"
-    if m["knn_similarity"] == "bm25":
-        knn += f" k1={m['knn_k1']:g} b={m['knn_b']:g}"
-    return {
-        "als": f"{factor} alpha={m['alpha']:g} it={m['iterations']}",
-        "bpr": f"{factor} lr={m['learning_rate']:g} it={m['iterations']}",
-        "lmf": f"{factor} lr={m['learning_rate']:g} it={m['iterations']}",
-        "lsa": f"f={m['factors']}",
-        "explicit": f"{factor} it={m['iterations']}",
-        "itemknn": knn,
-        "blend": f"{m['blend_weight']:g}x {m['blend_factor_model']}({factor} alpha={m['alpha']:g} it={m['iterations']})"
-                 f" + {1 - m['blend_weight']:g}x knn({knn})",
-    }.get(m["name"], "")
+    step = f" lr={m['learning_rate']:g}" if "learning_rate" in m else f" alpha={m['alpha']:g}" if "alpha" in m else ""
+    return f"{factor}{step} it={m['iterations']}"
 
 
 def format_table(result: TuneResult, limit: int | None = None) -> str:

@@ -19,10 +19,23 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from implicit.nearest_neighbours import bm25_weight, tfidf_weight
+from typing import Literal
 
-from flows.config import WeightConfig
+from implicit.nearest_neighbours import bm25_weight, tfidf_weight
+from pydantic import Field
+
+from tasks.contracts import StageConfig
 from tasks.errors import RecsError
+
+
+class WeightConfig(StageConfig):
+    """How raw play counts become confidences."""
+
+    scheme: Literal["bm25", "tfidf", "log", "none"] = Field("bm25", description="the weighting (see tasks/weight.py)")
+    k1: float = Field(100.0, description="bm25: saturation of large play counts")
+    b: float = Field(0.8, description="bm25: how much an artist's total plays normalise its counts")
+    alpha: float = Field(1.0, description="log: scale, alpha * log1p(plays / eps)")
+    eps: float = Field(1.0, description="log: plays that count as one unit")
 
 
 def weight(plays: sp.csr_matrix, cfg: WeightConfig) -> sp.csr_matrix:

@@ -56,7 +56,7 @@ def hetrec_url(hetrec_zip: Path):
 def hetrec_encoded(hetrec_dir: Path):
     """``Encoded`` of HetRec 2K (1,892 users x 17,632 artists, 92,834 pairs; artist keys are the
     HetRec ids as str, e.g. "89" -> "Lady Gaga"), parsed once per session. Treat as read-only."""
-    from tasks.encode import encode
-    from tasks.parse import parse
+    from tasks.data.encode import encode
+    from tasks.data.parse import parse
 
     return encode(parse(hetrec_dir))

@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("download", "parse", "encode", "split", "weight", "factorize", "index_related", "related",
-          "index_users", "users", "recall_check", "evaluate", "publish_sqlite")
+STAGES = ("download", "parse", "encode", "split", "weight", "factorize", "index_related", "index_users",
+          "recommend", "evaluate", "publish_sqlite")
+# the recommend stage times its own parts (tasks.recommend.recommend -> Recommended.seconds)
+RECOMMEND_PARTS = ("related", "users", "recall_check")
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,9 @@ def test_every_stage_is_timed_with_its_peak_memory(quick):
     for figures in stages.values():
         assert figures["seconds"] >= 0
         assert figures["peak_rss_mb"] > 0
+    parts = quick["plain"]["recommend_parts"]
+    assert set(parts) == set(RECOMMEND_PARTS)
+    assert sum(parts.values()) <= stages["recommend"]["seconds"] + 0.01
     total = quick["plain"]["total"]
     assert total["seconds"] == pytest.approx(sum(f["seconds"] for f in stages.values()), abs=0.01)
     assert total["peak_rss_mb"] == max(f["peak_rss_mb"] for f in stages.values())

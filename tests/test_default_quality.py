@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 from flows.config import RetrainConfig
 from tasks.contracts import Factors, Split
 from tasks.evaluate import Popularity, evaluate
-from tasks.factorize import fit
+from tasks.models.registry import fit
 from tasks.split import per_user_holdout
 from tasks.weight import weight
 

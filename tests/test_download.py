@@ -1,4 +1,4 @@
-"""tasks.download and tasks.datasets through real HTTP on loopback servers and real archives."""
+"""tasks.data.download and tasks.data.datasets through real HTTP on loopback servers and real archives."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import DataConfig, SyntheticConfig
-from tasks.datasets import DATASETS, obtain, resolve
-from tasks.download import fetch, file_sha256, read_recorded
+from tasks.data.datasets import DataConfig
+from tasks.data.synthetic import SyntheticConfig
+from tasks.data.datasets import DATASETS, obtain, resolve
+from tasks.data.download import fetch, file_sha256, read_recorded
 from tasks.errors import RecsError
-from tasks.parse import parse
-from tasks.synthetic import generate
+from tasks.data.parse import parse
+from tasks.data.synthetic import generate
 
 FAST = {"attempts": 3, "backoff": 0.01, "timeout": 10}
 

@@ -1,4 +1,4 @@
-"""tasks.encode: the HetRec 2K matrix, key/name tables, and the listener/artist filters."""
+"""tasks.data.encode: the HetRec 2K matrix, key/name tables, and the listener/artist filters."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import scipy.sparse as sp
 
 from tasks.contracts import BadRows, Interactions
-from tasks.encode import encode
+from tasks.data.encode import encode
 from tasks.errors import RecsError
-from tasks.parse import parse
-from tasks.synthetic import generate
+from tasks.data.parse import parse
+from tasks.data.synthetic import generate
 
 
 def test_hetrec_matrix_and_tables(hetrec_encoded, hetrec_dir: Path):

@@ -195,7 +195,7 @@ def test_flow_publishes_into_postgresql(two_runs):
 
 
 def test_download_key_follows_edits_of_a_local_source(tmp_path):
-    from flows.config import DataConfig
+    from tasks.data.datasets import DataConfig
     from flows.retrain import download_key
 
     plays = tmp_path / "plays.csv"
@@ -206,46 +206,3 @@ def test_download_key_follows_edits_of_a_local_source(tmp_path):
     plays.write_text("user,artist,plays\nu,a,2\nu,b,1\n")
     assert download_key(None, {"data": data}) != key
     assert download_key(None, {"data": data.model_copy(update={"sha256": "0" * 64})}) != key
-
-
-def test_only_transient_errors_are_retried(tmp_path):
-    import sqlite3
-    import urllib.error
-
-    from sqlalchemy.exc import OperationalError
-
-    from flows.retrain import _is_transient
-    from tasks.errors import RecsError
-
-    def wrapped(cause: BaseException) -> RecsError:
-        try:
-            raise RecsError("one line") from cause
-        except RecsError as exc:
-            return exc
-
-    refused = urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
-    assert _is_transient(wrapped(refused))
-    assert _is_transient(wrapped(urllib.error.HTTPError("http://x", 503, "Unavailable", {}, None)))
-    assert not _is_transient(wrapped(urllib.error.HTTPError("http://x", 404, "Not Found", {}, None)))
-    assert not _is_transient(RecsError("checksum mismatch"))
-    locked = OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
-    cannot_open = OperationalError("connect", {}, sqlite3.OperationalError("unable to open database file"))
-    assert _is_transient(wrapped(locked))
-    assert not _is_transient(wrapped(cannot_open))
-
-
-def test_scale_advice_points_large_runs_at_the_360k_profile():
-    import scipy.sparse as sp
-
-    from flows.retrain import scale_advice
-    from tasks.factorize import fit
-
-    plays = sp.random(60, 40, density=0.2, format="csr", dtype=np.float32, random_state=0)
-    default = RetrainConfig()
-    blend = fit(plays, default.user_model)  # the shipped user model, fitted for real on a tiny matrix
-    assert scale_advice(default, blend, 1_892, 17_632) is None  # HetRec size: the defaults are fine
-    advice = scale_advice(default, blend, 360_000, 300_000)
-    assert "'blend' scores all 300,000 artists" in advice and "annoy" in advice
-    assert "deployments/lastfm-360k.yaml" in advice and "\n" not in advice
-    profile = RetrainConfig.from_file(Path(__file__).resolve().parents[1] / "deployments" / "lastfm-360k.yaml")
-    assert scale_advice(profile, fit(plays, profile.user_model), 360_000, 300_000) is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flows.config import IndexConfig
+from tasks.index import IndexConfig
 from tasks.errors import RecsError
 from tasks.index import build_index, n_lists, normalise
 

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from flows.config import ModelConfig
-from tasks.blend import Blend, standardise
+from tasks.models.blend import BlendConfig
+from tasks.models.implicit_mf import ALSConfig
+from tasks.models.itemknn import ItemKNNConfig
+from tasks.models.blend import Blend, standardise
 from tasks.contracts import Factors, Scorer
-from tasks.factorize import fit
-from tasks.neighbours import ItemKNN
+from tasks.models.registry import fit
+from tasks.models.itemknn import ItemKNN
 
 
 def test_standardise_uses_only_unheard_artists():
@@ -57,7 +59,7 @@ def small_train(hetrec_encoded):
 
 @pytest.mark.parametrize("similarity", ["bm25", "cosine", "tfidf"])
 def test_fit_dispatches_itemknn_with_k_neighbours(small_train, similarity):
-    model = fit(small_train, ModelConfig(name="itemknn", neighbours=20, knn_similarity=similarity))
+    model = fit(small_train, ItemKNNConfig(neighbours=20, similarity=similarity))
     assert isinstance(model, Scorer) and model.name == "itemknn"
     assert model.similarity.shape == (small_train.shape[1],) * 2
     assert np.diff(model.similarity.indptr).max() <= 20
@@ -67,10 +69,10 @@ def test_fit_dispatches_itemknn_with_k_neighbours(small_train, similarity):
 
 
 def test_fit_dispatches_blend_with_both_parts(small_train):
-    cfg = ModelConfig(name="blend", factors=8, iterations=3, neighbours=20, blend_weight=0.7)
+    cfg = BlendConfig(factor=ALSConfig(factors=8, iterations=3), knn=ItemKNNConfig(neighbours=20), blend_weight=0.7)
     model = fit(small_train, cfg)
     assert isinstance(model, Blend) and isinstance(model, Scorer)
     assert model.factor.name == "als" and model.factor.user_factors.shape[1] == 8
-    assert model.params["blend_weight"] == 0.7 and model.params["itemknn"]["neighbours"] == 20
+    assert model.params["blend_weight"] == 0.7 and model.params["knn"]["neighbours"] == 20
     scores = model.score(np.arange(3), small_train[:3])
     assert scores.shape == (3, small_train.shape[1]) and np.isfinite(scores).all()

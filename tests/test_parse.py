@@ -1,4 +1,4 @@
-"""tasks.parse on the real HetRec 2K files, generated 360K-format files and hand-made bad rows."""
+"""tasks.data.parse on the real HetRec 2K files, generated 360K-format files and hand-made bad rows."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import tasks.parse
+import tasks.data.parse
 from tasks.errors import RecsError
-from tasks.parse import detect, parse
-from tasks.synthetic import generate
+from tasks.data.parse import detect, parse
+from tasks.data.synthetic import generate
 
 
 def tidy(frame: pd.DataFrame) -> list[tuple[str, str, str, float]]:
@@ -95,7 +95,7 @@ def test_blocks_do_not_change_the_result(tmp_path: Path, monkeypatch: pytest.Mon
     with plays.open("ab") as fh:
         fh.write(b"ffff\t\tBad \xff Name\t3\n" + b"ffff\tm-9\tFine\t0\n")
     whole = parse(plays)
-    monkeypatch.setattr(tasks.parse, "BLOCK_SIZE", 1 << 14)
+    monkeypatch.setattr(tasks.data.parse, "BLOCK_SIZE", 1 << 14)
     blocks = parse(plays)
     assert tidy(blocks.frame) == tidy(whole.frame)
     assert blocks.bad_rows == whole.bad_rows

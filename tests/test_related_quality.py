@@ -16,9 +16,13 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from flows.config import IndexConfig, ModelConfig, RetrainConfig, WeightConfig
+from flows.config import RetrainConfig
+from tasks.index import IndexConfig
+from tasks.models.lsa import LSAConfig
+from tasks.models.registry import ModelConfig
+from tasks.weight import WeightConfig
 from tasks.contracts import Encoded, Factors
-from tasks.factorize import fit
+from tasks.models.registry import fit
 from tasks.index import build_index
 from tasks.recommend import recall_at_n, related_approx, related_exact
 from tasks.weight import weight
@@ -76,7 +80,7 @@ def test_tag_coherence(hetrec_encoded, tag_counts, eligible, default_model, caps
     random_ids = rng.integers(0, hetrec_encoded.n_artists, (len(eligible), N))
     random_ids = np.where(random_ids == eligible[:, None], (random_ids + 1) % hetrec_encoded.n_artists, random_ids)
     random = _coherence(tag_counts, eligible, random_ids)
-    lsa_cfg = ModelConfig(name="lsa", factors=64, weight=WeightConfig(scheme="bm25"))
+    lsa_cfg = LSAConfig(factors=64, weight=WeightConfig(scheme="bm25"))
     lsa = _coherence(tag_counts, eligible,
                      related_exact(_fit(hetrec_encoded.plays, lsa_cfg).artist_factors, N, eligible).ids)
     names = hetrec_encoded.artist_names

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from flows.config import ModelConfig
+from tasks.models.implicit_mf import ALSConfig
+from tasks.models.spark_als import SparkALSConfig
 from tasks.contracts import Factors, Metric
 from tasks.errors import RecsError
 
@@ -20,8 +21,8 @@ pytest.importorskip("pyspark")
 
 # Spark local mode is slow to start and fit on 2 shared cores; fewer iterations than the
 # shipped 15 keep the whole module to about a minute and still converge on 2K users.
-SPARK_MODEL = ModelConfig(name="spark_als", factors=64, iterations=10, regularization=0.05)
-IMPLICIT_MODEL = ModelConfig(name="als", factors=64, iterations=10, regularization=0.05)
+SPARK_MODEL = SparkALSConfig(factors=64, iterations=10, regularization=0.05)
+IMPLICIT_MODEL = ALSConfig(factors=64, iterations=10, regularization=0.05)
 
 
 def _precision(metrics: list[Metric], model: str) -> float:
@@ -30,8 +31,8 @@ def _precision(metrics: list[Metric], model: str) -> float:
 
 @pytest.fixture(scope="module")
 def hetrec_split(hetrec_dir):
-    from tasks.encode import encode
-    from tasks.parse import parse
+    from tasks.data.encode import encode
+    from tasks.data.parse import parse
     from tasks.split import per_user_holdout
     from tasks.weight import weight
 
@@ -42,7 +43,7 @@ def hetrec_split(hetrec_dir):
 
 @pytest.fixture(scope="module")
 def spark_fit(hetrec_split):
-    from tasks import spark_als
+    from tasks.models import spark_als
 
     _, weighted = hetrec_split
     spark = spark_als.spark_session()
@@ -69,7 +70,7 @@ def test_factors_have_the_pipeline_shape(spark_fit, hetrec_split):
 
 def test_quality_beside_implicit_and_popularity(spark_fit, hetrec_split):
     from tasks.evaluate import report
-    from tasks.factorize import fit
+    from tasks.models.registry import fit
 
     split, weighted = hetrec_split
     spark_metrics = report(spark_fit[2], split, (10,))
@@ -84,24 +85,9 @@ def test_quality_beside_implicit_and_popularity(spark_fit, hetrec_split):
     assert spark_p10 > 0.8 * implicit_p10
 
 
-def test_spark_user_top_n_matches_exact_top_n_of_its_factors(spark_fit, hetrec_split):
-    from tasks import spark_als
-    from tasks.recommend import recall_at_n, user_top_n
-
-    split, weighted = hetrec_split
-    spark, model, factors = spark_fit
-    in_spark = spark_als.user_top_n(spark, model, weighted, 10)
-    users = np.arange(weighted.shape[0])
-    exact = user_top_n(factors, weighted, 10)
-    heard = weighted.tolil().rows
-    assert not any(set(in_spark.ids[u]) & set(heard[u]) for u in users)
-    # identical factors, identical ranking up to float ties
-    assert recall_at_n(in_spark, exact, users) > 0.99
-
-
 def test_registry_and_bad_input(hetrec_split):
-    from tasks.factorize import MODELS, fit
-    from tasks.spark_als import fit_model, spark_session
+    from tasks.models.registry import MODELS, fit
+    from tasks.models.spark_als import fit_model, spark_session
 
     assert "spark_als" in MODELS
     with pytest.raises(RecsError, match="empty"):

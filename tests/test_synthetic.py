@@ -1,4 +1,4 @@
-"""tasks.synthetic: the 360K file format, determinism, and the structure a recommender should find."""
+"""tasks.data.synthetic: the 360K file format, determinism, and the structure a recommender should find."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from implicit.als import AlternatingLeastSquares
 from implicit.nearest_neighbours import bm25_weight
 from threadpoolctl import threadpool_limits
 
-from flows.config import DataConfig, SyntheticConfig
-from tasks.datasets import obtain, resolve
-from tasks.download import file_sha256
-from tasks.encode import encode
+from tasks.data.datasets import DataConfig
+from tasks.data.synthetic import SyntheticConfig
+from tasks.data.datasets import obtain, resolve
+from tasks.data.download import file_sha256
+from tasks.data.encode import encode
 from tasks.errors import RecsError
-from tasks.parse import parse
-from tasks.synthetic import generate
+from tasks.data.parse import parse
+from tasks.data.synthetic import generate
 
 DEFAULT = SyntheticConfig()
 
@@ -142,7 +143,7 @@ def test_recs_data_defaults_to_synthetic_offline_and_reuses_it(tmp_path: Path):
 
 
 def test_names_stay_unique_at_the_360k_catalogue_size():
-    from tasks.synthetic import ADJECTIVES, GIVEN_NAMES, _names
+    from tasks.data.synthetic import ADJECTIVES, GIVEN_NAMES, _names
 
     assert not {w.lower() for w in ADJECTIVES} & {w.lower() for w in GIVEN_NAMES}
     names = _names(np.random.default_rng(0), 300_000)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from flows.config import WeightConfig
+from tasks.weight import WeightConfig
 from tasks.errors import RecsError
 from tasks.weight import weight
 

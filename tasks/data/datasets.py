@@ -1,23 +1,40 @@
 """The named datasets, and turning a ``DataConfig`` into a file on local disk.
 
 ``resolve(config)`` says what to obtain (plain data, no I/O); ``obtain(source)`` downloads it
-(``tasks.download.fetch``) or generates it (``tasks.synthetic.generate``) into the cache and
-returns ``Downloaded``, whose ``path`` ``tasks.parse.parse`` reads. The flow calls
+(``tasks.data.download.fetch``) or generates it (``tasks.data.synthetic.generate``) into the cache and
+returns ``Downloaded``, whose ``path`` ``tasks.data.parse.parse`` reads. The flow calls
 ``obtain`` -> ``parse`` -> ``encode`` as three tasks; ``prepare`` chains the same three for
 ``recs data`` and tuning.
 """
 
 from __future__ import annotations
 
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from flows.config import DataConfig, SyntheticConfig
-from tasks.contracts import Downloaded, Encoded, Interactions
-from tasks.download import cache_entry, fetch, file_sha256, read_recorded, record
-from tasks.encode import encode
-from tasks.parse import HETREC_PLAYS, LASTFM_360K_PLAYS, parse
-from tasks.synthetic import GENERATOR_VERSION, generate
+from pydantic import Field
+
+from tasks.contracts import Downloaded, Encoded, Interactions, StageConfig
+from tasks.data.download import cache_entry, fetch, file_sha256, read_recorded, record
+from tasks.data.encode import encode
+from tasks.data.parse import HETREC_PLAYS, LASTFM_360K_PLAYS, parse
+from tasks.data.synthetic import GENERATOR_VERSION, SyntheticConfig, generate
+from tasks.files import DATA_DIR
+
+
+class DataConfig(StageConfig):
+    """Where the listening data comes from and how it is filtered."""
+
+    dataset: Literal["lastfm-2k", "lastfm-360k", "synthetic"] = "synthetic"
+    source: str | None = Field(None, description="A path or URL overriding the dataset's own location.")
+    sha256: str | None = Field(None, description="Expected SHA-256 of the download; enforced when given.")
+    cache_dir: Path = DATA_DIR / "cache"
+    min_listeners: int = Field(1, ge=1, description="Drop artists with fewer listeners.")
+    min_artists: int = Field(1, ge=1, description="Drop users with fewer artists.")
+    synthetic: SyntheticConfig = SyntheticConfig()
 
 
 @dataclass(frozen=True)
@@ -92,7 +109,7 @@ def resolve(config: DataConfig) -> Source:
 
 
 def obtain(source: Source, attempts: int = 4) -> Downloaded:
-    """Download (or reuse from the cache) or generate ``source``; see ``tasks.download.fetch``.
+    """Download (or reuse from the cache) or generate ``source``; see ``tasks.data.download.fetch``.
 
     ``attempts``: tries of a transient network failure. The flow passes 1 because its download
     task retries instead, so the retries show in the Prefect UI and are not multiplied.
@@ -101,6 +118,28 @@ def obtain(source: Source, attempts: int = 4) -> Downloaded:
         assert source.location is not None
         return fetch(source.location, source.cache_dir, source.sha256, expect=source.expect, attempts=attempts)
     return _synthetic(source.synthetic, source.cache_dir)
+
+
+def fingerprint(source: Source) -> list:
+    """What identifies ``source``'s content before it is obtained, for a cache key: location,
+    expected digest, archive member, cache folder, generator parameters, and for a local source
+    its files' sizes and modification times (so an edited file is read again). A URL's content
+    is pinned only by ``sha256`` when given."""
+    return [source.location, source.sha256, source.expect, str(Path(source.cache_dir).resolve()),
+            source.synthetic.model_dump() if source.synthetic else None, _local_stamp(source.location)]
+
+
+def _local_stamp(location: str | None) -> list | None:
+    """(name, size, mtime_ns) of a local file, or of the files directly in a local folder; None for
+    URLs and generated data."""
+    if location is None or urllib.parse.urlparse(location).scheme in ("http", "https"):
+        return None
+    parsed = urllib.parse.urlparse(location)
+    path = Path(urllib.request.url2pathname(parsed.path) if parsed.scheme == "file" else location).expanduser()
+    if not path.exists():
+        return None  # the download step reports the missing path
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
 
 
 @dataclass(frozen=True)

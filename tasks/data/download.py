@@ -39,6 +39,7 @@ from tqdm import tqdm
 from tasks.contracts import Downloaded
 from tasks.errors import RecsError
 from tasks.files import UMASK, temp_path, write_text_atomic
+from tasks.transient import is_transient
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 CHUNK = 1 << 20
@@ -179,21 +180,24 @@ def _download(url: str, part: Path, timeout: float) -> str:
 
 
 def _retrying(call: Callable[[], str], url: str, attempts: int, backoff: float) -> str:
+    """``call()``, tried up to ``attempts`` times with doubling back-off while its failure is
+    transient (``tasks.transient``); a permanent failure ends it at once."""
     host = urllib.parse.urlparse(url).netloc
     attempt = 1
     while True:
         try:
             return call()
-        except urllib.error.HTTPError as exc:
-            if exc.code < 500:
-                raise RecsError(f"download of {url} failed: HTTP {exc.code} {exc.reason}; check the URL") from exc
-            if attempt >= attempts:
-                raise RecsError(
-                    f"download of {url} failed: HTTP {exc.code} {exc.reason} (after {attempt} "
-                    "attempts); the server is failing, try again later"
-                ) from exc
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            if attempt >= attempts:
+            transient = is_transient(exc)
+            if isinstance(exc, urllib.error.HTTPError):
+                if not transient:
+                    raise RecsError(f"download of {url} failed: HTTP {exc.code} {exc.reason}; check the URL") from exc
+                if attempt >= attempts:
+                    raise RecsError(
+                        f"download of {url} failed: HTTP {exc.code} {exc.reason} (after {attempt} "
+                        "attempts); the server is failing, try again later"
+                    ) from exc
+            elif not transient or attempt >= attempts:
                 raise RecsError(
                     f"cannot download {url}: {_reason(exc)} (after {attempt} attempts); check the "
                     f"network and that {host} is reachable, or pass a local copy with --source"
@@ -317,7 +321,7 @@ def _extract(archive: Path, name: str, target: Path, expect: str | None, source:
 
 def _holds(folder: Path, expect: str | None) -> bool:
     """Whether ``folder`` has the ``expect`` file: at that relative path, or (a re-packed mirror)
-    under its own name at the root or one folder down, where ``tasks.parse`` also looks."""
+    under its own name at the root or one folder down, where ``tasks.data.parse`` also looks."""
     if expect is None or (folder / expect).is_file():
         return True
     name = PurePosixPath(expect).name

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from tasks.contracts import Encoded, Interactions
+from tasks.contracts import Encoded, Interactions, Parsed
 from tasks.errors import RecsError
 
 
@@ -54,6 +54,13 @@ def encode(interactions: Interactions, min_listeners: int = 1, min_artists: int 
     return Encoded(
         plays=matrix, user_keys=user_keys, artist_keys=artist_keys, artist_names=artist_names
     )
+
+
+def encode_parsed(parsed: Parsed, min_listeners: int = 1, min_artists: int = 1) -> Encoded:
+    """``encode`` the Parquet file a parse wrote (``tasks.data.parse.parse_to_parquet``)."""
+    frame = pd.read_parquet(parsed.path)
+    return encode(Interactions(frame=frame, bad_rows=parsed.bad_rows, dataset=parsed.dataset),
+                  min_listeners=min_listeners, min_artists=min_artists)
 
 
 def _codes(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:

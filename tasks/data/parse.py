@@ -48,8 +48,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from tasks.contracts import BadRows, Interactions
+from tasks.contracts import BadRows, Downloaded, Interactions, Parsed
 from tasks.errors import RecsError
+from tasks.files import atomic_path
 
 HETREC_PLAYS = "user_artists.dat"
 HETREC_ARTISTS = "artists.dat"
@@ -98,6 +99,16 @@ def parse(path: Path, dataset: str | None = None) -> Interactions:
     counts = {kind: bad[kind] for kind in BAD_ROW_KINDS if bad[kind]}
     bad_rows = BadRows(rows_read=rows_read, rows_kept=len(frame), counts=counts)
     return Interactions(frame=frame, bad_rows=bad_rows, dataset=dataset or fmt)
+
+
+def parse_to_parquet(downloaded: Downloaded, dataset: str | None, out_dir: Path) -> Parsed:
+    """``parse`` the download and write its tidy frame as Parquet into ``out_dir``, named by the
+    download's digest and the dataset, so a cached parse is a path and the bad-row counts."""
+    interactions = parse(downloaded.path, dataset)
+    path = Path(out_dir) / f"parsed-{downloaded.sha256[:16]}-{interactions.dataset}.parquet"
+    with atomic_path(path) as temp:
+        interactions.frame.to_parquet(temp, index=False)
+    return Parsed(path=path, bad_rows=interactions.bad_rows, dataset=interactions.dataset)
 
 
 def detect(path: Path) -> tuple[str, Path]:
@@ -233,7 +244,7 @@ def _table_batches(path: Path, bad: Counter[str]) -> Iterator[pa.RecordBatch]:
         return
     line = _first_line(path)
     header, delimiter = _split_header(line), "\t" if "\t" in line else ","
-    keep = [c for c in ("user", "artist", "artist_name", "plays") if c in header]
+    keep: list[str] = [c for c in ("user", "artist", "artist_name", "plays") if c in header]
     for batch in _delimited(path, header, keep, bad, delimiter=delimiter, quoted=True, header=True):
         name = batch["artist_name"] if "artist_name" in keep else None
         yield _cleaned(batch["user"], batch["artist"], name, batch["plays"], bad, False)

@@ -24,9 +24,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from pydantic import Field
 
-from tasks.files import atomic_path
+from tasks.contracts import StageConfig
 from tasks.errors import RecsError
+from tasks.files import atomic_path
+
+
+class SyntheticConfig(StageConfig):
+    """Size of the generated dataset (written in the Last.fm 360K file format)."""
+
+    users: int = Field(2_000, ge=10, le=360_000)
+    artists: int = Field(5_000, ge=10, le=300_000)
+    rows: int = Field(100_000, ge=10, le=17_600_000)
+    genres: int = Field(40, ge=1)
+    seed: int = 0
 
 # Bump when the output for the same arguments changes, so cached files are regenerated.
 GENERATOR_VERSION = 1

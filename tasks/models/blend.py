@@ -13,15 +13,56 @@ artists x f, the kNN similarity keeps ``neighbours`` entries per artist.
 from __future__ import annotations
 
 import time
+from typing import Annotated, Literal
 
 import numpy as np
 import scipy.sparse as sp
+from pydantic import Discriminator, Field, Tag, model_validator
 
-from flows.config import ModelConfig
 from tasks.contracts import Scorer
 from tasks.errors import RecsError
-from tasks.factorize import fit
-from tasks.neighbours import ItemKNN, fit_itemknn
+from tasks.models.base import BaseModelConfig, fit
+from tasks.models.implicit_mf import ALSConfig, BPRConfig, LMFConfig
+from tasks.models.itemknn import ItemKNNConfig
+from tasks.models.lsa import LSAConfig
+
+
+
+def _factor_name(value: object) -> str:
+    """The factor part's model name; ALS when a config file leaves it out."""
+    return value.get("name", "als") if isinstance(value, dict) else getattr(value, "name", "als")
+
+
+FactorPart = Annotated[
+    Annotated[ALSConfig, Tag("als")] | Annotated[BPRConfig, Tag("bpr")] | Annotated[LMFConfig, Tag("lmf")]
+    | Annotated[LSAConfig, Tag("lsa")],
+    Discriminator(_factor_name),
+]
+
+
+class BlendConfig(BaseModelConfig):
+    """A factor model and item-kNN, each standardised per user, mixed by ``blend_weight``.
+
+    Both parts are fitted on the blend's weighted matrix with the blend's seed: their own
+    ``weight`` and ``random_state`` are set to the blend's.
+    """
+
+    name: Literal["blend"] = "blend"
+    factor: FactorPart = Field(default_factory=ALSConfig, description="the factor model")
+    knn: ItemKNNConfig = Field(default_factory=ItemKNNConfig, description="the item-kNN model")
+    blend_weight: float = Field(0.5, ge=0, le=1, description="share of the factor model in the mix")
+
+    @model_validator(mode="after")
+    def _parts_follow_the_blend(self) -> BlendConfig:
+        shared = {"weight": self.weight, "random_state": self.random_state}
+        for part in ("factor", "knn"):
+            current = getattr(self, part)
+            if any(getattr(current, k) != v for k, v in shared.items()):
+                setattr(self, part, current.model_copy(update=shared))
+        return self
+
+    def fit_scorer(self, train: sp.csr_matrix) -> Blend:
+        return fit_blend(train, self)
 
 
 def standardise(scores: np.ndarray, heard: sp.csr_matrix) -> np.ndarray:
@@ -49,7 +90,7 @@ class Blend:
 
     name = "blend"
 
-    def __init__(self, params: dict, factor: Scorer, knn: ItemKNN, weight: float, fit_seconds: float):
+    def __init__(self, params: dict, factor: Scorer, knn: Scorer, weight: float, fit_seconds: float):
         self.params = params
         self.factor = factor
         self.knn = knn
@@ -65,19 +106,13 @@ class Blend:
         return a
 
 
-def fit_blend(train: sp.csr_matrix, cfg: ModelConfig) -> Blend:
-    """Fit ``cfg.blend_factor_model`` (with ``cfg``'s factor hyper-parameters) and item-kNN (with
-    ``cfg``'s knn_* and neighbours) on the same ``train`` (CSR, users x artists, float32
+def fit_blend(train: sp.csr_matrix, cfg: BlendConfig) -> Blend:
+    """Fit ``cfg.factor`` and ``cfg.knn`` on the same ``train`` (CSR, users x artists, float32
     confidences), mixed by ``cfg.blend_weight``."""
     if not sp.issparse(train) or train.nnz == 0:
         raise RecsError("blend needs a non-empty sparse users x artists matrix; check the data filters")
     start = time.perf_counter()
-    factor = fit(train, cfg.model_copy(update={"name": cfg.blend_factor_model}))
-    knn = fit_itemknn(train, cfg)
-    params = {
-        "name": "blend",
-        "blend_weight": cfg.blend_weight,
-        "factor_model": getattr(factor, "params", {"name": cfg.blend_factor_model}),
-        "itemknn": knn.params,
-    }
+    factor = fit(train, cfg.factor)
+    knn = fit(train, cfg.knn)
+    params = cfg.params(factor=factor.params, knn=knn.params)
     return Blend(params, factor, knn, cfg.blend_weight, time.perf_counter() - start)

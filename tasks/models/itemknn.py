@@ -5,7 +5,7 @@ a sparse artists x artists matrix keeping each artist's ``cfg.neighbours`` neare
 ``n_artists * neighbours`` entries (300K artists x 100: 30M), never a dense artists x artists.
 
 BM25 runs on whatever ``fit`` is given (the pipeline's weighted matrix). On log-scaled plays a
-small ``knn_k1`` (about 0.5) works best on HetRec 2K; on raw play counts implicit's examples use
+small ``k1`` (about 0.5) works best on HetRec 2K; on raw play counts implicit's examples use
 K1=100, B=0.8.
 """
 
@@ -13,15 +13,32 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 from implicit.nearest_neighbours import BM25Recommender, CosineRecommender, TFIDFRecommender
 from implicit.utils import ParameterWarning
+from pydantic import Field
 from threadpoolctl import threadpool_limits
 
-from flows.config import ModelConfig
 from tasks.errors import RecsError
+from tasks.models.base import BaseModelConfig
+
+
+class ItemKNNConfig(BaseModelConfig):
+    """Item-kNN with implicit's similarities."""
+
+    name: Literal["itemknn"] = "itemknn"
+    similarity: Literal["bm25", "cosine", "tfidf"] = Field(
+        "bm25", description="implicit's BM25/Cosine/TFIDFRecommender similarity"
+    )
+    neighbours: int = Field(100, ge=1, description="nearest artists kept per artist")
+    k1: float = Field(0.5, gt=0, description="bm25: saturation K1 (on the weighted matrix)")
+    b: float = Field(0.75, ge=0, le=1, description="bm25: length normalisation B")
+
+    def fit_scorer(self, train: sp.csr_matrix) -> ItemKNN:
+        return fit_itemknn(train, self)
 
 
 class ItemKNN:
@@ -45,17 +62,17 @@ class ItemKNN:
         return (heard @ self.similarity).toarray()
 
 
-def similarity(train: sp.csr_matrix, cfg: ModelConfig) -> sp.csr_matrix:
+def similarity(train: sp.csr_matrix, cfg: ItemKNNConfig) -> sp.csr_matrix:
     """implicit's item-item similarity of ``train`` (CSR, users x artists, float32 confidences):
     CSR, artists x artists, float32, ``cfg.neighbours`` per row."""
-    if cfg.knn_similarity == "bm25":
-        model = BM25Recommender(K=cfg.neighbours, K1=cfg.knn_k1, B=cfg.knn_b, num_threads=1)
-    elif cfg.knn_similarity == "cosine":
+    if cfg.similarity == "bm25":
+        model = BM25Recommender(K=cfg.neighbours, K1=cfg.k1, B=cfg.b, num_threads=1)
+    elif cfg.similarity == "cosine":
         model = CosineRecommender(K=cfg.neighbours, num_threads=1)
-    elif cfg.knn_similarity == "tfidf":
+    elif cfg.similarity == "tfidf":
         model = TFIDFRecommender(K=cfg.neighbours, num_threads=1)
-    else:  # ModelConfig's Literal already refuses other names; this guards direct callers
-        raise RecsError(f"unknown item-kNN similarity {cfg.knn_similarity!r}; use bm25, cosine or tfidf")
+    else:  # ItemKNNConfig's Literal already refuses other names; this guards direct callers
+        raise RecsError(f"unknown item-kNN similarity {cfg.similarity!r}; use bm25, cosine or tfidf")
     with threadpool_limits(1, "blas"), warnings.catch_warnings():
         # BM25/TFIDF hand implicit's own weighting result (COO) to its kNN, which then warns
         # that it wanted CSR; nothing a caller can change
@@ -66,18 +83,13 @@ def similarity(train: sp.csr_matrix, cfg: ModelConfig) -> sp.csr_matrix:
     return out
 
 
-def fit_itemknn(train: sp.csr_matrix, cfg: ModelConfig) -> ItemKNN:
+def fit_itemknn(train: sp.csr_matrix, cfg: ItemKNNConfig) -> ItemKNN:
     """Fit item-kNN on ``train`` (CSR, users x artists, float32 weighted confidences)."""
     if not sp.issparse(train) or train.nnz == 0:
         raise RecsError("item-kNN needs a non-empty sparse users x artists matrix; check the data filters")
     start = time.perf_counter()
     sim = similarity(train, cfg)
-    params = {
-        "name": "itemknn",
-        "similarity": cfg.knn_similarity,
-        "neighbours": cfg.neighbours,
-        "weight": cfg.weight.model_dump(),
-    }
-    if cfg.knn_similarity == "bm25":
-        params |= {"k1": cfg.knn_k1, "b": cfg.knn_b}
-    return ItemKNN("itemknn", params, sim, time.perf_counter() - start)
+    params = cfg.params()
+    if cfg.similarity != "bm25":  # k1 and b are BM25's alone
+        params = {k: v for k, v in params.items() if k not in ("k1", "b")}
+    return ItemKNN(cfg.name, params, sim, time.perf_counter() - start)

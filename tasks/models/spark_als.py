@@ -1,9 +1,7 @@
 """Spark MLlib ALS (``implicitPrefs=True``): the factorize back-end for data past one machine.
 
-Same seam as the in-process models: ``fit(weighted, ModelConfig) -> Factors``, so related
-artists, user top-N and evaluation run unchanged on its factors. ``user_top_n`` is the Spark-side
-per-user top-N (``recommendForAllUsers``, already-heard artists removed by an anti-join), for when
-the user matrix itself lives on a cluster.
+Same seam as the in-process models: ``SparkALSConfig.fit_scorer(weighted) -> Factors``, so
+related artists, user top-N and evaluation run unchanged on its factors.
 
 Spark's ALS differs from implicit's in two ways worth knowing when comparing scores:
 confidence is ``1 + alpha * r`` (implicit: ``alpha * r``), and ``regParam`` is scaled by each
@@ -17,19 +15,28 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from flows.config import ModelConfig
-from tasks.contracts import Factors, TopN
+from tasks.contracts import Factors
 from tasks.errors import RecsError
+from tasks.models.implicit_mf import ALSParams
 
 if TYPE_CHECKING:
     from pyspark.ml.recommendation import ALSModel
     from pyspark.sql import DataFrame, SparkSession
+
+
+class SparkALSConfig(ALSParams):
+    """Spark MLlib's ALS (``implicitPrefs=True``), local mode or the cluster ``RECS_SPARK_MASTER``."""
+
+    name: Literal["spark_als"] = "spark_als"
+
+    def fit_scorer(self, train: sp.csr_matrix) -> Factors:
+        return fit(train, self)
 
 
 def spark_session() -> SparkSession:
@@ -74,7 +81,7 @@ def interactions_frame(spark: SparkSession, weighted: sp.csr_matrix) -> DataFram
     return spark.createDataFrame(frame)
 
 
-def fit_model(spark: SparkSession, weighted: sp.csr_matrix, config: ModelConfig) -> tuple[ALSModel, float]:
+def fit_model(spark: SparkSession, weighted: sp.csr_matrix, config: SparkALSConfig) -> tuple[ALSModel, float]:
     """Fit Spark ALS on ``weighted`` (CSR, users x artists, float32 confidences).
 
     Returns the model and the wall seconds of ``ALS.fit`` alone (the DataFrame is cached and
@@ -111,62 +118,25 @@ def fit_model(spark: SparkSession, weighted: sp.csr_matrix, config: ModelConfig)
 def _dense_factors(factors: DataFrame, n: int, rank: int) -> np.ndarray:
     """Spark's ``id, features`` factor DataFrame as float32, n x rank; ids with no rows
     (users/artists without interactions) stay zero, matching implicit's untouched rows."""
-    frame = factors.toPandas()
+    frame: pd.DataFrame = factors.toPandas()
     out = np.zeros((n, rank), dtype=np.float32)
     if len(frame):
         out[frame["id"].to_numpy()] = np.stack(frame["features"].to_numpy()).astype(np.float32)
     return out
 
 
-def to_factors(model: ALSModel, shape: tuple[int, int], config: ModelConfig, fit_seconds: float) -> Factors:
+def to_factors(model: ALSModel, shape: tuple[int, int], config: SparkALSConfig, fit_seconds: float) -> Factors:
     """Copy a fitted model's factors to the driver as ``Factors`` (users x rank, artists x rank)."""
     return Factors(
-        name="spark_als",
-        params={
-            "factors": config.factors,
-            "regularization": config.regularization,
-            "alpha": config.alpha,
-            "iterations": config.iterations,
-            "random_state": config.random_state,
-            "implicit_prefs": True,
-        },
+        name=config.name,
+        params=config.params(implicit_prefs=True),
         user_factors=_dense_factors(model.userFactors, shape[0], model.rank),
         artist_factors=_dense_factors(model.itemFactors, shape[1], model.rank),
         fit_seconds=fit_seconds,
     )
 
 
-def fit(weighted: sp.csr_matrix, config: ModelConfig) -> Factors:
+def fit(weighted: sp.csr_matrix, config: SparkALSConfig) -> Factors:
     """Spark ALS on ``weighted`` (CSR, users x artists, float32 confidences) -> ``Factors``."""
     model, seconds = fit_model(spark_session(), weighted, config)
     return to_factors(model, weighted.shape, config, seconds)
-
-
-def user_top_n(spark: SparkSession, model: ALSModel, heard: sp.csr_matrix, n: int) -> TopN:
-    """Top-``n`` unheard artists for every user, computed in Spark.
-
-    ``recommendForAllUsers`` cannot skip heard artists, so it is asked for ``n`` plus the longest
-    history and the heard pairs are removed with an anti-join, all on the executors; only the
-    final ``users x n`` rows reach the driver. ``heard``: CSR, users x artists (the training
-    matrix). Returns ``TopN`` over all user codes (rows of users without factors stay -1/NaN).
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    longest = int(np.diff(heard.indptr).max()) if heard.shape[0] else 0
-    recs = model.recommendForAllUsers(n + longest).select(
-        "user", F.posexplode("recommendations").alias("pos", "rec")
-    )
-    recs = recs.select("user", F.col("rec.artist").alias("artist"), F.col("rec.rating").alias("score"), "pos")
-    seen = interactions_frame(spark, heard).select("user", "artist")
-    rank = F.row_number().over(Window.partitionBy("user").orderBy("pos"))
-    kept = recs.join(seen, ["user", "artist"], "left_anti").withColumn("rank", rank).where(F.col("rank") <= n)
-    frame = kept.select("user", "artist", "score", "rank").toPandas()
-
-    ids = np.full((heard.shape[0], n), -1, dtype=np.int32)
-    scores = np.full((heard.shape[0], n), np.nan, dtype=np.float32)
-    rows = frame["user"].to_numpy()
-    cols = frame["rank"].to_numpy() - 1
-    ids[rows, cols] = frame["artist"].to_numpy()
-    scores[rows, cols] = frame["score"].to_numpy()
-    return TopN(ids=ids, scores=scores)
