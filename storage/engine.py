@@ -4,21 +4,43 @@
 ``postgresql+psycopg://user@host/db`` (a plain ``postgresql://`` URL is given the psycopg 3 driver;
 choose a schema with ``?options=-csearch_path%3Dname``).
 
-Schema versions: ``schema_version`` holds the version a database is at. A new database gets the
-current models (``Base.metadata``) and views, stamped ``SCHEMA_VERSION``; an older one is brought
-forward by ``UPGRADES[v]`` (version v -> v + 1) one step at a time, inside one transaction that
-holds a lock, so two processes starting at once upgrade once. A change to the schema adds a step
-here and bumps ``SCHEMA_VERSION``.
+Schema versions are Alembic revisions in storage/migrations/versions (``0001_baseline`` is the
+schema as the pre-Alembic code made it). ``alembic_version`` holds the revision a database is at,
+in the current schema. ``make_engine`` reads it directly and, when it is ``HEAD_REVISION``, is done
+without importing Alembic; otherwise it takes the schema lock, reads it again and runs
+``alembic upgrade head`` on that same connection inside one transaction, so two processes starting
+at once upgrade once. A database made before Alembic (``schema_version`` 1, no ``alembic_version``)
+is stamped at the baseline first, then upgraded like any other.
+
+To change the schema: change the models in storage/schema.py, then add the next revision in
+storage/migrations/versions and set ``HEAD_REVISION`` to it. Write it by hand (copy the newest
+file, bump ``revision`` / ``down_revision``), or let Alembic draft it by comparing the models
+with a new database made by the current code (new, so that it has no per-run partitions for
+Alembic to take for tables to drop; review the draft: it does not see views, SQLite statistics,
+expression indexes or SQLite's comments)::
+
+    from alembic import command
+    from storage.engine import alembic_config, make_engine
+
+    with make_engine("sqlite:////tmp/draft.db").connect() as conn:
+        command.revision(alembic_config(conn), "add runs.notes", rev_id="0003", autogenerate=True)
+
+Without ``autogenerate`` (and without a connection) it writes an empty file from
+storage/migrations/script.py.mako. No alembic.ini is needed, at run time or for this. A revision
+spells out its DDL (a view's SQL included) rather than import it from storage/schema.py, so that
+it keeps doing the same when the models change again; tests/test_storage_migrations.py checks
+that the head revision builds what the models describe.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import sqlalchemy as sa
@@ -26,11 +48,20 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 
-from storage.schema import Base, SchemaVersion, create_views, seed_sqlite_statistics
 from tasks.errors import RecsError
 
-SCHEMA_VERSION = 1
-UPGRADES: dict[int, Callable[[Connection], None]] = {}
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# The newest revision in storage/migrations/versions (tests check they agree): a database already
+# there costs one query, not an import of Alembic (~0.1 s) and a read of every migration file.
+HEAD_REVISION = "0002"
+# Databases made before Alembic: their schema_version, and the revision that is their schema.
+LEGACY_SCHEMA_VERSION = 1
+BASELINE_REVISION = "0001"
+MIGRATIONS = Path(__file__).with_name("migrations")
+# alembic.context and alembic.op are module-level proxies: one migration run per process at a time.
+_MIGRATING = threading.Lock()
 
 # WAL: readers keep reading the last committed run while a publish writes. synchronous=NORMAL is
 # crash-safe in WAL mode (a power cut may lose the last commit, never corrupt). Bigger page cache
@@ -42,7 +73,7 @@ SQLITE_BUSY_SECONDS = 30
 
 
 def make_engine(url: str) -> Engine:
-    """An Engine for ``url`` whose schema is at ``SCHEMA_VERSION``; RecsError if unreachable."""
+    """An Engine for ``url`` whose schema is at ``HEAD_REVISION``; RecsError if unreachable."""
     parsed = _parse(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -126,40 +157,73 @@ def _unreachable(engine: Engine, exc: BaseException | None) -> str:
 
 
 def upgrade_schema(engine: Engine) -> None:
-    """Create the schema in an empty database or upgrade an older one to ``SCHEMA_VERSION``."""
+    """Create the schema in an empty database or upgrade an older one to ``HEAD_REVISION``."""
     with engine.connect() as conn:
-        version = _version(conn)
+        revision = _revision(conn)
         conn.rollback()
-    if version == SCHEMA_VERSION:
+    if revision == HEAD_REVISION:
         return
     with write_transaction(engine) as conn:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('recs.schema.' || current_schema()))")
-        version = _version(conn)
-        if version is None:
-            if sa.inspect(conn).has_table("runs"):
-                raise RecsError(f"{engine.url.render_as_string(hide_password=True)} has a runs table but "
-                                "no schema_version: it is not a recs database; use another --db")
-            Base.metadata.create_all(conn)
-            create_views(conn)
-            if conn.dialect.name == "sqlite":
-                seed_sqlite_statistics(conn)
-        elif version > SCHEMA_VERSION:
-            raise RecsError(f"database schema is version {version}, newer than this code's "
-                            f"{SCHEMA_VERSION}; upgrade lastfm-recs")
-        else:
-            for step in range(version, SCHEMA_VERSION):
-                UPGRADES[step](conn)
-        if version != SCHEMA_VERSION:
-            conn.execute(sa.delete(SchemaVersion))
-            conn.execute(sa.insert(SchemaVersion).values(version=SCHEMA_VERSION, applied_at=datetime.now(UTC)))
+        revision = _revision(conn)  # another process may have upgraded it while we waited
+        if revision != HEAD_REVISION:
+            _migrate(conn, revision, engine.url.render_as_string(hide_password=True))
 
 
-def _version(conn: Connection) -> int | None:
-    """The database's schema version, None when it has no schema_version table."""
-    if not sa.inspect(conn).has_table(SchemaVersion.__tablename__):
+def _migrate(conn: Connection, revision: str | None, shown_url: str) -> None:
+    """Run ``alembic upgrade head`` on ``conn`` (in its transaction), from ``revision``."""
+    # Imported here: a database already at HEAD_REVISION never needs Alembic.
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    config = alembic_config(conn)
+    legacy = None
+    if revision is not None:
+        known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+        if revision not in known:
+            raise RecsError(f"database schema is at revision {revision}, newer than this code; "
+                            "upgrade lastfm-recs")
+    else:
+        legacy = _legacy_version(conn)
+        if legacy is None and sa.inspect(conn).has_table("runs"):
+            raise RecsError(f"{shown_url} has a runs table but no alembic_version or schema_version: "
+                            "it is not a recs database; use another --db")
+        if legacy not in (None, LEGACY_SCHEMA_VERSION):
+            raise RecsError(f"{shown_url} has schema_version {legacy}; only {LEGACY_SCHEMA_VERSION} (lastfm-recs "
+                            "before Alembic) can be upgraded; use another --db")
+    with _MIGRATING:
+        if legacy is not None:
+            command.stamp(config, BASELINE_REVISION)
+        command.upgrade(config, "head")
+
+
+def alembic_config(conn: Connection | None = None) -> Config:
+    """Alembic's configuration for storage/migrations, set up in code (there is no alembic.ini).
+
+    ``conn``: the connection env.py runs the migrations on; commands that touch no database
+    (``revision`` without autogenerate, ``history``, ``heads``) need none.
+    """
+    from alembic.config import Config  # imported here for the same reason as in _migrate
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))  # ConfigParser syntax
+    config.attributes["connection"] = conn
+    return config
+
+
+def _revision(conn: Connection) -> str | None:
+    """The database's Alembic revision, None when it has none (no alembic_version table or row)."""
+    if not sa.inspect(conn).has_table("alembic_version"):
         return None
-    return conn.execute(sa.select(sa.func.max(SchemaVersion.version))).scalar_one_or_none()
+    return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one_or_none()
+
+
+def _legacy_version(conn: Connection) -> int | None:
+    """``schema_version`` of a database made before Alembic, None when there is no such table."""
+    if not sa.inspect(conn).has_table("schema_version"):
+        return None
+    return conn.exec_driver_sql("SELECT max(version) FROM schema_version").scalar_one()
 
 
 @contextmanager

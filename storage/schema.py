@@ -1,7 +1,10 @@
-"""The public SQL schema: tables, indexes and the two reader views.
+"""The public SQL schema as SQLAlchemy models: tables, indexes and handles on the two reader views.
 
-Design: every table except ``runs`` and ``schema_version`` is **versioned by run** — ``artists`` and
-``users`` included. ``artist_id`` / ``user_id`` are the encoded codes of that run (the row/column of
+The DDL that builds it in a database is in the migrations, storage/migrations/versions (views and
+SQLite statistics included); tests/test_storage_migrations.py checks that the two agree.
+
+Design: every table except ``runs`` is **versioned by run** — ``artists`` and ``users``
+included. ``artist_id`` / ``user_id`` are the encoded codes of that run (the row/column of
 its matrix), so a run's rows load straight from its NumPy arrays with no key lookups, a run is
 published or dropped as one unit, and an old run never changes when the catalogue does. The cost,
 ~0.7 M small rows per run at Last.fm 360K scale, is small beside its 6.6 M top-N rows. The stable
@@ -38,18 +41,6 @@ PER_RUN = {"postgresql_partition_by": "LIST (run_id)", "sqlite_with_rowid": Fals
 
 class Base(DeclarativeBase):
     pass
-
-
-class SchemaVersion(Base):
-    __tablename__ = "schema_version"
-    __table_args__ = {"comment": "Version of this schema in the database; see storage/engine.py."}
-
-    version: Mapped[int] = mapped_column(
-        sa.Integer, primary_key=True, autoincrement=False, comment="schema version number"
-    )
-    applied_at: Mapped[datetime] = mapped_column(
-        sa.DateTime(timezone=True), comment="when this version was created or upgraded to (UTC)"
-    )
 
 
 class Run(Base):
@@ -179,37 +170,7 @@ class RunMetric(Base):
     value: Mapped[float] = mapped_column(sa.Double, comment="the figure")
 
 
-# The views readers query. The latest published run is joined once as ``cur`` so that both
-# databases probe the (run_id, ...) indexes of every table with a known run_id.
-CURRENT_RUN_SQL = "SELECT max(run_id) AS run_id FROM runs WHERE status = 'published'"
-
-VIEWS: dict[str, tuple[str, str]] = {
-    "current_related_artists": (
-        f"""
-SELECT a.artist_key AS artist_key, a.name AS artist_name, r.rank AS rank,
-       b.artist_key AS related_artist_key, b.name AS related_artist_name, r.score AS score
-FROM ({CURRENT_RUN_SQL}) AS cur
-JOIN artists AS a ON a.run_id = cur.run_id
-JOIN related_artists AS r ON r.run_id = cur.run_id AND r.artist_id = a.artist_id
-JOIN artists AS b ON b.run_id = cur.run_id AND b.artist_id = r.related_artist_id
-""",
-        "Related artists of the latest published run, names joined in. "
-        "Look up by lower(artist_name) or artist_key.",
-    ),
-    "current_user_recommendations": (
-        f"""
-SELECT u.user_key AS user_key, r.rank AS rank, a.artist_key AS artist_key,
-       a.name AS artist_name, r.score AS score
-FROM ({CURRENT_RUN_SQL}) AS cur
-JOIN users AS u ON u.run_id = cur.run_id
-JOIN user_recommendations AS r ON r.run_id = cur.run_id AND r.user_id = u.user_id
-JOIN artists AS a ON a.run_id = cur.run_id AND a.artist_id = r.artist_id
-""",
-        "Top-N new artists per user of the latest published run, names joined in. Look up by user_key.",
-    ),
-}
-
-# Query-side handles on the views (columns only; the DDL above is what creates them).
+# Query-side handles on the views readers query (columns only; the migrations create them).
 current_related_artists = sa.table(
     "current_related_artists",
     sa.column("artist_key", sa.Text),
@@ -229,41 +190,8 @@ current_user_recommendations = sa.table(
 )
 
 
-def create_views(conn: sa.Connection) -> None:
-    """Create both views; PostgreSQL also gets their comments.
-
-    The SQL is assembled from the constants above only (COMMENT ON takes no bind parameters).
-    """
-    for name, (select_sql, comment) in VIEWS.items():
-        conn.exec_driver_sql(f"CREATE VIEW {name} AS {select_sql}")
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql(f"COMMENT ON VIEW {name} IS '{comment}'")
-
-
-# SQLite's planner statistics, written once instead of measured: without them it scans a run's
-# artists by primary key rather than use the name index. They describe the shape that matters
-# (a few runs; per run one row per artist name / artist key / user key, N rows per top-N owner),
-# which holds at every size, so a publish never needs to re-ANALYZE. Format: total rows, then
-# rows per distinct value of each index prefix (see https://sqlite.org/fileformat2.html#stat1tab).
-SQLITE_STATS = (
-    ("runs", "ix_runs_status_run_id", "100 20 1"),
-    ("artists", "artists", "1500000 300000 1"),
-    ("artists", "ix_artists_run_id_lower_name", "1500000 300000 1"),
-    ("artists", "ix_artists_run_id_artist_key", "1500000 300000 1"),
-    ("users", "users", "1800000 360000 1"),
-    ("users", "ix_users_run_id_user_key", "1800000 360000 1"),
-    ("related_artists", "related_artists", "15000000 3000000 10 1"),
-    ("user_recommendations", "user_recommendations", "18000000 3600000 10 1"),
-    ("run_metrics", "ix_run_metrics_run_id", "1000 20"),
-)
-
-
-def seed_sqlite_statistics(conn: sa.Connection) -> None:
-    """Write ``SQLITE_STATS`` into sqlite_stat1 (ANALYZE on the empty schema creates that table)."""
-    conn.exec_driver_sql("ANALYZE")
-    conn.exec_driver_sql("DELETE FROM sqlite_stat1")
-    conn.exec_driver_sql("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", list(SQLITE_STATS))
-    conn.exec_driver_sql("ANALYZE sqlite_master")  # makes this connection reload them too
+# SQLite's planner statistics are written once, at schema creation, by the baseline migration
+# (SQLITE_STATS in storage/migrations/versions/0001_baseline.py), so a publish never re-ANALYZEs.
 
 
 def _sqlite_comment(text: str) -> str:
