@@ -5,11 +5,11 @@
 choose a schema with ``?options=-csearch_path%3Dname``).
 
 Schema versions are Alembic revisions in storage/migrations/versions (``0001_baseline`` is the
-schema as the pre-Alembic code made it). ``alembic_version`` holds the revision a database is at,
+schema as the pre-Alembic code made it). ``recs_alembic_version`` (``storage.schema.VERSION_TABLE``) holds the revision a database is at,
 in the current schema. ``make_engine`` reads it directly and, when it is ``HEAD_REVISION``, is done
 without importing Alembic; otherwise it takes the schema lock, reads it again and runs
 ``alembic upgrade head`` on that same connection inside one transaction, so two processes starting
-at once upgrade once. A database made before Alembic (``schema_version`` 1, no ``alembic_version``)
+at once upgrade once. A database made before Alembic (``schema_version`` 1, no revision table)
 is stamped at the baseline first, then upgraded like any other.
 
 To change the schema: change the models in storage/schema.py, then add the next revision in
@@ -48,6 +48,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 
+from storage.schema import VERSION_TABLE
 from tasks.errors import RecsError
 
 if TYPE_CHECKING:
@@ -187,7 +188,7 @@ def _migrate(conn: Connection, revision: str | None, shown_url: str) -> None:
     else:
         legacy = _legacy_version(conn)
         if legacy is None and sa.inspect(conn).has_table("runs"):
-            raise RecsError(f"{shown_url} has a runs table but no alembic_version or schema_version: "
+            raise RecsError(f"{shown_url} has a runs table but no {VERSION_TABLE} or schema_version: "
                             "it is not a recs database; use another --db")
         if legacy not in (None, LEGACY_SCHEMA_VERSION):
             raise RecsError(f"{shown_url} has schema_version {legacy}; only {LEGACY_SCHEMA_VERSION} (lastfm-recs "
@@ -213,10 +214,10 @@ def alembic_config(conn: Connection | None = None) -> Config:
 
 
 def _revision(conn: Connection) -> str | None:
-    """The database's Alembic revision, None when it has none (no alembic_version table or row)."""
-    if not sa.inspect(conn).has_table("alembic_version"):
+    """The database's Alembic revision, None when it has none (no revision table or row)."""
+    if not sa.inspect(conn).has_table(VERSION_TABLE):
         return None
-    return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one_or_none()
+    return conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").scalar_one_or_none()
 
 
 def _legacy_version(conn: Connection) -> int | None:

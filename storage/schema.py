@@ -31,6 +31,10 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.schema import CreateColumn, CreateTable
 
+# The table Alembic records the schema revision in. Not Alembic's default "alembic_version":
+# Prefect's own server database uses that name, and a PostgreSQL schema shared with it would make
+# each read the other's revision.
+VERSION_TABLE = "recs_alembic_version"
 RUN_STATUSES = ("loading", "published", "failed", "rejected", "pruned")
 
 # Options of the per-run tables. PostgreSQL: one partition per run (``<table>_run_<id>``), loaded

@@ -394,7 +394,7 @@ def test_concurrent_reader_sees_only_complete_runs(db_url, engine, monkeypatch):
 def test_schema_is_versioned_documented_and_indexed(db_url, engine):
     make_engine(db_url).dispose()  # a second start finds the schema current and changes nothing
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == [HEAD_REVISION]
+        assert conn.exec_driver_sql("SELECT version_num FROM recs_alembic_version").scalars().all() == [HEAD_REVISION]
         if engine.dialect.name == "postgresql":
             comments = conn.exec_driver_sql(
                 "SELECT obj_description('runs'::regclass), col_description('runs'::regclass, 2), "
@@ -415,7 +415,7 @@ def test_schema_is_versioned_documented_and_indexed(db_url, engine):
     # SQLite names our indexes; PostgreSQL's per-run partitions name theirs after them.
     assert "run_id_lower" in plans and "run_id_user_key" in plans
     with engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+        conn.exec_driver_sql("UPDATE recs_alembic_version SET version_num = 'ffffffffffff'")
     with pytest.raises(RecsError, match="newer than this code"):
         make_engine(db_url)
 

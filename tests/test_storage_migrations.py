@@ -32,14 +32,20 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from test_storage import BULK, PG_URL, expected_views, make_outputs, statuses, views_of
 
-from storage.engine import (BASELINE_REVISION, HEAD_REVISION, alembic_config, make_engine, scratch_schema,
-                            write_transaction)
+from storage.engine import (
+    BASELINE_REVISION,
+    HEAD_REVISION,
+    alembic_config,
+    make_engine,
+    scratch_schema,
+    write_transaction,
+)
 from storage.publish import publish
 from storage.queries import related_artists
-from storage.schema import Base
+from storage.schema import VERSION_TABLE, Base
 from tasks.errors import RecsError
-from test_storage import BULK, PG_URL, expected_views, make_outputs, statuses, views_of
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -100,7 +106,7 @@ def tables(url: str) -> set[str]:
 def revisions(url: str) -> list[str]:
     engine = plain_engine(url)
     with engine.connect() as conn:
-        found = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+        found = conn.exec_driver_sql("SELECT version_num FROM recs_alembic_version").scalars().all()
     engine.dispose()
     return found
 
@@ -149,7 +155,7 @@ def test_fresh_database_gets_the_full_schema_at_head(new_db):
     url = new_db()
     engine = make_engine(url)
     assert revisions(url) == [HEAD_REVISION]
-    assert tables(url) == {"alembic_version", "runs", "run_metrics", *BULK}
+    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", *BULK}
     assert views_of(engine) == (set(), set())
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
@@ -160,10 +166,10 @@ def test_fresh_database_gets_the_full_schema_at_head(new_db):
                 "SELECT relname, pg_get_partkeydef(oid) FROM pg_class "
                 "WHERE relkind = 'p' AND relnamespace = current_schema()::regnamespace").all())
             assert partitioned == {table: "LIST (run_id)" for table in BULK}
-            # alembic_version lives in the search_path schema, like the tables.
+            # recs_alembic_version lives in the search_path schema, like the tables.
             scratch = sa.make_url(url).query["options"].removeprefix("-csearch_path=")
             assert conn.exec_driver_sql("SELECT current_schema(), to_regclass(quote_ident(current_schema()) "
-                                        "|| '.alembic_version') IS NOT NULL").one() == (scratch, True)
+                                        "|| '.recs_alembic_version') IS NOT NULL").one() == (scratch, True)
     outputs = make_outputs(1)
     assert publish(engine, outputs) == 1 and views_of(engine) == expected_views(outputs)
     engine.dispose()
@@ -174,7 +180,7 @@ def test_models_match_what_the_migrations_build(new_db):
     with engine.connect() as conn, warnings.catch_warnings():
         # Neither side can reflect the lower(name) index; the schema comparison test covers it.
         warnings.filterwarnings("ignore", "(?i).*expression-based index")
-        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        assert compare_metadata(MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}), Base.metadata) == []
     engine.dispose()
 
 
@@ -243,7 +249,7 @@ def test_concurrent_starts_on_a_fresh_database_upgrade_once(new_db, start):
     url = new_db()
     start(url, 4)
     assert revisions(url) == [HEAD_REVISION]
-    assert tables(url) == {"alembic_version", "runs", "run_metrics", *BULK}
+    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", *BULK}
 
 
 FAST = r"""
@@ -275,9 +281,9 @@ def test_downgrades_give_back_the_pre_alembic_schema_then_nothing(new_db):
     assert views_of(engine) == expected_views(outputs)
     with write_transaction(engine) as conn:
         command.downgrade(alembic_config(conn), "base")
-    assert tables(url) == {"alembic_version"} and revisions(url) == []
+    assert tables(url) == {"recs_alembic_version"} and revisions(url) == []
     engine.dispose()
-    engine = make_engine(url)  # an empty alembic_version is an empty database
+    engine = make_engine(url)  # an empty recs_alembic_version is an empty database
     assert revisions(url) == [HEAD_REVISION] and views_of(engine) == (set(), set())
     engine.dispose()
 
@@ -286,7 +292,7 @@ def _newer(url: str) -> None:
     make_engine(url).dispose()
     engine = plain_engine(url)
     with engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+        conn.exec_driver_sql("UPDATE recs_alembic_version SET version_num = 'ffffffffffff'")
     engine.dispose()
 
 
@@ -307,7 +313,7 @@ def _unknown_legacy(url: str) -> None:
 
 @pytest.mark.parametrize(("prepare", "message"), [
     (_newer, "database schema is at revision ffffffffffff, newer than this code; upgrade lastfm-recs"),
-    (_foreign, "has a runs table but no alembic_version or schema_version: it is not a recs database; "
+    (_foreign, "has a runs table but no recs_alembic_version or schema_version: it is not a recs database; "
                "use another --db"),
     (_unknown_legacy, "has schema_version 7; only 1 (lastfm-recs before Alembic) can be upgraded; use another --db"),
 ])

@@ -1,4 +1,4 @@
-"""Drop ``schema_version``: ``alembic_version`` now says which schema a database has.
+"""Drop ``schema_version``: ``recs_alembic_version`` now says which schema a database has.
 
 The downgrade puts it back at version 1, so that the pre-Alembic code can open the database again.
 
