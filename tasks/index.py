@@ -11,8 +11,8 @@ Two engines (``index.engine``), each over one of two vector sets:
 ``annoy`` (spotify/annoy, ``angular``): random-projection trees, one query per C call, which
 holds the GIL. ``faiss`` (faiss-cpu ``IndexIVFScalarQuantizer``, float16, inner product): k-means
 lists, searched for a whole batch of queries per call on every core; it is the engine for large
-catalogues, where on 2 cores Annoy is no faster than exact search at recall@10 >= 0.95 (README
-"Performance").
+catalogues, where on 2 cores Annoy is no faster than exact search at recall@10 >= 0.95
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ class IndexConfig(StageConfig):
 
     # annoy for small catalogues (the design's index); faiss for large ones: at 300K artists on 2
     # cores Annoy was no faster than exact search at recall@10 >= 0.95, faiss IVF more than 15x
-    # faster (README "Performance"; deployments/lastfm-360k.yaml selects it).
+    # faster (docs/performance.md; deployments/lastfm-360k.yaml selects it).
     engine: Literal["annoy", "faiss"] = Field("annoy", description="annoy (trees) or faiss (IVF lists)")
     # 100 trees: on a 300K-artist synthetic catalogue 50 trees reached recall@10 0.93 at Annoy's
-    # default search_k, 100 trees 0.98 (README "Models and related artists", benchmarks/related.py).
+    # default search_k, 100 trees 0.98 (docs/models.md "Exact search vs Annoy and faiss", benchmarks/related.py).
     n_trees: int = Field(100, ge=1, description="annoy: trees")
     search_k: int = Field(-1, description="annoy: nodes a query inspects; -1: Annoy's default (n_trees * k)")
     n_lists: int | None = Field(None, ge=1, description="faiss: k-means lists; None: about 3 sqrt(artists)")
@@ -54,7 +54,7 @@ class IndexConfig(StageConfig):
     recall_sample: int = Field(1_000, ge=10, description="artists/users checked against exact search")
     # Off by default: with Annoy (the default engine) exact search was quicker for users at every
     # size measured; with faiss at 300K artists the index was 4.8x quicker at recall@10 0.96, so
-    # deployments/lastfm-360k.yaml turns it on (README "Performance").
+    # deployments/lastfm-360k.yaml turns it on (docs/performance.md).
     approximate_users: bool = Field(False, description="the index (inner product) for user top-N of factor models")
 
 

@@ -93,7 +93,13 @@ def prefect_env(tmp_path_factory):
 
 
 async def _scheduled_runs(client, deployment_id):
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
 
     return await client.read_flow_runs(
@@ -120,7 +126,7 @@ def test_scheduled_deployment_runs_with_a_process_worker(prefect_env, hetrec_url
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     # `recs deploy` creates the missing process pool, then runs
-    # `prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all` (the README's steps)
+    # `prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all` (docs/operations.md's steps)
     deployed = subprocess.run([sys.executable, "-c", "from flows.cli import app; app(prog_name='recs')", "deploy"],
                               env=prefect_env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert deployed.returncode == 0, deployed.stderr
