@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test test-fast lint bench clean
 
 $(BIN)/recs: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tests: no Prefect server, no subprocess runs of the CLI or the benchmark (under 2 minutes).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check tasks storage flows benchmarks tests
+	$(BIN)/ruff format --check tasks storage flows benchmarks tests
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python -m benchmarks.pipeline --quick

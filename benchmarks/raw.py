@@ -21,8 +21,8 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from tasks.models.implicit_mf import ALSParams
 from tasks.contracts import Factors, TopN
+from tasks.models.implicit_mf import ALSParams
 
 
 @dataclass(frozen=True)

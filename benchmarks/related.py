@@ -50,9 +50,9 @@ SAMPLE = 2_000
 ENGINES = ("annoy", "faiss")
 
 
-def _timed(call):
+def _timed(call, *args, **kwargs):
     started = time.perf_counter()
-    out = call()
+    out = call(*args, **kwargs)
     return out, time.perf_counter() - started
 
 
@@ -79,7 +79,7 @@ def synthetic(config: RetrainConfig, size: dict, work: Path) -> tuple[Factors, s
     name = "synthetic-{users}-{artists}-{rows}".format(**size)
     tsv = work / f"{name}.tsv"
     if not tsv.is_file():
-        _, seconds = _timed(lambda: generate(tsv, **size))
+        _, seconds = _timed(generate, tsv, **size)
         _log(f"generated {size} in {seconds:.0f}s")
     plays = encode(parse(tsv)).plays
     # one directory per model config, so a changed default is refitted rather than reused
@@ -117,7 +117,7 @@ def measure(model: Factors, plays: sp.csr_matrix, label: str, cfg: IndexConfig, 
     artists = model.artist_factors.shape[0]
     rng = np.random.default_rng(0)
     rows = np.sort(rng.choice(artists, min(SAMPLE, artists), replace=False))
-    exact, exact_seconds = _timed(lambda: related_exact(model.artist_factors, n, rows))
+    exact, exact_seconds = _timed(related_exact, model.artist_factors, n, rows)
     library = raw.exact_similar(model, rows, n)
     exact_all = exact_seconds * artists / len(rows)
     out = {
@@ -133,7 +133,7 @@ def measure(model: Factors, plays: sp.csr_matrix, label: str, cfg: IndexConfig, 
     for engine in ENGINES:
         engine_cfg = cfg.model_copy(update={"engine": engine})
         info = build_index(model.artist_factors, engine_cfg, work / f"related-{artists}.{engine}")
-        approx, query_seconds = _timed(lambda: related_approx(info, model.artist_factors, n))
+        approx, query_seconds = _timed(related_approx, info, model.artist_factors, n)
         total = info.build_seconds + query_seconds
         out[engine] = {
             "settings": _settings(engine_cfg) | ({"n_lists_used": info.n_lists} if engine == "faiss" else {}),
@@ -152,14 +152,14 @@ def measure(model: Factors, plays: sp.csr_matrix, label: str, cfg: IndexConfig, 
 
 def measure_users(model: Factors, heard: sp.csr_matrix, cfg: IndexConfig, n: int, work: Path) -> dict:
     users = np.sort(np.random.default_rng(1).choice(heard.shape[0], min(SAMPLE, heard.shape[0]), replace=False))
-    exact, exact_seconds = _timed(lambda: user_top_n(model, heard, n, users=users))
+    exact, exact_seconds = _timed(user_top_n, model, heard, n, users=users)
     scale = heard.shape[0] / len(users)
     out = {"users": heard.shape[0], "sample": len(users), "exact_all_seconds": round(exact_seconds * scale, 2)}
     for engine in ENGINES:
         engine_cfg = cfg.model_copy(update={"engine": engine})
         info = build_index(model.artist_factors, engine_cfg, work / f"users.{engine}", inner_product=True)
-        approx, seconds = _timed(lambda: user_top_n_approx(info, model.user_factors, model.artist_factors, heard, n,
-                                                           users=users))
+        approx, seconds = _timed(user_top_n_approx, info, model.user_factors, model.artist_factors, heard, n,
+                                users=users)
         out[engine] = {
             "settings": _settings(engine_cfg),
             "build_seconds": round(info.build_seconds, 2),

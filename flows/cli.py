@@ -271,8 +271,7 @@ def data(
     from rich.table import Table
     from rich.text import Text
 
-    from tasks.data.datasets import DataConfig
-    from tasks.data.datasets import prepare
+    from tasks.data.datasets import DataConfig, prepare
 
     fields = {"dataset": dataset, "source": source, "sha256": sha256, "cache_dir": cache_dir,
               "min_listeners": min_listeners, "min_artists": min_artists}

@@ -41,7 +41,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
-
 from pydantic import Field
 
 from tasks.contracts import Factors, Metric, Scorer, Split, StageConfig, TopN
@@ -49,6 +48,7 @@ from tasks.errors import RecsError
 from tasks.models.roles import Fitted
 from tasks.recommend import MAX_BLOCK_CELLS, contains, first_unheard, hits, pair_keys, top_n, user_top_n
 from tasks.weight import weight
+
 
 class EvalConfig(StageConfig):
     """Holdout evaluation."""

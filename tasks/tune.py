@@ -191,7 +191,7 @@ def _init_worker(validation: Split) -> None:
     # implicit draws a progress bar on stderr for every fit (tasks.models.implicit_mf asks for it); from
     # parallel workers the bars only garble the trial table. A trial's failure still reaches the
     # parent: as Trial.error, or as the exception its future raises.
-    sys.stderr = open(os.devnull, "w")
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - kept open for the worker's life
 
 
 def _run_in_worker(number: int, cfg: ModelConfig, k: int) -> Trial:

@@ -17,10 +17,10 @@ Entries a scheme maps to exactly 0 (bm25/tfidf give a user who heard all but one
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.sparse as sp
 from typing import Literal
 
+import numpy as np
+import scipy.sparse as sp
 from implicit.nearest_neighbours import bm25_weight, tfidf_weight
 from pydantic import Field
 

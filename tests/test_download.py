@@ -15,13 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.data.datasets import DataConfig
-from tasks.data.synthetic import SyntheticConfig
-from tasks.data.datasets import DATASETS, obtain, resolve
+from tasks.data.datasets import DATASETS, DataConfig, obtain, resolve
 from tasks.data.download import fetch, file_sha256, read_recorded
-from tasks.errors import RecsError
 from tasks.data.parse import parse
-from tasks.data.synthetic import generate
+from tasks.data.synthetic import SyntheticConfig, generate
+from tasks.errors import RecsError
 
 FAST = {"attempts": 3, "backoff": 0.01, "timeout": 10}
 

@@ -11,9 +11,9 @@ import scipy.sparse as sp
 
 from tasks.contracts import BadRows, Interactions
 from tasks.data.encode import encode
-from tasks.errors import RecsError
 from tasks.data.parse import parse
 from tasks.data.synthetic import generate
+from tasks.errors import RecsError
 
 
 def test_hetrec_matrix_and_tables(hetrec_encoded, hetrec_dir: Path):

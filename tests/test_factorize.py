@@ -11,9 +11,9 @@ from pydantic import ValidationError
 
 from tasks.contracts import Factors, Scorer
 from tasks.errors import RecsError
+from tasks.models.explicit import ExplicitConfig
 from tasks.models.implicit_mf import ALSConfig
 from tasks.models.lsa import LSAConfig
-from tasks.models.explicit import ExplicitConfig
 from tasks.models.registry import MODELS, ModelConfig, fit, model_config
 from tasks.models.store import load, save
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sqlite3
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from flows.config import RetrainConfig
@@ -42,7 +40,12 @@ def _read(flow_run_id):
 async def _aread(flow_run_id):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
-        ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId,
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
     )
 
     async with get_client() as client:
@@ -195,8 +198,8 @@ def test_flow_publishes_into_postgresql(two_runs):
 
 
 def test_download_key_follows_edits_of_a_local_source(tmp_path):
-    from tasks.data.datasets import DataConfig
     from flows.retrain import download_key
+    from tasks.data.datasets import DataConfig
 
     plays = tmp_path / "plays.csv"
     plays.write_text("user,artist,plays\nu,a,1\n")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.index import IndexConfig
 from tasks.errors import RecsError
-from tasks.index import build_index, n_lists, normalise
+from tasks.index import IndexConfig, build_index, n_lists, normalise
 
 
 def _factors(n: int = 300, f: int = 8, seed: int = 0) -> np.ndarray:

@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tasks.models.blend import BlendConfig
-from tasks.models.implicit_mf import ALSConfig
-from tasks.models.itemknn import ItemKNNConfig
-from tasks.models.blend import Blend, standardise
 from tasks.contracts import Factors, Scorer
+from tasks.models.blend import Blend, BlendConfig, standardise
+from tasks.models.implicit_mf import ALSConfig
+from tasks.models.itemknn import ItemKNN, ItemKNNConfig
 from tasks.models.registry import fit
-from tasks.models.itemknn import ItemKNN
 
 
 def test_standardise_uses_only_unheard_artists():

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import tasks.data.parse
-from tasks.errors import RecsError
 from tasks.data.parse import detect, parse
 from tasks.data.synthetic import generate
+from tasks.errors import RecsError
 
 
 def tidy(frame: pd.DataFrame) -> list[tuple[str, str, str, float]]:

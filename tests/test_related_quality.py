@@ -17,15 +17,12 @@ import pytest
 import scipy.sparse as sp
 
 from flows.config import RetrainConfig
-from tasks.index import IndexConfig
-from tasks.models.lsa import LSAConfig
-from tasks.models.registry import ModelConfig
-from tasks.weight import WeightConfig
 from tasks.contracts import Encoded, Factors
-from tasks.models.registry import fit
-from tasks.index import build_index
+from tasks.index import IndexConfig, build_index
+from tasks.models.lsa import LSAConfig
+from tasks.models.registry import ModelConfig, fit
 from tasks.recommend import recall_at_n, related_approx, related_exact
-from tasks.weight import weight
+from tasks.weight import WeightConfig, weight
 
 N = 10
 DEFAULT = RetrainConfig().related_model

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tasks.models.implicit_mf import ALSConfig
-from tasks.models.spark_als import SparkALSConfig
 from tasks.contracts import Factors, Metric
 from tasks.errors import RecsError
+from tasks.models.implicit_mf import ALSConfig
+from tasks.models.spark_als import SparkALSConfig
 
 pytest.importorskip("pyspark")
 

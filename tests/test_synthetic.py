@@ -12,14 +12,12 @@ from implicit.als import AlternatingLeastSquares
 from implicit.nearest_neighbours import bm25_weight
 from threadpoolctl import threadpool_limits
 
-from tasks.data.datasets import DataConfig
-from tasks.data.synthetic import SyntheticConfig
-from tasks.data.datasets import obtain, resolve
+from tasks.data.datasets import DataConfig, obtain, resolve
 from tasks.data.download import file_sha256
 from tasks.data.encode import encode
-from tasks.errors import RecsError
 from tasks.data.parse import parse
-from tasks.data.synthetic import generate
+from tasks.data.synthetic import SyntheticConfig, generate
+from tasks.errors import RecsError
 
 DEFAULT = SyntheticConfig()
 

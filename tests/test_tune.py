@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-from operator import attrgetter
-
 import csv
 import json
 import subprocess
 import sys
+from operator import attrgetter
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tasks.errors import RecsError
 from tasks.models.implicit_mf import ALSConfig
 from tasks.models.itemknn import ItemKNNConfig
 from tasks.models.lsa import LSAConfig
 from tasks.models.registry import model_config
-from tasks.weight import WeightConfig
-from tasks.errors import RecsError
 from tasks.split import per_user_holdout
 from tasks.tune import REFERENCE, SPACE, format_table, sample_candidates, tune, validation_of, write_trials
+from tasks.weight import WeightConfig
 
 CHEAP = [
     ALSConfig(weight=WeightConfig(scheme="log"), factors=8, iterations=2),

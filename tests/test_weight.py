@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tasks.weight import WeightConfig
 from tasks.errors import RecsError
-from tasks.weight import weight
+from tasks.weight import WeightConfig, weight
 
 
 def _plays() -> sp.csr_matrix:

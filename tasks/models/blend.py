@@ -27,7 +27,6 @@ from tasks.models.itemknn import ItemKNNConfig
 from tasks.models.lsa import LSAConfig
 
 
-
 def _factor_name(value: object) -> str:
     """The factor part's model name; ALS when a config file leaves it out."""
     return value.get("name", "als") if isinstance(value, dict) else getattr(value, "name", "als")
