@@ -16,6 +16,7 @@ Revises:
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -27,7 +28,7 @@ branch_labels: str | None = None
 depends_on: str | None = None
 
 # Per-run tables: one partition per run in PostgreSQL, clustered on the primary key in SQLite.
-PER_RUN = {"postgresql_partition_by": "LIST (run_id)", "sqlite_with_rowid": False}
+PER_RUN: dict[str, Any] = {"postgresql_partition_by": "LIST (run_id)", "sqlite_with_rowid": False}
 
 # The views readers query. The latest published run is joined once as ``cur`` so that both
 # databases probe the (run_id, ...) indexes of every table with a known run_id.
