@@ -51,8 +51,11 @@ def _raw_read(path: str) -> dict:
         read_options=pacsv.ReadOptions(column_names=["user", "mbid", "name", "plays"]),
         parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
     )
-    return {"seconds": round(time.perf_counter() - started, 2), "rows": table.num_rows,
-            "peak_rss_mb": round(peak_rss_mb(), 1)}
+    return {
+        "seconds": round(time.perf_counter() - started, 2),
+        "rows": table.num_rows,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
 
 
 def _parse_encode(path: str) -> dict:

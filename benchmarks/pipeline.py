@@ -67,12 +67,14 @@ PROFILE = Path(__file__).resolve().parents[1] / "deployments" / "lastfm-360k.yam
 def _config(tsv: Path, work: Path, db: str, seed: int) -> RetrainConfig:
     """``PROFILE`` pointed at the generated file, the benchmark's database and folders."""
     profile = RetrainConfig.from_file(PROFILE)
-    return profile.model_copy(update={
-        "data": DataConfig(dataset="synthetic", source=str(tsv), cache_dir=work / "cache"),
-        "storage": StorageConfig(db=db),
-        "eval": profile.eval.model_copy(update={"seed": seed}),
-        "work_dir": work / "runs",
-    })
+    return profile.model_copy(
+        update={
+            "data": DataConfig(dataset="synthetic", source=str(tsv), cache_dir=work / "cache"),
+            "storage": StorageConfig(db=db),
+            "eval": profile.eval.model_copy(update={"seed": seed}),
+            "work_dir": work / "runs",
+        }
+    )
 
 
 def _sample(count: int, size: int, seed: int, among: np.ndarray | None = None) -> np.ndarray:
@@ -131,20 +133,30 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
     # the flow recommends to users from everything they heard, train and test
     heard = encoded.plays
     with stages("index_related"):
-        related_index = build_index(factors.artist_factors, cfg, run_dir / f"related.{cfg.engine}",
-                                    seed=model.random_state)
+        related_index = build_index(
+            factors.artist_factors, cfg, run_dir / f"related.{cfg.engine}", seed=model.random_state
+        )
     with stages("index_users"):
-        user_index = build_index(factors.artist_factors, cfg, run_dir / f"users.{cfg.engine}", inner_product=True,
-                                 seed=model.random_state)
+        user_index = build_index(
+            factors.artist_factors, cfg, run_dir / f"users.{cfg.engine}", inner_product=True, seed=model.random_state
+        )
     with stages("recommend"):
         recommended = recommend(factors, factors, related_index, user_index, heard, n, cfg, seed=config.eval.seed)
     with stages("evaluate"):
         metrics = evaluate_models([Fitted(model=model, scorer=factors, train=weighted)], split, config.eval)
         metrics += recommended.recall
     outputs = RunOutputs(
-        encoded=encoded, related=recommended.related, recommendations=recommended.users, metrics=metrics,
-        config=config.model_dump(mode="json"), dataset=parsed.dataset, source=downloaded.source,
-        data_sha256=downloaded.sha256, related_model=factors.name, user_model=factors.name, code_version=code_version(),
+        encoded=encoded,
+        related=recommended.related,
+        recommendations=recommended.users,
+        metrics=metrics,
+        config=config.model_dump(mode="json"),
+        dataset=parsed.dataset,
+        source=downloaded.source,
+        data_sha256=downloaded.sha256,
+        related_model=factors.name,
+        user_model=factors.name,
+        code_version=code_version(),
     )
     for name, url in [("sqlite", config.storage.db)] + ([("postgres", postgres)] if postgres else []):
         engine = make_engine(url)
@@ -154,10 +166,16 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
         finally:
             engine.dispose()
     related, users = recommended.related, recommended.users
-    return {"weighted": weighted, "heard": heard, "factors": factors, "related": related, "users": users,
-            "recommend_seconds": {k: round(v, 3) for k, v in recommended.seconds.items()},
-            # what publish writes in bulk: both top-N tables plus one row per artist and per user
-            "published_rows": int((related.ids >= 0).sum() + (users.ids >= 0).sum()) + sum(heard.shape)}
+    return {
+        "weighted": weighted,
+        "heard": heard,
+        "factors": factors,
+        "related": related,
+        "users": users,
+        "recommend_seconds": {k: round(v, 3) for k, v in recommended.seconds.items()},
+        # what publish writes in bulk: both top-N tables plus one row per artist and per user
+        "published_rows": int((related.ids >= 0).sum() + (users.ids >= 0).sum()) + sum(heard.shape),
+    }
 
 
 def run_raw(plain: dict, config: RetrainConfig, sample_size: int, postgres: str | None) -> dict:
@@ -196,9 +214,13 @@ def run_flow(config: RetrainConfig) -> dict:
     Path("/proc/self/clear_refs").write_text("5")
     started = time.perf_counter()
     result = retrain(config)
-    return {"seconds": round(time.perf_counter() - started, 3), "run_seconds": round(result.seconds, 3),
-            "peak_rss_mb": round(peak_rss_mb(), 1), "stages": {k: round(v, 3) for k, v in result.timings.items()},
-            "run_id": result.run_id}
+    return {
+        "seconds": round(time.perf_counter() - started, 3),
+        "run_seconds": round(result.seconds, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "stages": {k: round(v, 3) for k, v in result.timings.items()},
+        "run_id": result.run_id,
+    }
 
 
 def _ratios(plain: Stages, recommend_seconds: dict, raw_figures: dict, flow: dict | None) -> dict:
@@ -230,7 +252,11 @@ def _targets(measured: dict) -> dict:
         if value is None:
             out[name] = {"value": None, "target": f"{op} {bound:g}", "met": None}
             continue
-        out[name] = {"value": value, "target": f"{op} {bound:g}", "met": value <= bound if op == "<=" else value >= bound}
+        out[name] = {
+            "value": value,
+            "target": f"{op} {bound:g}",
+            "met": value <= bound if op == "<=" else value >= bound,
+        }
     return out
 
 
@@ -244,8 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--postgres", metavar="URL", help="also publish into this PostgreSQL database")
     parser.add_argument("--work-dir", type=Path, help="keep data and databases here (default: a temp dir)")
-    parser.add_argument("--no-flow", action="store_true",
-                        help="skip the Prefect flow run (and so the orchestration-overhead figure)")
+    parser.add_argument(
+        "--no-flow", action="store_true", help="skip the Prefect flow run (and so the orchestration-overhead figure)"
+    )
     args = parser.parse_args(argv)
     # the flow's download/parse are cached by source across runs; a benchmark must pay for them
     os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
@@ -283,8 +310,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     result = {
         "size": size | {"genres": args.genres, "seed": args.seed},
-        "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load],
-                    "rss_per_stage": stages.rss_per_stage},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_at_start": [round(x, 2) for x in load],
+            "rss_per_stage": stages.rss_per_stage,
+        },
         "generate_seconds": round(generate_seconds, 3),
         "plain": {"stages": stages.figures, "recommend_parts": recommend_seconds, "total": total},
         "raw": raw_figures,

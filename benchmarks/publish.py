@@ -55,10 +55,19 @@ def make_run(rows: int, seed: int = 0) -> RunOutputs:
         ids = rng.integers(0, n_artists, (n_rows, N), dtype=np.int32)
         return TopN(ids, np.sort(rng.random((n_rows, N), dtype=np.float32), axis=1)[:, ::-1].copy())
 
-    return RunOutputs(encoded=encoded, related=top(n_artists), recommendations=top(n_users),
-                      metrics=[Metric("als", "precision", 10, 0.1)], config={}, dataset="synthetic",
-                      source="benchmarks.publish", data_sha256="0" * 64, related_model="als", user_model="als",
-                      code_version="bench")
+    return RunOutputs(
+        encoded=encoded,
+        related=top(n_artists),
+        recommendations=top(n_users),
+        metrics=[Metric("als", "precision", 10, 0.1)],
+        config={},
+        dataset="synthetic",
+        source="benchmarks.publish",
+        data_sha256="0" * 64,
+        related_model="als",
+        user_model="als",
+        code_version="bench",
+    )
 
 
 def table_rows(outputs: RunOutputs, run_id: int) -> dict[str, list[tuple]]:
@@ -67,13 +76,29 @@ def table_rows(outputs: RunOutputs, run_id: int) -> dict[str, list[tuple]]:
 
     def topn(t: TopN) -> list[tuple]:
         owner, rank = np.nonzero(t.ids >= 0)
-        return list(zip([run_id] * len(owner), owner.tolist(), (rank + 1).tolist(), t.ids[owner, rank].tolist(),
-                        t.scores[owner, rank].tolist(), strict=True))
+        return list(
+            zip(
+                [run_id] * len(owner),
+                owner.tolist(),
+                (rank + 1).tolist(),
+                t.ids[owner, rank].tolist(),
+                t.scores[owner, rank].tolist(),
+                strict=True,
+            )
+        )
 
     return {
-        "artists": list(zip([run_id] * enc.n_artists, range(enc.n_artists), enc.artist_keys.tolist(),
-                            enc.artist_names.tolist(), enc.listeners.tolist(), enc.artist_plays.tolist(),
-                            strict=True)),
+        "artists": list(
+            zip(
+                [run_id] * enc.n_artists,
+                range(enc.n_artists),
+                enc.artist_keys.tolist(),
+                enc.artist_names.tolist(),
+                enc.listeners.tolist(),
+                enc.artist_plays.tolist(),
+                strict=True,
+            )
+        ),
         "users": list(zip([run_id] * enc.n_users, range(enc.n_users), enc.user_keys.tolist(), strict=True)),
         "related_artists": topn(outputs.related),
         "user_recommendations": topn(outputs.recommendations),
@@ -111,14 +136,18 @@ def bare_postgres(engine: sa.Engine, rows: dict[str, list[tuple]]) -> float:
         dbapi = conn.connection.driver_connection
         with dbapi.cursor() as cursor:  # the run's partitions, with their indexes, made beforehand
             for table in rows:
-                cursor.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES IN (1)").format(
-                    sql.Identifier(f"{table}_run_1"), sql.Identifier(table)))
+                cursor.execute(
+                    sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES IN (1)").format(
+                        sql.Identifier(f"{table}_run_1"), sql.Identifier(table)
+                    )
+                )
         dbapi.commit()
         start = time.perf_counter()
         with dbapi.cursor() as cursor:
             for table, values in rows.items():
                 statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                    sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, COLUMNS[table])))
+                    sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, COLUMNS[table]))
+                )
                 with cursor.copy(statement) as copy:
                     copy.set_types(PG_TYPES[table])
                     for row in values:
@@ -156,25 +185,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="top-N rows (artists/users come on top)")
     parser.add_argument("--repeat", type=int, default=3, help="fresh databases per measurement")
-    parser.add_argument("--postgres-url", default=os.environ.get("RECS_BENCH_POSTGRES_URL")
-                        or os.environ.get("RECS_TEST_POSTGRES_URL"))
+    parser.add_argument(
+        "--postgres-url", default=os.environ.get("RECS_BENCH_POSTGRES_URL") or os.environ.get("RECS_TEST_POSTGRES_URL")
+    )
     args = parser.parse_args()
 
     outputs = make_run(args.rows)
     enc = outputs.encoded
-    total = enc.n_artists + enc.n_users + int((outputs.related.ids >= 0).sum()) + int(
-        (outputs.recommendations.ids >= 0).sum())
+    total = (
+        enc.n_artists
+        + enc.n_users
+        + int((outputs.related.ids >= 0).sum())
+        + int((outputs.recommendations.ids >= 0).sum())
+    )
     report: dict = {"rows": total, "top_n_rows": total - enc.n_artists - enc.n_users}
 
     with tempfile.TemporaryDirectory() as tmp:
-        report["sqlite"] = measure(lambda name: f"sqlite:///{Path(tmp) / name}.db", bare_sqlite, outputs, total,
-                                   args.repeat)
+        report["sqlite"] = measure(
+            lambda name: f"sqlite:///{Path(tmp) / name}.db", bare_sqlite, outputs, total, args.repeat
+        )
         report["sqlite"]["target_rows_per_s"] = 300_000
 
     if args.postgres_url:
         with ExitStack() as stack:
-            urls = {f"{kind}{i}": stack.enter_context(scratch_schema(args.postgres_url, f"bench_{kind}{i}"))
-                    for kind in ("publish", "bare") for i in range(args.repeat)}
+            urls = {
+                f"{kind}{i}": stack.enter_context(scratch_schema(args.postgres_url, f"bench_{kind}{i}"))
+                for kind in ("publish", "bare")
+                for i in range(args.repeat)
+            }
             report["postgresql"] = measure(urls.__getitem__, bare_postgres, outputs, total, args.repeat)
             report["postgresql"]["target_rows_per_s"] = 500_000
     print(json.dumps(report, indent=2))

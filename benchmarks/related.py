@@ -66,7 +66,11 @@ def hetrec(config: RetrainConfig) -> tuple[Factors, sp.csr_matrix, str]:
 
     folder = Path(os.environ.get("RECS_SHARED_DATASETS", HETREC.parent)) / HETREC.name
     plays = encode(parse(folder)).plays
-    return fit(weight(plays, config.related_model.weight), config.related_model), plays, "HetRec 2K, default related_model"
+    return (
+        fit(weight(plays, config.related_model.weight), config.related_model),
+        plays,
+        "HetRec 2K, default related_model",
+    )
 
 
 def synthetic(config: RetrainConfig, size: dict, work: Path) -> tuple[Factors, sp.csr_matrix, str]:
@@ -158,8 +162,9 @@ def measure_users(model: Factors, heard: sp.csr_matrix, cfg: IndexConfig, n: int
     for engine in ENGINES:
         engine_cfg = cfg.model_copy(update={"engine": engine})
         info = build_index(model.artist_factors, engine_cfg, work / f"users.{engine}", inner_product=True)
-        approx, seconds = _timed(user_top_n_approx, info, model.user_factors, model.artist_factors, heard, n,
-                                users=users)
+        approx, seconds = _timed(
+            user_top_n_approx, info, model.user_factors, model.artist_factors, heard, n, users=users
+        )
         out[engine] = {
             "settings": _settings(engine_cfg),
             "build_seconds": round(info.build_seconds, 2),

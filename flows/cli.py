@@ -84,8 +84,10 @@ def _example_query(db: str, artist: str) -> str:
     from sqlalchemy.engine import make_url
 
     url = make_url(db)
-    sql = ("SELECT rank, related_artist_name, round(score, 3) FROM current_related_artists "
-           f"WHERE lower(artist_name) = lower('{artist.replace(chr(39), chr(39) * 2)}') ORDER BY rank;")
+    sql = (
+        "SELECT rank, related_artist_name, round(score, 3) FROM current_related_artists "
+        f"WHERE lower(artist_name) = lower('{artist.replace(chr(39), chr(39) * 2)}') ORDER BY rank;"
+    )
     if url.get_backend_name() == "sqlite":
         return f'sqlite3 {url.database} "{sql}"'
     plain = url.set(drivername="postgresql").render_as_string(hide_password=True)
@@ -95,8 +97,9 @@ def _example_query(db: str, artist: str) -> str:
 @app.command()
 @one_line_errors
 def run(
-    config_file: Path = typer.Option(None, "--config", exists=True, dir_okay=False,
-                                     help="YAML or TOML RetrainConfig; flags below override it."),
+    config_file: Path = typer.Option(
+        None, "--config", exists=True, dir_okay=False, help="YAML or TOML RetrainConfig; flags below override it."
+    ),
     dataset: str = typer.Option(None, help="lastfm-2k | lastfm-360k | synthetic"),
     source: str = typer.Option(None, help="A path or URL overriding the dataset's own location."),
     db: str = typer.Option(None, help="SQLAlchemy URL to publish into (default sqlite:///data/recs.db)."),
@@ -108,8 +111,11 @@ def run(
     else a temporary local one that lives as long as the command.
     """
     # Before Prefect is imported: offline, and a patient start for the temporary API on a busy machine.
-    for name, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
-                        ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")):
+    for name, value in (
+        ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+        ("DO_NOT_TRACK", "1"),
+        ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"),
+    ):
         os.environ.setdefault(name, value)
     from rich.table import Table
 
@@ -127,13 +133,21 @@ def run(
 
     table = Table("model", "metric", "value", "popularity", "× popularity", title=f"run {result.run_id}")
     for row in metrics_rows(result.metrics):
-        table.add_row(row["model"], row["metric"], f"{row['value']:.4f}",
-                      "" if row["popularity"] is None else f"{row['popularity']:.4f}",
-                      "" if row["vs_popularity"] is None else f"{row['vs_popularity']:.2f}")
+        table.add_row(
+            row["model"],
+            row["metric"],
+            f"{row['value']:.4f}",
+            "" if row["popularity"] is None else f"{row['popularity']:.4f}",
+            "" if row["vs_popularity"] is None else f"{row['vs_popularity']:.2f}",
+        )
     console.print(table)
-    console.print(f"published run [bold]{result.run_id}[/bold] to {result.db} "
-                  f"in {sum(result.timings.values()):.1f} s (related artists: {result.related_model}, "
-                  f"user recommendations: {result.user_model})", highlight=False, soft_wrap=True)
+    console.print(
+        f"published run [bold]{result.run_id}[/bold] to {result.db} "
+        f"in {sum(result.timings.values()):.1f} s (related artists: {result.related_model}, "
+        f"user recommendations: {result.user_model})",
+        highlight=False,
+        soft_wrap=True,
+    )
     console.print("try: " + _example_query(config.storage.db, result.example_artist), highlight=False, soft_wrap=True)
 
 
@@ -155,13 +169,16 @@ def deploy() -> None:
     env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", **os.environ}
     api = PREFECT_API_URL.value()  # from the environment or the active Prefect profile
     if not api:
-        raise RecsError("PREFECT_API_URL is not set; start a server (prefect server start) and "
-                        "export PREFECT_API_URL=http://127.0.0.1:4200/api")
+        raise RecsError(
+            "PREFECT_API_URL is not set; start a server (prefect server start) and "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
     pools = {d["work_pool"]["name"] for d in yaml.safe_load(spec.read_text())["deployments"]}
 
     def prefect(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "prefect", *args], cwd=project, env=env,
-                              capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "prefect", *args], cwd=project, env=env, capture_output=True, text=True
+        )
 
     for pool in sorted(pools):
         if prefect("work-pool", "inspect", pool).returncode != 0:
@@ -172,8 +189,12 @@ def deploy() -> None:
     done = prefect("--no-prompt", "deploy", "--prefect-file", str(spec.relative_to(project)), "--all")
     if done.returncode != 0:
         raise RecsError(f"prefect deploy failed: {_last_line(done)}; run it by hand to see the details")
-    console.print(f"registered the deployments of {spec.relative_to(project)}; start a worker with: "
-                  f"prefect worker start --pool {' / '.join(sorted(pools))}", highlight=False, soft_wrap=True)
+    console.print(
+        f"registered the deployments of {spec.relative_to(project)}; start a worker with: "
+        f"prefect worker start --pool {' / '.join(sorted(pools))}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _last_line(done) -> str:
@@ -181,8 +202,9 @@ def _last_line(done) -> str:
     return lines[-1] if lines else f"exit code {done.returncode}"
 
 
-_READ_DB = typer.Option(None, "--db", envvar="RECS_DB",
-                        help="SQLAlchemy URL to read (default: the config's, sqlite:///data/recs.db).")
+_READ_DB = typer.Option(
+    None, "--db", envvar="RECS_DB", help="SQLAlchemy URL to read (default: the config's, sqlite:///data/recs.db)."
+)
 
 
 def _read_engine(db: str | None):
@@ -245,9 +267,15 @@ def runs(
     table = Table("run", "status", "started (UTC)", "dataset", "models", "rows", "p@10")
     notes = []
     for r in list_runs(_read_engine(db), limit):
-        table.add_row(str(r.run_id), r.status, f"{r.started_at:%Y-%m-%d %H:%M}", Text(r.dataset),
-                      Text(f"{r.related_model}/{r.user_model}"), f"{r.n_related + r.n_recommendations:,}",
-                      "" if r.precision_at_10 is None else f"{r.precision_at_10:.4f}")
+        table.add_row(
+            str(r.run_id),
+            r.status,
+            f"{r.started_at:%Y-%m-%d %H:%M}",
+            Text(r.dataset),
+            Text(f"{r.related_model}/{r.user_model}"),
+            f"{r.n_related + r.n_recommendations:,}",
+            "" if r.precision_at_10 is None else f"{r.precision_at_10:.4f}",
+        )
         if r.message:
             notes.append(Text(f"run {r.run_id}: {r.message}"))
     console.print(table)
@@ -258,9 +286,14 @@ def runs(
 @app.command()
 @one_line_errors
 def data(
-    dataset: str = typer.Option("synthetic", help="lastfm-2k | lastfm-360k | synthetic (generated locally, no network)."),
-    source: str = typer.Option(None, help="Your own file, folder, archive or URL: HetRec 2K, Last.fm 360K TSV, "
-                                          "or CSV/TSV/Parquet with columns user, artist, plays."),
+    dataset: str = typer.Option(
+        "synthetic", help="lastfm-2k | lastfm-360k | synthetic (generated locally, no network)."
+    ),
+    source: str = typer.Option(
+        None,
+        help="Your own file, folder, archive or URL: HetRec 2K, Last.fm 360K TSV, "
+        "or CSV/TSV/Parquet with columns user, artist, plays.",
+    ),
     cache_dir: Path = typer.Option(None, help="Download cache (default data/cache)."),
     sha256: str = typer.Option(None, help="Expected SHA-256 of the download; a mismatch is an error."),
     min_listeners: int = typer.Option(1, min=1, help="Drop artists with fewer listeners."),
@@ -273,14 +306,21 @@ def data(
 
     from tasks.data.datasets import DataConfig, prepare
 
-    fields = {"dataset": dataset, "source": source, "sha256": sha256, "cache_dir": cache_dir,
-              "min_listeners": min_listeners, "min_artists": min_artists}
+    fields = {
+        "dataset": dataset,
+        "source": source,
+        "sha256": sha256,
+        "cache_dir": cache_dir,
+        "min_listeners": min_listeners,
+        "min_artists": min_artists,
+    }
     try:
         config = DataConfig.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise RecsError(f"invalid option --{'-'.join(map(str, first['loc'])).replace('_', '-')}: "
-                        f"{first['msg']}") from None
+        raise RecsError(
+            f"invalid option --{'-'.join(map(str, first['loc'])).replace('_', '-')}: {first['msg']}"
+        ) from None
     prepared = prepare(config)
     downloaded, interactions, encoded = prepared.downloaded, prepared.interactions, prepared.encoded
 
@@ -303,8 +343,13 @@ def data(
 @app.command()
 @one_line_errors
 def tune(
-    config_file: Path = typer.Option(None, "--config", exists=True, dir_okay=False,
-                                     help="YAML or TOML RetrainConfig (data, eval holdout, user_model anchor)."),
+    config_file: Path = typer.Option(
+        None,
+        "--config",
+        exists=True,
+        dir_okay=False,
+        help="YAML or TOML RetrainConfig (data, eval holdout, user_model anchor).",
+    ),
     dataset: str = typer.Option(None, help="lastfm-2k | lastfm-360k | synthetic"),
     source: str = typer.Option(None, help="A path or URL overriding the dataset's own location."),
     trials: int = typer.Option(30, min=1, help="Random candidates besides the two anchors."),
@@ -325,7 +370,13 @@ def tune(
 
     result, out_dir = run_tune(config, trials, seed, workers, objective, out, on_trial=progress)
     console.print(format_table(result), highlight=False, soft_wrap=True)
-    console.print(f"best by validation {result.objective}: trial {result.best_trial} ({result.validation_rule})",
-                  highlight=False, soft_wrap=True)
-    console.print(f"records: {out_dir / 'trials.json'}, {out_dir / 'trials.csv'}; "
-                  f"config: {out_dir / 'best.yaml'}", highlight=False, soft_wrap=True)
+    console.print(
+        f"best by validation {result.objective}: trial {result.best_trial} ({result.validation_rule})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"records: {out_dir / 'trials.json'}, {out_dir / 'trials.csv'}; config: {out_dir / 'best.yaml'}",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -109,8 +109,14 @@ def parse_key(context, parameters: dict) -> str:
 # -- tasks: one stage call each ----------------------------------------------------------------
 
 
-@stage("download", cache_key_fn=download_key, persist_result=True, retry_jitter_factor=0.5,
-       retry_condition_fn=_retry_transient, timeout_seconds=4 * 3600)
+@stage(
+    "download",
+    cache_key_fn=download_key,
+    persist_result=True,
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retry_transient,
+    timeout_seconds=4 * 3600,
+)
 def download_task(data: DataConfig) -> tuple[Downloaded, str | None]:
     """Fetch (or generate) the dataset into ``data.cache_dir``; returns the download and the
     dataset name to record (None: the user's own file). One attempt per task attempt, so the
@@ -134,8 +140,9 @@ def encode_task(parsed: Parsed, data: DataConfig) -> Encoded:
 @stage("split", **IN_MEMORY)
 def split_task(encoded: Encoded, config: RetrainConfig) -> Split:
     """Per-user holdout of the raw plays (before any weighting)."""
-    return per_user_holdout(encoded.plays, fraction=config.eval.holdout, min_artists=config.eval.min_artists,
-                            seed=config.eval.seed)
+    return per_user_holdout(
+        encoded.plays, fraction=config.eval.holdout, min_artists=config.eval.min_artists, seed=config.eval.seed
+    )
 
 
 @stage("weight", task_run_name="weight-{model.name}", **IN_MEMORY)
@@ -155,19 +162,28 @@ def factorize_task(weighted: sp.csr_matrix, model: ModelConfig, out_dir: Path) -
 
 
 @stage("index", task_run_name="index-{path.stem}", **IN_MEMORY)
-def index_task(artist_factors: np.ndarray, config: RetrainConfig, path: Path, inner_product: bool = False
-               ) -> ArtistIndex:
+def index_task(
+    artist_factors: np.ndarray, config: RetrainConfig, path: Path, inner_product: bool = False
+) -> ArtistIndex:
     """Nearest-neighbour index (``index.engine``) over artist factors (float32, artists x f)."""
-    return build_index(artist_factors, config.index, path, inner_product=inner_product,
-                       seed=config.related_model.random_state)
+    return build_index(
+        artist_factors, config.index, path, inner_product=inner_product, seed=config.related_model.random_state
+    )
 
 
 @stage("recommend", **IN_MEMORY)
-def recommend_task(related_model: Factors, user_model: Scorer, related_index: ArtistIndex,
-                   user_index: ArtistIndex | None, heard: sp.csr_matrix, config: RetrainConfig) -> Recommended:
+def recommend_task(
+    related_model: Factors,
+    user_model: Scorer,
+    related_index: ArtistIndex,
+    user_index: ArtistIndex | None,
+    heard: sp.csr_matrix,
+    config: RetrainConfig,
+) -> Recommended:
     """Related artists for every artist and top-N new artists for every user."""
-    return recommend(related_model, user_model, related_index, user_index, heard, config.n, config.index,
-                     seed=config.eval.seed)
+    return recommend(
+        related_model, user_model, related_index, user_index, heard, config.n, config.index, seed=config.eval.seed
+    )
 
 
 @stage("evaluate", **IN_MEMORY)
@@ -176,14 +192,14 @@ def evaluate_task(fitted: list[Fitted], split: Split, config: RetrainConfig) -> 
     return evaluate_models(fitted, split, config.eval)
 
 
-@stage("publish", retry_jitter_factor=0.5, retry_condition_fn=_retry_transient, timeout_seconds=3 * 3600,
-       **IN_MEMORY)
+@stage("publish", retry_jitter_factor=0.5, retry_condition_fn=_retry_transient, timeout_seconds=3 * 3600, **IN_MEMORY)
 def publish_task(config: RetrainConfig, outputs: RunOutputs) -> int:
     """Load the run's rows and make them visible in one transaction; returns the new run_id."""
     engine = make_engine(config.storage.db)
     try:
-        return publish(engine, outputs, retention=config.storage.retention,
-                       max_regression=config.storage.max_regression)
+        return publish(
+            engine, outputs, retention=config.storage.retention, max_regression=config.storage.max_regression
+        )
     finally:
         engine.dispose()
 
@@ -231,8 +247,10 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> RetrainResult:
 
 def _retrying(t, config: RetrainConfig):
     """``t`` with the run's retry count and exponential back-off (transient errors only)."""
-    return t.with_options(retries=config.retry.attempts,
-                          retry_delay_seconds=exponential_backoff(backoff_factor=config.retry.backoff_seconds))
+    return t.with_options(
+        retries=config.retry.attempts,
+        retry_delay_seconds=exponential_backoff(backoff_factor=config.retry.backoff_seconds),
+    )
 
 
 def _run_name() -> str:
@@ -252,8 +270,14 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
     if not parsed.path.exists():
         parsed = parse_task.with_options(refresh_cache=True)(downloaded, dataset, parsed_dir)
     encoded = encode_task(parsed, data)
-    logger.info("%s: %d users x %d artists, %d pairs; %d bad rows", parsed.dataset, encoded.n_users,
-                encoded.n_artists, encoded.plays.nnz, parsed.bad_rows.total)
+    logger.info(
+        "%s: %d users x %d artists, %d pairs; %d bad rows",
+        parsed.dataset,
+        encoded.n_users,
+        encoded.n_artists,
+        encoded.plays.nnz,
+        parsed.bad_rows.total,
+    )
     split = split_task(encoded, config)
     fitted = []
     for model in roles.distinct(config.related_model, config.user_model):
@@ -267,8 +291,9 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
     related_index = index_task(related_factors.artist_factors, config, folder / f"related.{config.index.engine}")
     user_index = None
     if isinstance(users.scorer, Factors) and config.index.approximate_users:
-        user_index = index_task(users.scorer.artist_factors, config, folder / f"users.{config.index.engine}",
-                                inner_product=True)
+        user_index = index_task(
+            users.scorer.artist_factors, config, folder / f"users.{config.index.engine}", inner_product=True
+        )
     # every artist a user ever heard (train and test) is excluded from the published top-N; the
     # scorers only read which artists were heard, not how often (item-kNN binarises its input)
     recommended = recommend_task(related_factors, users.scorer, related_index, user_index, encoded.plays, config)
@@ -276,22 +301,44 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
     for m in metrics:
         logger.info("%-12s %-22s %s", m.model, m.metric if m.k is None else f"{m.metric}@{m.k}", f"{m.value:.4f}")
     outputs = RunOutputs(
-        encoded=encoded, related=recommended.related, recommendations=recommended.users, metrics=metrics,
-        config=config.model_dump(mode="json"), dataset=parsed.dataset, source=downloaded.source,
-        data_sha256=downloaded.sha256, related_model=related.scorer.name, user_model=users.scorer.name,
+        encoded=encoded,
+        related=recommended.related,
+        recommendations=recommended.users,
+        metrics=metrics,
+        config=config.model_dump(mode="json"),
+        dataset=parsed.dataset,
+        source=downloaded.source,
+        data_sha256=downloaded.sha256,
+        related_model=related.scorer.name,
+        user_model=users.scorer.name,
         code_version=code_version(),
     )
     run_id = _retrying(publish_task, config)(config, outputs)
     run_report = RunReport(
-        run_id=str(run_id), dataset=parsed.dataset, source=downloaded.source, sha256=downloaded.sha256,
-        encoded=encoded, bad_rows=parsed.bad_rows, split_rule=split.rule, test_pairs=split.test.nnz,
+        run_id=str(run_id),
+        dataset=parsed.dataset,
+        source=downloaded.source,
+        sha256=downloaded.sha256,
+        encoded=encoded,
+        bad_rows=parsed.bad_rows,
+        split_rule=split.rule,
+        test_pairs=split.test.nnz,
         models={"related artists": related.scorer.params, "user recommendations": users.scorer.params},
-        metrics=metrics, related=recommended.related, artist_factors=related_factors.artist_factors,
+        metrics=metrics,
+        related=recommended.related,
+        artist_factors=related_factors.artist_factors,
         timings=dict(timings),
     )
     publish_artifacts(run_report)
     prune_run_dirs(config.work_dir, keep=config.storage.retention, current=folder)
     top = str(encoded.artist_names[int(np.argmax(encoded.listeners))])
-    return RetrainResult(run_id=run_id, db=_safe_url(config.storage.db), metrics=metrics, timings=dict(timings),
-                         seconds=time.perf_counter() - started, example_artist=top,
-                         related_model=related.scorer.name, user_model=users.scorer.name)
+    return RetrainResult(
+        run_id=run_id,
+        db=_safe_url(config.storage.db),
+        metrics=metrics,
+        timings=dict(timings),
+        seconds=time.perf_counter() - started,
+        example_artist=top,
+        related_model=related.scorer.name,
+        user_model=users.scorer.name,
+    )

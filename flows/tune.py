@@ -40,11 +40,21 @@ def run_tune(
     encoded = prepare(config.data).encoded
     candidates = sample_candidates(trials, seed, anchors=(REFERENCE, config.user_model))
     k = 10 if 10 in config.eval.k else config.eval.k[0]
-    result = tune(encoded.plays, candidates, holdout=config.eval.holdout, min_artists=config.eval.min_artists,
-                  seed=config.eval.seed, k=k, objective=objective, workers=workers, on_trial=on_trial,
-                  incumbent=config.user_model)
+    result = tune(
+        encoded.plays,
+        candidates,
+        holdout=config.eval.holdout,
+        min_artists=config.eval.min_artists,
+        seed=config.eval.seed,
+        k=k,
+        objective=objective,
+        workers=workers,
+        on_trial=on_trial,
+        incumbent=config.user_model,
+    )
     out_dir = Path(out_dir) if out_dir else config.work_dir / time.strftime("tune-%Y%m%dT%H%M%SZ", time.gmtime())
     write_trials(result, out_dir)
-    write_text_atomic(out_dir / "best.yaml",
-                      yaml.safe_dump({"user_model": result.best.model_dump(mode="json")}, sort_keys=False))
+    write_text_atomic(
+        out_dir / "best.yaml", yaml.safe_dump({"user_model": result.best.model_dump(mode="json")}, sort_keys=False)
+    )
     return result, out_dir

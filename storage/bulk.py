@@ -79,13 +79,19 @@ def write_run_rows(conn: Connection, table: sa.Table, run_id: int, batches: Iter
     part = sql.Identifier(partition_name(table, run_id))
     with dbapi.cursor() as cursor:
         # The CHECK lets ATTACH skip its validation scan; the memory keeps index sorts in RAM.
-        cursor.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS, CHECK (run_id = {}))").format(
-            part, sql.Identifier(table.name), sql.Literal(run_id)))
+        cursor.execute(
+            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS, CHECK (run_id = {}))").format(
+                part, sql.Identifier(table.name), sql.Literal(run_id)
+            )
+        )
         cursor.execute(f"SET LOCAL maintenance_work_mem = '{PG_INDEX_BUILD_MEMORY}'")
     written = _copy_batches(dbapi, part, table, batches)
     with dbapi.cursor() as cursor:
-        cursor.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
-            sql.Identifier(table.name), part, sql.Literal(run_id)))
+        cursor.execute(
+            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
+                sql.Identifier(table.name), part, sql.Literal(run_id)
+            )
+        )
     return written
 
 

@@ -68,8 +68,13 @@ _MIGRATING = threading.Lock()
 # crash-safe in WAL mode (a power cut may lose the last commit, never corrupt). Bigger page cache
 # and in-memory temp b-trees speed up the bulk load. journal_size_limit: a publish grows the WAL
 # to the size of its run; after the next checkpoint it shrinks back to 64 MB instead of staying.
-SQLITE_PRAGMAS = ("journal_mode=WAL", "synchronous=NORMAL", "temp_store=MEMORY", "cache_size=-65536",
-                  "journal_size_limit=67108864")
+SQLITE_PRAGMAS = (
+    "journal_mode=WAL",
+    "synchronous=NORMAL",
+    "temp_store=MEMORY",
+    "cache_size=-65536",
+    "journal_size_limit=67108864",
+)
 SQLITE_BUSY_SECONDS = 30
 
 
@@ -81,8 +86,9 @@ def make_engine(url: str) -> Engine:
             try:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise RecsError(f"cannot create the folder for database {parsed.database}: {exc.strerror}; "
-                                "choose another --db path") from exc
+                raise RecsError(
+                    f"cannot create the folder for database {parsed.database}: {exc.strerror}; choose another --db path"
+                ) from exc
         engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_SECONDS})
         _configure_sqlite(engine)
     else:
@@ -96,14 +102,17 @@ def _parse(url: str) -> URL:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise RecsError(f"not a database URL: {url!r}; use sqlite:///path/to/recs.db or "
-                        "postgresql+psycopg://user@host:5432/dbname") from None
+        raise RecsError(
+            f"not a database URL: {url!r}; use sqlite:///path/to/recs.db or postgresql+psycopg://user@host:5432/dbname"
+        ) from None
     backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
     if backend == "postgresql" and "+" not in parsed.drivername:
         parsed = parsed.set(drivername="postgresql+psycopg")
     elif (backend, driver) not in {("sqlite", "pysqlite"), ("postgresql", "psycopg")}:
-        raise RecsError(f"unsupported database URL {parsed.render_as_string(hide_password=True)}; "
-                        "use sqlite:///… or postgresql+psycopg://…")
+        raise RecsError(
+            f"unsupported database URL {parsed.render_as_string(hide_password=True)}; "
+            "use sqlite:///… or postgresql+psycopg://…"
+        )
     return parsed
 
 
@@ -153,8 +162,10 @@ def database_errors(engine: Engine) -> Iterator[None]:
 def _unreachable(engine: Engine, exc: BaseException | None) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     reason = lines[0] if lines else type(exc).__name__
-    return (f"database {engine.url.render_as_string(hide_password=True)} failed: {reason}; "
-            "check that it is running and reachable and that --db / RECS_DB is right")
+    return (
+        f"database {engine.url.render_as_string(hide_password=True)} failed: {reason}; "
+        "check that it is running and reachable and that --db / RECS_DB is right"
+    )
 
 
 def upgrade_schema(engine: Engine) -> None:
@@ -183,16 +194,19 @@ def _migrate(conn: Connection, revision: str | None, shown_url: str) -> None:
     if revision is not None:
         known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
         if revision not in known:
-            raise RecsError(f"database schema is at revision {revision}, newer than this code; "
-                            "upgrade lastfm-recs")
+            raise RecsError(f"database schema is at revision {revision}, newer than this code; upgrade lastfm-recs")
     else:
         legacy = _legacy_version(conn)
         if legacy is None and sa.inspect(conn).has_table("runs"):
-            raise RecsError(f"{shown_url} has a runs table but no {VERSION_TABLE} or schema_version: "
-                            "it is not a recs database; use another --db")
+            raise RecsError(
+                f"{shown_url} has a runs table but no {VERSION_TABLE} or schema_version: "
+                "it is not a recs database; use another --db"
+            )
         if legacy not in (None, LEGACY_SCHEMA_VERSION):
-            raise RecsError(f"{shown_url} has schema_version {legacy}; only {LEGACY_SCHEMA_VERSION} (lastfm-recs "
-                            "before Alembic) can be upgraded; use another --db")
+            raise RecsError(
+                f"{shown_url} has schema_version {legacy}; only {LEGACY_SCHEMA_VERSION} (lastfm-recs "
+                "before Alembic) can be upgraded; use another --db"
+            )
     with _MIGRATING:
         if legacy is not None:
             command.stamp(config, BASELINE_REVISION)
@@ -238,8 +252,11 @@ def scratch_schema(url: str, prefix: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
         try:
-            yield make_url(url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-                hide_password=False)
+            yield (
+                make_url(url)
+                .update_query_dict({"options": f"-csearch_path={schema}"})
+                .render_as_string(hide_password=False)
+            )
         finally:
             with admin.connect() as conn:
                 conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")

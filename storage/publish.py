@@ -49,8 +49,9 @@ from tasks.errors import RecsError
 LOCK_WAIT_SECONDS = 30.0
 PRUNE_LOCK_TIMEOUT = "5s"
 # the per-run tables as Core tables (the declarative ``__table__`` is typed as a plain FromClause)
-ARTISTS, USERS, RELATED, RECOMMENDATIONS = (cast(sa.Table, model.__table__)
-                                            for model in (Artist, User, RelatedArtist, UserRecommendation))
+ARTISTS, USERS, RELATED, RECOMMENDATIONS = (
+    cast(sa.Table, model.__table__) for model in (Artist, User, RelatedArtist, UserRecommendation)
+)
 BULK_TABLES = (ARTISTS, USERS, RELATED, RECOMMENDATIONS)
 log = logging.getLogger(__name__)
 _LOCK_KEY_SQL = "hashtext('recs.publish.' || current_schema())"
@@ -130,15 +131,20 @@ def _validate(outputs: RunOutputs, *, gate: bool) -> None:
     problems = []
     if not (len(enc.artist_keys) == len(enc.artist_names) == enc.n_artists and len(enc.user_keys) == enc.n_users):
         problems.append("key/name arrays do not match the play matrix's shape")
-    for label, keys in (("artist_keys", enc.artist_keys), ("artist_names", enc.artist_names),
-                        ("user_keys", enc.user_keys)):
+    for label, keys in (
+        ("artist_keys", enc.artist_keys),
+        ("artist_names", enc.artist_names),
+        ("user_keys", enc.user_keys),
+    ):
         if len(keys) and pd.api.types.infer_dtype(keys, skipna=False) != "string":
             problems.append(f"{label} must all be str")
     for label, keys in (("artist_keys", enc.artist_keys), ("user_keys", enc.user_keys)):
         if not pd.Index(keys).is_unique:
             problems.append(f"{label} has duplicates")
-    for label, topn, rows in (("related", outputs.related, enc.n_artists),
-                              ("recommendations", outputs.recommendations, enc.n_users)):
+    for label, topn, rows in (
+        ("related", outputs.related, enc.n_artists),
+        ("recommendations", outputs.recommendations, enc.n_users),
+    ):
         ids, scores = topn.ids, topn.scores
         if ids.ndim != 2 or ids.shape != scores.shape or ids.shape[0] != rows:
             problems.append(f"{label} is {ids.shape} ids / {scores.shape} scores, expected {rows} rows")
@@ -174,8 +180,10 @@ def publish_lock(engine: Engine, wait_seconds: float | None = None) -> Iterator[
     publisher, then RecsError."""
     wait_seconds = LOCK_WAIT_SECONDS if wait_seconds is None else wait_seconds
     deadline = time.monotonic() + wait_seconds
-    busy = RecsError(f"another publish into {engine.url.render_as_string(hide_password=True)} has held the "
-                     f"lock for over {wait_seconds:.0f} s; one writer at a time — wait for it to finish")
+    busy = RecsError(
+        f"another publish into {engine.url.render_as_string(hide_password=True)} has held the "
+        f"lock for over {wait_seconds:.0f} s; one writer at a time — wait for it to finish"
+    )
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -212,8 +220,11 @@ def _fail_leftovers(engine: Engine) -> None:
         conn.execute(
             sa.update(Run)
             .where(Run.status == "loading")
-            .values(status="failed", finished_at=datetime.now(UTC),
-                    message="the publishing process stopped before committing; its rows were rolled back")
+            .values(
+                status="failed",
+                finished_at=datetime.now(UTC),
+                message="the publishing process stopped before committing; its rows were rolled back",
+            )
         )
 
 
@@ -246,8 +257,10 @@ def _start_run(engine: Engine, outputs: RunOutputs, max_regression: float | None
         if outputs.metrics:
             conn.execute(
                 sa.insert(RunMetric),
-                [{"run_id": run_id, "model": m.model, "metric": m.metric, "k": m.k, "value": float(m.value)}
-                 for m in outputs.metrics],
+                [
+                    {"run_id": run_id, "model": m.model, "metric": m.metric, "k": m.k, "value": float(m.value)}
+                    for m in outputs.metrics
+                ],
             )
     return run_id, rejection
 
@@ -260,8 +273,12 @@ def _quality_gate(conn: Connection, outputs: RunOutputs, max_regression: float) 
     previous = conn.execute(
         sa.select(RunMetric.value)
         .join(Run, Run.run_id == RunMetric.run_id)
-        .where(Run.run_id == current, RunMetric.model == Run.user_model,
-               RunMetric.metric == GATE_METRIC, RunMetric.k == GATE_K)
+        .where(
+            Run.run_id == current,
+            RunMetric.model == Run.user_model,
+            RunMetric.metric == GATE_METRIC,
+            RunMetric.k == GATE_K,
+        )
     ).scalar()
     if previous is None:
         return None
@@ -269,9 +286,11 @@ def _quality_gate(conn: Connection, outputs: RunOutputs, max_regression: float) 
     floor = previous * (1.0 - max_regression)
     if value is None or value >= floor:  # _validate refuses a gated run without the figure
         return None
-    return (f"{GATE_METRIC}@{GATE_K} of {outputs.user_model} is {value:.4f}, below {floor:.4f} "
-            f"(current run {current}: {previous:.4f}, max regression {max_regression:.1%}); "
-            f"readers keep run {current}")
+    return (
+        f"{GATE_METRIC}@{GATE_K} of {outputs.user_model} is {value:.4f}, below {floor:.4f} "
+        f"(current run {current}: {previous:.4f}, max regression {max_regression:.1%}); "
+        f"readers keep run {current}"
+    )
 
 
 def _load_and_publish(engine: Engine, run_id: int, outputs: RunOutputs, batch_rows: int) -> None:
@@ -292,10 +311,15 @@ def _load_and_publish(engine: Engine, run_id: int, outputs: RunOutputs, batch_ro
     with write_transaction(engine) as conn:
         write_run_rows(conn, ARTISTS, run_id, column_batches(artists, batch_rows))
         write_run_rows(conn, USERS, run_id, column_batches(users, batch_rows))
-        write_run_rows(conn, RELATED, run_id,
-                       topn_batches(run_id, outputs.related, "artist_id", "related_artist_id", batch_rows))
-        write_run_rows(conn, RECOMMENDATIONS, run_id,
-                       topn_batches(run_id, outputs.recommendations, "user_id", "artist_id", batch_rows))
+        write_run_rows(
+            conn, RELATED, run_id, topn_batches(run_id, outputs.related, "artist_id", "related_artist_id", batch_rows)
+        )
+        write_run_rows(
+            conn,
+            RECOMMENDATIONS,
+            run_id,
+            topn_batches(run_id, outputs.recommendations, "user_id", "artist_id", batch_rows),
+        )
         _mark_published(conn, run_id)
 
 
@@ -327,9 +351,13 @@ def _prune(engine: Engine, retention: int) -> None:
         with write_transaction(engine) as conn:
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{PRUNE_LOCK_TIMEOUT}'")
-            old = conn.execute(
-                sa.select(Run.run_id).where(Run.status == "published").order_by(Run.run_id.desc()).offset(retention)
-            ).scalars().all()
+            old = (
+                conn.execute(
+                    sa.select(Run.run_id).where(Run.status == "published").order_by(Run.run_id.desc()).offset(retention)
+                )
+                .scalars()
+                .all()
+            )
             if not old:
                 return
             for table in BULK_TABLES:
@@ -338,6 +366,6 @@ def _prune(engine: Engine, retention: int) -> None:
     except sa.exc.OperationalError as exc:
         if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):
             raise
-        log.warning("retention skipped: readers held the tables for over %s; the next publish prunes",
-                    PRUNE_LOCK_TIMEOUT)
-
+        log.warning(
+            "retention skipped: readers held the tables for over %s; the next publish prunes", PRUNE_LOCK_TIMEOUT
+        )

@@ -74,8 +74,10 @@ def related_artists(engine: Engine, name: str, n: int | None = None) -> Related:
         run_id = _require_run(conn, engine)
         match = conn.execute(
             sa.select(Artist.artist_key, Artist.name)
-            .where(Artist.run_id == run_id,
-                   sa.or_(sa.func.lower(Artist.name) == sa.func.lower(name), Artist.artist_key == name))
+            .where(
+                Artist.run_id == run_id,
+                sa.or_(sa.func.lower(Artist.name) == sa.func.lower(name), Artist.artist_key == name),
+            )
             .order_by(Artist.listeners.desc(), Artist.artist_id)
             .limit(1)
         ).first()
@@ -84,9 +86,11 @@ def related_artists(engine: Engine, name: str, n: int | None = None) -> Related:
             hint = f"; did you mean: {', '.join(close)}?" if close else "; check the spelling"
             raise RecsError(f"no artist named {name!r} in run {run_id}{hint}")
         v = current_related_artists.c
-        query = sa.select(v.rank, v.related_artist_key, v.related_artist_name, v.score).where(
-            v.artist_key == match.artist_key
-        ).order_by(v.rank)
+        query = (
+            sa.select(v.rank, v.related_artist_key, v.related_artist_name, v.score)
+            .where(v.artist_key == match.artist_key)
+            .order_by(v.rank)
+        )
         rows = conn.execute(query.limit(n) if n else query).all()
     return Related(run_id, match.artist_key, match.name, [RelatedRow(*row) for row in rows])
 
@@ -99,8 +103,10 @@ def recommendations(engine: Engine, user_key: str, n: int | None = None) -> Reco
         query = sa.select(v.rank, v.artist_key, v.artist_name, v.score).where(v.user_key == user_key).order_by(v.rank)
         rows = conn.execute(query.limit(n) if n else query).all()
     if not rows:
-        raise RecsError(f"unknown user {user_key!r} in run {run_id}: no recommendations for that user id; "
-                        "user ids are the dataset's own")
+        raise RecsError(
+            f"unknown user {user_key!r} in run {run_id}: no recommendations for that user id; "
+            "user ids are the dataset's own"
+        )
     return Recommendations(run_id, user_key, [RelatedRow(*row) for row in rows])
 
 
@@ -110,20 +116,28 @@ def similar_names(conn: Connection, run_id: int, name: str, limit: int = SUGGEST
     if not needle:
         return []
     lowered = sa.func.lower(Artist.name)
-    containing = conn.execute(
-        sa.select(Artist.name)
-        .where(Artist.run_id == run_id, lowered.like(f"%{_like_escape(needle)}%", escape="\\"))
-        .order_by(Artist.listeners.desc())
-        .limit(limit)
-    ).scalars().all()
+    containing = (
+        conn.execute(
+            sa.select(Artist.name)
+            .where(Artist.run_id == run_id, lowered.like(f"%{_like_escape(needle)}%", escape="\\"))
+            .order_by(Artist.listeners.desc())
+            .limit(limit)
+        )
+        .scalars()
+        .all()
+    )
     if containing:
         return list(containing)
-    pool = conn.execute(
-        sa.select(Artist.name)
-        .where(Artist.run_id == run_id, lowered.like(f"{_like_escape(needle[0])}%", escape="\\"))
-        .order_by(Artist.listeners.desc())
-        .limit(SUGGESTION_POOL)
-    ).scalars().all()
+    pool = (
+        conn.execute(
+            sa.select(Artist.name)
+            .where(Artist.run_id == run_id, lowered.like(f"{_like_escape(needle[0])}%", escape="\\"))
+            .order_by(Artist.listeners.desc())
+            .limit(SUGGESTION_POOL)
+        )
+        .scalars()
+        .all()
+    )
     by_lower = {candidate.lower(): candidate for candidate in reversed(pool)}
     return [by_lower[key] for key in difflib.get_close_matches(needle, list(by_lower), n=limit, cutoff=0.6)]
 
@@ -132,14 +146,29 @@ def list_runs(engine: Engine, limit: int = 20) -> list[RunSummary]:
     """The newest ``limit`` runs, with the user model's precision@10 where it was measured."""
     precision = (
         sa.select(RunMetric.value)
-        .where(RunMetric.run_id == Run.run_id, RunMetric.model == Run.user_model,
-               RunMetric.metric == GATE_METRIC, RunMetric.k == GATE_K)
+        .where(
+            RunMetric.run_id == Run.run_id,
+            RunMetric.model == Run.user_model,
+            RunMetric.metric == GATE_METRIC,
+            RunMetric.k == GATE_K,
+        )
         .limit(1)
         .scalar_subquery()
     )
     query = (
-        sa.select(Run.run_id, Run.status, Run.started_at, Run.finished_at, Run.dataset, Run.related_model,
-                  Run.user_model, Run.n_related, Run.n_recommendations, precision, Run.message)
+        sa.select(
+            Run.run_id,
+            Run.status,
+            Run.started_at,
+            Run.finished_at,
+            Run.dataset,
+            Run.related_model,
+            Run.user_model,
+            Run.n_related,
+            Run.n_recommendations,
+            precision,
+            Run.message,
+        )
         .order_by(Run.run_id.desc())
         .limit(limit)
     )
@@ -155,6 +184,7 @@ def _like_escape(text: str) -> str:
 def _require_run(conn: Connection, engine: Engine) -> int:
     run_id = current_run_id(conn)
     if run_id is None:
-        raise RecsError(f"nothing published yet in {engine.url.render_as_string(hide_password=True)}; "
-                        "run `recs run` first")
+        raise RecsError(
+            f"nothing published yet in {engine.url.render_as_string(hide_password=True)}; run `recs run` first"
+        )
     return run_id

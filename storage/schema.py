@@ -85,9 +85,7 @@ class Run(Base):
     n_artists: Mapped[int] = mapped_column(sa.Integer, comment="rows in artists for this run")
     n_users: Mapped[int] = mapped_column(sa.Integer, comment="rows in users for this run")
     n_related: Mapped[int] = mapped_column(sa.Integer, comment="rows in related_artists for this run")
-    n_recommendations: Mapped[int] = mapped_column(
-        sa.Integer, comment="rows in user_recommendations for this run"
-    )
+    n_recommendations: Mapped[int] = mapped_column(sa.Integer, comment="rows in user_recommendations for this run")
 
 
 class Artist(Base):

@@ -166,7 +166,9 @@ def coverage_and_novelty(ids: np.ndarray, train: sp.csr_matrix, k: int) -> dict[
     return {"coverage": float(coverage), "novelty": float(item_novelty[top].mean())}
 
 
-def pair_scores(scorer: Scorer, train: sp.csr_matrix, pairs: sp.csr_matrix, batch_size: int | None = None) -> np.ndarray:
+def pair_scores(
+    scorer: Scorer, train: sp.csr_matrix, pairs: sp.csr_matrix, batch_size: int | None = None
+) -> np.ndarray:
     """float64, one per stored pair of ``pairs`` (CSR, users x artists) in CSR order: the
     scorer's score of that (user, artist).
 
@@ -230,7 +232,10 @@ def rmse_binary(scorer: Scorer, split: Split, seed: int = 0, batch_size: int | N
     positives = sp.csr_matrix(split.test)
     negatives = unheard_pairs(split, seed)
     predicted = np.concatenate(
-        [pair_scores(scorer, split.train, positives, batch_size), pair_scores(scorer, split.train, negatives, batch_size)]
+        [
+            pair_scores(scorer, split.train, positives, batch_size),
+            pair_scores(scorer, split.train, negatives, batch_size),
+        ]
     )
     target = np.concatenate([np.ones(positives.nnz), np.zeros(negatives.nnz)])
     return rmse(predicted, target)
@@ -291,8 +296,9 @@ def report(
 ) -> list[Metric]:
     """``evaluate`` for the model, then the ``popularity`` and ``random`` baselines on the same
     split (and the same sampled users)."""
-    metrics = evaluate(scorer, split, ks, rmse_target=rmse_target, seed=seed, batch_size=batch_size,
-                       max_users=max_users)
+    metrics = evaluate(
+        scorer, split, ks, rmse_target=rmse_target, seed=seed, batch_size=batch_size, max_users=max_users
+    )
     for baseline in (Popularity(split.train), RandomScorer(split.train.shape[1], seed)):
         metrics += evaluate(baseline, split, ks, seed=seed, batch_size=batch_size, max_users=max_users)
     return metrics

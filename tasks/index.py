@@ -113,7 +113,7 @@ class ArtistIndex:
             # Annoy answers one query per call: the loop body is a single C call
             for i, (vector, count) in enumerate(zip(vectors, counts.tolist())):
                 found = index.get_nns_by_vector(vector, count, search_k=self.search_k)
-                ids[i, :len(found)] = found
+                ids[i, : len(found)] = found
             return ids
 
         return search
@@ -133,8 +133,9 @@ def index_vectors(artist_factors: np.ndarray, inner_product: bool) -> np.ndarray
     return normalise(artist_factors)
 
 
-def build_index(artist_factors: np.ndarray, cfg: IndexConfig, path: Path, *, inner_product: bool = False,
-                seed: int = 42) -> ArtistIndex:
+def build_index(
+    artist_factors: np.ndarray, cfg: IndexConfig, path: Path, *, inner_product: bool = False, seed: int = 42
+) -> ArtistIndex:
     """Build and save an index (``cfg.engine``) over ``artist_factors`` (float32, n_artists x f).
 
     ``inner_product=False`` indexes the normalised factors (related artists by cosine); ``True``
@@ -157,9 +158,18 @@ def build_index(artist_factors: np.ndarray, cfg: IndexConfig, path: Path, *, inn
             save(str(temp))
     except (OSError, RuntimeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
-        raise RecsError(f"cannot write the {cfg.engine} index to {path}: {reason}; check space and permissions") from None
-    return ArtistIndex(path=path, engine=cfg.engine, dim=vectors.shape[1], n_items=len(vectors),
-                       inner_product=inner_product, build_seconds=seconds, **settings)
+        raise RecsError(
+            f"cannot write the {cfg.engine} index to {path}: {reason}; check space and permissions"
+        ) from None
+    return ArtistIndex(
+        path=path,
+        engine=cfg.engine,
+        dim=vectors.shape[1],
+        n_items=len(vectors),
+        inner_product=inner_product,
+        build_seconds=seconds,
+        **settings,
+    )
 
 
 def _build_annoy(vectors: np.ndarray, cfg: IndexConfig, inner_product: bool, seed: int):
@@ -202,8 +212,9 @@ def _build_faiss(vectors: np.ndarray, cfg: IndexConfig, inner_product: bool, see
     # float32 at the same recall@10 (candidates are rescored exactly); the searcher pads queries
     vectors = _simd_padded(vectors)
     dim = vectors.shape[1]
-    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_fp16,
-                                          faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIVFScalarQuantizer(
+        faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
     index.cp.seed = seed
     # k-means on a sample of 48 artists a list, 8 rounds: at 300K artists x 64 factors 2 s to
     # build against 14-17 s with faiss's defaults (256, 25), recall@10 0.972 against 0.964

@@ -51,8 +51,10 @@ def top_n(scores: np.ndarray, n: int) -> TopN:
 def _padded(ids: np.ndarray, scores: np.ndarray, n: int) -> TopN:
     """``TopN`` of int32 ids / float32 scores, widened to ``n`` columns with -1 / NaN."""
     extra = ((0, 0), (0, n - ids.shape[1]))
-    return TopN(ids=np.pad(ids.astype(np.int32), extra, constant_values=-1),
-                scores=np.pad(scores.astype(np.float32), extra, constant_values=np.nan))
+    return TopN(
+        ids=np.pad(ids.astype(np.int32), extra, constant_values=-1),
+        scores=np.pad(scores.astype(np.float32), extra, constant_values=np.nan),
+    )
 
 
 def _stack(parts: list[TopN], n: int) -> TopN:
@@ -69,8 +71,9 @@ def _block(scorer: Scorer, n_columns: int) -> int:
     return max(1, MAX_BLOCK_CELLS // max(n_columns, 1))
 
 
-def related_exact(artist_factors: np.ndarray, n: int, rows: np.ndarray | None = None,
-                  batch_size: int | None = None) -> TopN:
+def related_exact(
+    artist_factors: np.ndarray, n: int, rows: np.ndarray | None = None, batch_size: int | None = None
+) -> TopN:
     """Exact related artists by cosine of ``artist_factors`` (float32, n_artists x f).
 
     Returns the lists of ``rows`` (artist codes; default all) in that order, self excluded,
@@ -82,7 +85,7 @@ def related_exact(artist_factors: np.ndarray, n: int, rows: np.ndarray | None = 
     k = min(n + 1, len(unit))  # one more, for the artist itself
     parts = []
     for lo in range(0, len(rows), step):
-        block = rows[lo:lo + step]
+        block = rows[lo : lo + step]
         ids, scores = _topk(unit, unit[block], k)
         parts.append(_without_self(ids, scores, block, n))
     return _stack(parts, n)
@@ -192,7 +195,9 @@ def recall_at_n(approx: TopN, exact: TopN, rows: np.ndarray, tol: float = 1e-3) 
     """
     rows = np.asarray(rows)
     if len(rows) != len(exact.ids):
-        raise RecsError(f"recall_at_n: {len(exact.ids)} exact lists for {len(rows)} rows; pass the rows exact was built for")
+        raise RecsError(
+            f"recall_at_n: {len(exact.ids)} exact lists for {len(rows)} rows; pass the rows exact was built for"
+        )
     valid = (exact.ids >= 0).sum(axis=1)
     last = exact.scores[np.arange(len(rows)), np.maximum(valid - 1, 0)]
     found = approx.scores[rows] >= (last - tol)[:, None]  # NaN padding compares False
@@ -200,8 +205,9 @@ def recall_at_n(approx: TopN, exact: TopN, rows: np.ndarray, tol: float = 1e-3) 
     return float(hits.sum() / valid.sum()) if valid.sum() else 1.0
 
 
-def user_top_n(scorer: Scorer, heard: sp.csr_matrix, n: int, batch_size: int | None = None,
-               users: np.ndarray | None = None) -> TopN:
+def user_top_n(
+    scorer: Scorer, heard: sp.csr_matrix, n: int, batch_size: int | None = None, users: np.ndarray | None = None
+) -> TopN:
     """Exact top ``n`` new artists for ``users`` (codes; default every row of ``heard``).
 
     ``heard``: CSR, users x artists (the training matrix); its non-zeros are never recommended.
@@ -214,7 +220,7 @@ def user_top_n(scorer: Scorer, heard: sp.csr_matrix, n: int, batch_size: int | N
     step = batch_size or _block(scorer, heard.shape[1])
     parts = []
     for lo in range(0, len(users), step):
-        block = users[lo:lo + step]
+        block = users[lo : lo + step]
         seen = heard[block]
         if isinstance(scorer, Factors):
             parts.append(_factor_top_n(scorer, block, seen, n))
@@ -238,8 +244,15 @@ def _factor_top_n(model: Factors, block: np.ndarray, seen: sp.csr_matrix, n: int
     return _padded(ids, np.where(missing, np.nan, scores), n)
 
 
-def user_top_n_approx(index: ArtistIndex, user_factors: np.ndarray, artist_factors: np.ndarray,
-                      heard: sp.csr_matrix, n: int, users: np.ndarray | None = None, batch_size: int = 4096) -> TopN:
+def user_top_n_approx(
+    index: ArtistIndex,
+    user_factors: np.ndarray,
+    artist_factors: np.ndarray,
+    heard: sp.csr_matrix,
+    n: int,
+    users: np.ndarray | None = None,
+    batch_size: int = 4096,
+) -> TopN:
     """Approximate top ``n`` new artists by inner product, via an index built with
     ``build_index(artist_factors, ..., inner_product=True)``.
 
@@ -258,10 +271,12 @@ def user_top_n_approx(index: ArtistIndex, user_factors: np.ndarray, artist_facto
     scores = np.full((len(users), n), np.nan, dtype=np.float32)
     by_count = np.argsort(counts, kind="stable")
     for lo in range(0, len(users), batch_size):
-        pos = by_count[lo:lo + batch_size]
+        pos = by_count[lo : lo + batch_size]
         block = users[pos]
-        found = search(np.hstack([user_factors[block], np.zeros((len(block), 1), np.float32)]),
-                       np.minimum(n + counts[pos], heard.shape[1]))
+        found = search(
+            np.hstack([user_factors[block], np.zeros((len(block), 1), np.float32)]),
+            np.minimum(n + counts[pos], heard.shape[1]),
+        )
         ids[pos], best = _rescored(user_factors[block], artist_factors, first_unheard(found, heard[block], n))
         scores[pos] = np.where(np.isneginf(best), np.nan, best)
     return TopN(ids=ids, scores=scores)
@@ -272,9 +287,16 @@ def sample_rows(count: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(count, size=min(size, count), replace=False))
 
 
-def recommend(related_model: Factors, user_model: Scorer, related_index: ArtistIndex,
-              user_index: ArtistIndex | None, heard: sp.csr_matrix, n: int, cfg: IndexConfig,
-              seed: int = 0) -> Recommended:
+def recommend(
+    related_model: Factors,
+    user_model: Scorer,
+    related_index: ArtistIndex,
+    user_index: ArtistIndex | None,
+    heard: sp.csr_matrix,
+    n: int,
+    cfg: IndexConfig,
+    seed: int = 0,
+) -> Recommended:
     """The recommend stage: related artists from ``related_index`` for every artist, and the
     top ``n`` artists for every user with everything in ``heard`` (CSR, users x artists)
     excluded, through ``user_index`` when given (a factor model's inner-product index) or else
@@ -289,8 +311,10 @@ def recommend(related_model: Factors, user_model: Scorer, related_index: ArtistI
     start = time.perf_counter()
     if user_index is not None:
         if not isinstance(user_model, Factors):
-            raise RecsError(f"user model {user_model.name!r} has no factors to search an index with; "
-                            "set index.approximate_users to false")
+            raise RecsError(
+                f"user model {user_model.name!r} has no factors to search an index with; "
+                "set index.approximate_users to false"
+            )
         users = user_top_n_approx(user_index, user_model.user_factors, user_model.artist_factors, heard, n)
     else:
         users = user_top_n(user_model, heard, n)
@@ -298,8 +322,9 @@ def recommend(related_model: Factors, user_model: Scorer, related_index: ArtistI
 
     start = time.perf_counter()
     rows = sample_rows(len(artist_factors), cfg.recall_sample, seed)
-    recall = [Metric(cfg.engine, "related_recall", n,
-                     recall_at_n(related, related_exact(artist_factors, n, rows), rows))]
+    recall = [
+        Metric(cfg.engine, "related_recall", n, recall_at_n(related, related_exact(artist_factors, n, rows), rows))
+    ]
     if user_index is not None:
         rows = sample_rows(heard.shape[0], cfg.recall_sample, seed)
         exact = user_top_n(user_model, heard, n, users=rows)
@@ -326,5 +351,8 @@ def scale_advice(user_model: Scorer, engine: str, n_users: int, n_artists: int) 
         slow.append("the annoy index is no quicker than exact search at this size")
     if not slow:
         return None
-    return (f"{n_users:,} users x {n_artists:,} artists: " + "; ".join(slow)
-            + "; for this size run with --config deployments/lastfm-360k.yaml (ALS + faiss)")
+    return (
+        f"{n_users:,} users x {n_artists:,} artists: "
+        + "; ".join(slow)
+        + "; for this size run with --config deployments/lastfm-360k.yaml (ALS + faiss)"
+    )

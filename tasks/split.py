@@ -44,16 +44,12 @@ def _by_mask(plays: sp.csr_matrix, test_mask: np.ndarray, rule: str, seed: int) 
         indptr = np.zeros(plays.shape[0] + 1, dtype=plays.indptr.dtype)
         np.cumsum(np.bincount(rows[mask], minlength=plays.shape[0]), out=indptr[1:])
         # the stored order is row-major with sorted columns, so masking keeps it canonical
-        return sp.csr_matrix(
-            (plays.data[mask], plays.indices[mask], indptr), shape=plays.shape, dtype=plays.dtype
-        )
+        return sp.csr_matrix((plays.data[mask], plays.indices[mask], indptr), shape=plays.shape, dtype=plays.dtype)
 
     return Split(train=part(~test_mask), test=part(test_mask), rule=rule, seed=seed)
 
 
-def per_user_holdout(
-    plays: sp.csr_matrix, fraction: float = 0.2, min_artists: int = 5, seed: int = 0
-) -> Split:
+def per_user_holdout(plays: sp.csr_matrix, fraction: float = 0.2, min_artists: int = 5, seed: int = 0) -> Split:
     """Hold out ``round(fraction * n_u)`` (at least 1) random artists of every user with
     ``n_u >= min_artists`` artists; other users stay wholly in train.
 

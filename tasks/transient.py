@@ -22,15 +22,21 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from tasks.contracts import StageConfig
 
-_TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
-                     errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPIPE}
+_TRANSIENT_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.ETIMEDOUT,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EPIPE,
+}
 # psycopg reports a database that does not exist, bad credentials and the like as
 # OperationalError too; SQLSTATE class 08 (connection exception) and 57P0x (server shutting
 # down) are the ones a later attempt can get past. A connection that never got as far as a
 # SQLSTATE (refused, timed out) has none.
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03", "40001", "40P01")
-_PERMANENT_CONNECT_TEXT = ("does not exist", "authentication failed", "password", "no pg_hba.conf entry",
-                           "role ")
+_PERMANENT_CONNECT_TEXT = ("does not exist", "authentication failed", "password", "no pg_hba.conf entry", "role ")
 
 
 class RetryConfig(StageConfig):
@@ -59,8 +65,14 @@ def is_transient(exc: BaseException | None) -> bool:
             return exc.code >= 500
         if isinstance(exc, socket.gaierror):
             return exc.errno == socket.EAI_AGAIN
-        if isinstance(exc, TimeoutError | socket.timeout | ConnectionError | http.client.RemoteDisconnected
-                      | http.client.IncompleteRead):
+        if isinstance(
+            exc,
+            TimeoutError
+            | socket.timeout
+            | ConnectionError
+            | http.client.RemoteDisconnected
+            | http.client.IncompleteRead,
+        ):
             return True
         if isinstance(exc, urllib.error.URLError):
             return is_transient(exc.reason) if isinstance(exc.reason, BaseException) else False

@@ -40,8 +40,9 @@ from tasks.split import per_user_holdout, validation_split
 from tasks.weight import WeightConfig, weight
 
 # implicit's AlternatingLeastSquares() defaults on log1p(plays): the reference to beat
-REFERENCE = ALSConfig(weight=WeightConfig(scheme="log", alpha=1.0, eps=1.0), factors=100, regularization=0.01,
-                      alpha=1.0, iterations=15)
+REFERENCE = ALSConfig(
+    weight=WeightConfig(scheme="log", alpha=1.0, eps=1.0), factors=100, regularization=0.01, alpha=1.0, iterations=15
+)
 
 # Values each model's fields are drawn from; a dotted name is a field of a part (the blend's
 # ``factor`` and ``knn``). Weighting: "log" draws eps, "bm25" draws k1 and b.
@@ -252,8 +253,7 @@ def tune(
         # spawn, not fork: the parent may hold OpenMP/BLAS thread pools (or a Prefect client)
         # that a forked child would inherit in a broken state
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                 initargs=(validation,)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(validation,)) as pool:
             futures = [pool.submit(_run_in_worker, i, cfg, k) for i, cfg in enumerate(candidates)]
             for future in as_completed(futures):
                 trials.append(future.result())
@@ -277,20 +277,31 @@ def trial_rows(result: TuneResult) -> list[dict]:
     """One flat dict per trial (popularity first as trial -1), best objective first: number,
     model, weighting, parameters, metrics, seconds, error."""
     k = result.objective.split("@")[1]
-    rows = [{"trial": -1, "model": "popularity", "weight": "", "params": "",
-             **{f"{m}@{k}": result.baseline.get(f"{m}@{k}") for m in CSV_METRICS},
-             "fit_s": None, "eval_s": None, "error": None}]
+    rows = [
+        {
+            "trial": -1,
+            "model": "popularity",
+            "weight": "",
+            "params": "",
+            **{f"{m}@{k}": result.baseline.get(f"{m}@{k}") for m in CSV_METRICS},
+            "fit_s": None,
+            "eval_s": None,
+            "error": None,
+        }
+    ]
     for t in sorted(result.trials, key=lambda t: -t.metrics.get(result.objective, -np.inf)):
-        rows.append({
-            "trial": t.number,
-            "model": t.model["name"],
-            "weight": describe_weight(t.model["weight"]),
-            "params": describe_params(t.model),
-            **{f"{m}@{k}": t.metrics.get(f"{m}@{k}") for m in CSV_METRICS},
-            "fit_s": round(t.fit_seconds, 2),
-            "eval_s": round(t.eval_seconds, 2),
-            "error": t.error,
-        })
+        rows.append(
+            {
+                "trial": t.number,
+                "model": t.model["name"],
+                "weight": describe_weight(t.model["weight"]),
+                "params": describe_params(t.model),
+                **{f"{m}@{k}": t.metrics.get(f"{m}@{k}") for m in CSV_METRICS},
+                "fit_s": round(t.fit_seconds, 2),
+                "eval_s": round(t.eval_seconds, 2),
+                "error": t.error,
+            }
+        )
     return rows
 
 
@@ -306,8 +317,10 @@ def describe_params(m: dict) -> str:
     """A ``ModelConfig`` dict's hyper-parameters, compactly."""
     name = m["name"]
     if name == "blend":
-        return (f"{m['blend_weight']:g}x {m['factor']['name']}({describe_params(m['factor'])})"
-                f" + {1 - m['blend_weight']:g}x knn({describe_params(m['knn'])})")
+        return (
+            f"{m['blend_weight']:g}x {m['factor']['name']}({describe_params(m['factor'])})"
+            f" + {1 - m['blend_weight']:g}x knn({describe_params(m['knn'])})"
+        )
     if name == "itemknn":
         knn = f"{m['similarity']} K={m['neighbours']}"
         return knn + (f" k1={m['k1']:g} b={m['b']:g}" if m["similarity"] == "bm25" else "")
@@ -323,8 +336,18 @@ def format_table(result: TuneResult, limit: int | None = None) -> str:
     rows = trial_rows(result)
     rows = rows[: (limit + 1 if limit else None)]
     k = result.objective.split("@")[1]
-    cols = ["trial", "model", "weight", "params", f"precision@{k}", f"ndcg@{k}", f"map@{k}", f"coverage@{k}",
-            "fit_s", "eval_s"]
+    cols = [
+        "trial",
+        "model",
+        "weight",
+        "params",
+        f"precision@{k}",
+        f"ndcg@{k}",
+        f"map@{k}",
+        f"coverage@{k}",
+        "fit_s",
+        "eval_s",
+    ]
 
     def cell(v) -> str:
         return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
@@ -356,4 +379,3 @@ def write_trials(result: TuneResult, out_dir: Path) -> tuple[Path, Path]:
     write_text_atomic(json_path, json.dumps(doc, indent=2, default=str))
     write_text_atomic(csv_path, buffer.getvalue())
     return json_path, csv_path
-

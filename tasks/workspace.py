@@ -19,8 +19,7 @@ def run_dir(work_dir: Path, name: str) -> Path:
 def prune_run_dirs(work_dir: Path, keep: int, current: Path) -> None:
     """Keep the ``keep`` newest run folders under ``work_dir``, like the database keeps its last
     published runs; the current one is never removed."""
-    runs = sorted((p for p in Path(work_dir).iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime,
-                  reverse=True)
+    runs = sorted((p for p in Path(work_dir).iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in runs[keep:]:
         if old.resolve() != current.resolve():
             shutil.rmtree(old, ignore_errors=True)
@@ -34,8 +33,9 @@ def code_version() -> str:
         text = "unknown"
     root = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{text}+{commit}" if commit else text

@@ -18,16 +18,33 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("download", "parse", "encode", "split", "weight", "factorize", "index_related", "index_users",
-          "recommend", "evaluate", "publish_sqlite")
+STAGES = (
+    "download",
+    "parse",
+    "encode",
+    "split",
+    "weight",
+    "factorize",
+    "index_related",
+    "index_users",
+    "recommend",
+    "evaluate",
+    "publish_sqlite",
+)
 # the recommend stage times its own parts (tasks.recommend.recommend -> Recommended.seconds)
 RECOMMEND_PARTS = ("related", "users", "recall_check")
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> dict:
-    command = [sys.executable, "-m", "benchmarks.pipeline", "--quick",
-               "--work-dir", str(tmp_path_factory.mktemp("bench"))]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.pipeline",
+        "--quick",
+        "--work-dir",
+        str(tmp_path_factory.mktemp("bench")),
+    ]
     postgres = os.environ.get("RECS_TEST_POSTGRES_URL")
     if postgres:
         command += ["--postgres", postgres]

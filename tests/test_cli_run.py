@@ -26,8 +26,7 @@ def _recs(tmp: Path, *args: str, timeout: float = 400) -> subprocess.CompletedPr
         "COLUMNS": "200",
     }
     env.pop("PREFECT_API_URL", None)
-    return subprocess.run([*RECS, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([*RECS, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _one_line_error(done: subprocess.CompletedProcess) -> str:
@@ -41,8 +40,9 @@ def _one_line_error(done: subprocess.CompletedProcess) -> str:
 @pytest.mark.slow
 def test_recs_run_publishes_and_prints_a_summary(hetrec_url, tmp_path):
     db = tmp_path / "out.db"
-    done = _recs(tmp_path, "run", "--dataset", "lastfm-2k", "--source", hetrec_url, "--db", f"sqlite:///{db}",
-                 "--model", "als")
+    done = _recs(
+        tmp_path, "run", "--dataset", "lastfm-2k", "--source", hetrec_url, "--db", f"sqlite:///{db}", "--model", "als"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     with sqlite3.connect(db) as con:
@@ -69,11 +69,25 @@ def test_recs_run_unreachable_source_fails_with_one_line(tmp_path):
         port = s.getsockname()[1]
     config = tmp_path / "fast-fail.yaml"
     config.write_text("retry:\n  attempts: 0\n")
-    done = _recs(tmp_path, "run", "--config", str(config), "--dataset", "lastfm-2k",
-                 "--source", f"http://127.0.0.1:{port}/missing.zip", "--db", f"sqlite:///{tmp_path / 'x.db'}")
+    done = _recs(
+        tmp_path,
+        "run",
+        "--config",
+        str(config),
+        "--dataset",
+        "lastfm-2k",
+        "--source",
+        f"http://127.0.0.1:{port}/missing.zip",
+        "--db",
+        f"sqlite:///{tmp_path / 'x.db'}",
+    )
     assert f"127.0.0.1:{port}" in _one_line_error(done)
-    assert not (tmp_path / "x.db").exists() or not sqlite3.connect(tmp_path / "x.db").execute(
-        "SELECT count(*) FROM runs WHERE status = 'published'").fetchone()[0]
+    assert (
+        not (tmp_path / "x.db").exists()
+        or not sqlite3.connect(tmp_path / "x.db")
+        .execute("SELECT count(*) FROM runs WHERE status = 'published'")
+        .fetchone()[0]
+    )
 
 
 @pytest.mark.parametrize(

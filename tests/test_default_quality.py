@@ -46,8 +46,9 @@ def test_shipped_user_model_beats_implicit_default_als_and_popularity(hetrec_enc
         results["default"].append(_at10(shipped, Split(weighted, split.test, split.rule, seed)))
         results["reference"].append(_at10(_implicit_default_als(split.train, seed), split))
         results["popularity"].append(_at10(Popularity(split.train), split))
-    mean = {name: {m: float(np.mean([r[m] for r in runs])) for m in ("precision", "ndcg")}
-            for name, runs in results.items()}
+    mean = {
+        name: {m: float(np.mean([r[m] for r in runs])) for m in ("precision", "ndcg")} for name, runs in results.items()
+    }
     print("precision@10 / ndcg@10 over seeds", SEEDS, mean)
 
     default, reference, popularity = mean["default"], mean["reference"], mean["popularity"]

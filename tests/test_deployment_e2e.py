@@ -83,7 +83,11 @@ def prefect_env(tmp_path_factory):
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=home, start_new_session=True,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=home,
+            start_new_session=True,
         )
     try:
         _wait_healthy(api, proc, log)
@@ -104,7 +108,9 @@ async def _scheduled_runs(client, deployment_id):
 
     return await client.read_flow_runs(
         deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+        ),
     )
 
 
@@ -127,8 +133,14 @@ def test_scheduled_deployment_runs_with_a_process_worker(prefect_env, hetrec_url
 
     # `recs deploy` creates the missing process pool, then runs
     # `prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all` (docs/operations.md's steps)
-    deployed = subprocess.run([sys.executable, "-c", "from flows.cli import app; app(prog_name='recs')", "deploy"],
-                              env=prefect_env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    deployed = subprocess.run(
+        [sys.executable, "-c", "from flows.cli import app; app(prog_name='recs')", "deploy"],
+        env=prefect_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert deployed.returncode == 0, deployed.stderr
     assert f"created process work pool {POOL}" in deployed.stdout
 
@@ -160,9 +172,14 @@ def test_scheduled_deployment_runs_with_a_process_worker(prefect_env, hetrec_url
             with worker_log.open("wb") as out:
                 worker = subprocess.Popen(
                     [*PREFECT, "worker", "start", "--pool", POOL, "--type", "process"],
-                    env=prefect_env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                    env=prefect_env,
+                    cwd=ROOT,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
             try:
+
                 async def finished():
                     runs = [await client.read_flow_run(t.id) for t in triggered]
                     return runs if all(r.state.is_final() for r in runs) else None

@@ -111,7 +111,9 @@ def test_hetrec_zip_downloads_extracts_parses_and_is_reused(hetrec_url: str, het
     expected = hashlib.sha256(hetrec_zip.read_bytes()).hexdigest()
     got = fetch(hetrec_url, cache, expected, expect=DATASETS["lastfm-2k"].expect)
     assert not got.from_cache and got.sha256 == expected and got.path.is_dir()
-    assert (got.path / "user_artists.dat").read_bytes() == (hetrec_zip.parent / "hetrec2011-lastfm-2k" / "user_artists.dat").read_bytes()
+    assert (got.path / "user_artists.dat").read_bytes() == (
+        hetrec_zip.parent / "hetrec2011-lastfm-2k" / "user_artists.dat"
+    ).read_bytes()
 
     interactions = parse(got.path)
     frame = interactions.frame
@@ -232,9 +234,7 @@ def _tar_with(member: str) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize(
-    ("name", "make"), [("evil.zip", _zip_with), ("evil.tar.gz", _tar_with)]
-)
+@pytest.mark.parametrize(("name", "make"), [("evil.zip", _zip_with), ("evil.tar.gz", _tar_with)])
 def test_path_traversal_is_refused(server: _Server, tmp_path: Path, cache: Path, name: str, make):
     (server.root / name).write_bytes(make("../../escaped.txt"))
     message = refused(lambda: fetch(server.url(name), cache, **FAST))
@@ -257,7 +257,9 @@ def test_local_path_file_url_and_folder(hetrec_zip: Path, hetrec_dir: Path, cach
     assert plain.path == (hetrec_dir / "user_artists.dat").resolve() and plain.sha256 == file_sha256(plain.path)
     folder = fetch(str(hetrec_dir), cache, expect="artists.dat")
     assert folder.path == hetrec_dir.resolve() and len(folder.sha256) == 64
-    assert refused(lambda: fetch(str(hetrec_dir / "nope.tsv"), cache)).endswith("not found; check the path (or give an http(s) URL)")
+    assert refused(lambda: fetch(str(hetrec_dir / "nope.tsv"), cache)).endswith(
+        "not found; check the path (or give an http(s) URL)"
+    )
 
 
 # --- named datasets ---------------------------------------------------------------------------
@@ -283,7 +285,9 @@ def test_360k_layout_tar_gz_over_http(server: _Server, tmp_path: Path, cache: Pa
     plays = generate(tmp_path / "plays.tsv", users=100, artists=400, rows=3_000, genres=5, seed=3)
     with tarfile.open(server.root / "lastfm-dataset-360K.tar.gz", "w:gz") as tar:
         tar.add(plays, arcname=DATASETS["lastfm-360k"].expect)
-    source = resolve(DataConfig(dataset="lastfm-360k", source=server.url("lastfm-dataset-360K.tar.gz"), cache_dir=cache))
+    source = resolve(
+        DataConfig(dataset="lastfm-360k", source=server.url("lastfm-dataset-360K.tar.gz"), cache_dir=cache)
+    )
     got = obtain(source)
     interactions = parse(got.path, source.dataset)
     assert interactions.dataset == "lastfm-360k"
@@ -300,7 +304,9 @@ def test_recs_data_over_http_prints_the_summary(hetrec_url: str, hetrec_dir: Pat
 
     with (hetrec_dir / "user_artists.dat").open() as fh:
         total = sum(int(line.split("\t")[2]) for line in list(fh)[1:])
-    result = CliRunner().invoke(app, ["data", "--dataset", "lastfm-2k", "--source", hetrec_url, "--cache-dir", str(cache)])
+    result = CliRunner().invoke(
+        app, ["data", "--dataset", "lastfm-2k", "--source", hetrec_url, "--cache-dir", str(cache)]
+    )
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.replace("│", " ").split())
     for expected in ("users 1,892", "artists 17,632", "pairs 92,834", f"total plays {total:,}", "bad rows none"):
@@ -321,7 +327,10 @@ def test_recs_data_reports_bad_rows_and_errors_in_one_line(server: _Server, tmp_
 
     result = CliRunner().invoke(app, ["data", "--source", server.url("gone.zip"), "--cache-dir", str(cache)])
     assert result.exit_code == 1
-    assert result.output.strip() == f"error: download of {server.url('gone.zip')} failed: HTTP 404 File not found; check the URL"
+    assert (
+        result.output.strip()
+        == f"error: download of {server.url('gone.zip')} failed: HTTP 404 File not found; check the URL"
+    )
 
 
 def test_expected_file_found_in_a_repacked_mirror(server: _Server, tmp_path: Path, cache: Path):

@@ -56,8 +56,11 @@ def test_filters_reach_the_same_pairs_as_a_naive_fixed_point(hetrec_dir: Path):
 
 def test_plain_string_columns_encode_like_categoricals(tmp_path: Path):
     interactions = parse(generate(tmp_path / "p.tsv", users=100, artists=300, rows=2_000, genres=4, seed=1))
-    plain = Interactions(interactions.frame.astype({c: str for c in ("user", "artist", "artist_name")}),
-                         interactions.bad_rows, interactions.dataset)
+    plain = Interactions(
+        interactions.frame.astype({c: str for c in ("user", "artist", "artist_name")}),
+        interactions.bad_rows,
+        interactions.dataset,
+    )
     a, b = encode(interactions), encode(plain)
     assert (a.plays != b.plays).nnz == 0
     for name in ("user_keys", "artist_keys", "artist_names"):
@@ -65,8 +68,14 @@ def test_plain_string_columns_encode_like_categoricals(tmp_path: Path):
 
 
 def test_first_name_per_artist_and_duplicates_summed():
-    frame = pd.DataFrame({"user": ["a", "b", "a"], "artist": ["x", "x", "x"],
-                          "artist_name": ["X one", "X two", "X three"], "plays": np.float32([1, 2, 3])})
+    frame = pd.DataFrame(
+        {
+            "user": ["a", "b", "a"],
+            "artist": ["x", "x", "x"],
+            "artist_name": ["X one", "X two", "X three"],
+            "plays": np.float32([1, 2, 3]),
+        }
+    )
     enc = encode(Interactions(frame, BadRows(3, 3), "test"))
     assert enc.artist_names.tolist() == ["X one"]
     assert enc.plays.toarray().tolist() == [[4.0], [2.0]]

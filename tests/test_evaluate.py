@@ -275,5 +275,6 @@ def test_sampled_users_estimate_the_full_evaluation_within_its_standard_error(he
         for metric in ("precision", "ndcg", "recall"):
             assert abs(sampled[metric] - full[metric]) < 3 * 0.5 / np.sqrt(n)
     # a sample as large as the population is the full evaluation
-    assert {m.metric: m.value for m in evaluate(factors, split, ks=[10], max_users=users_with_test)
-            if m.k == 10} == full
+    assert {
+        m.metric: m.value for m in evaluate(factors, split, ks=[10], max_users=users_with_test) if m.k == 10
+    } == full

@@ -26,7 +26,7 @@ def _two_tastes(seed: int = 0) -> sp.csr_matrix:
     dense = np.zeros((60, 40), dtype=np.float32)
     for half in (0, 1):
         block = rng.random((30, 20)) < 0.4
-        dense[half * 30:(half + 1) * 30, half * 20:(half + 1) * 20] = block * rng.integers(1, 200, (30, 20))
+        dense[half * 30 : (half + 1) * 30, half * 20 : (half + 1) * 20] = block * rng.integers(1, 200, (30, 20))
     return sp.csr_matrix(dense)
 
 
@@ -61,8 +61,11 @@ def test_seed_changes_the_start(name):
 
 @pytest.mark.parametrize("name,iterations", [("als", 15), ("lsa", 1), ("bpr", 200)])
 def test_implicit_models_separate_two_tastes(name, iterations):
-    cfg = model_config({"name": name, "factors": 4} | ({} if name == "lsa" else {"iterations": iterations})
-                       | ({"learning_rate": 0.05} if name == "bpr" else {}))
+    cfg = model_config(
+        {"name": name, "factors": 4}
+        | ({} if name == "lsa" else {"iterations": iterations})
+        | ({"learning_rate": 0.05} if name == "bpr" else {})
+    )
     cos = _cosines(fit(_two_tastes(), cfg).artist_factors)
     first_half = np.arange(40) < 20
     same = np.equal.outer(first_half, first_half)
@@ -84,8 +87,12 @@ def test_lsa_is_the_best_rank_k_approximation():
 def test_explicit_predicts_held_out_ratings_better_than_the_mean():
     rng = np.random.default_rng(3)
     users, artists = 300, 200
-    truth = (rng.normal(size=(users, 3)) @ rng.normal(size=(3, artists))
-             + rng.normal(size=(users, 1)) + rng.normal(size=(1, artists)) + 5)
+    truth = (
+        rng.normal(size=(users, 3)) @ rng.normal(size=(3, artists))
+        + rng.normal(size=(users, 1))
+        + rng.normal(size=(1, artists))
+        + 5
+    )
     seen = rng.random((users, artists)) < 0.3
     train = sp.csr_matrix(np.where(seen, truth, 0).astype(np.float32))
     model = fit(train, ExplicitConfig(factors=3, regularization=0.05, iterations=10))

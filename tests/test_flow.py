@@ -21,12 +21,14 @@ def harness():
 
 
 def _config(tmp, source: str, **retry) -> RetrainConfig:
-    return RetrainConfig.model_validate({
-        "data": {"dataset": "lastfm-2k", "source": source, "cache_dir": str(tmp / "cache")},
-        "storage": {"db": f"sqlite:///{tmp / 'recs.db'}"},
-        "work_dir": str(tmp / "runs"),
-        "retry": retry or {"attempts": 1, "backoff_seconds": 0},
-    })
+    return RetrainConfig.model_validate(
+        {
+            "data": {"dataset": "lastfm-2k", "source": source, "cache_dir": str(tmp / "cache")},
+            "storage": {"db": f"sqlite:///{tmp / 'recs.db'}"},
+            "work_dir": str(tmp / "runs"),
+            "retry": retry or {"attempts": 1, "backoff_seconds": 0},
+        }
+    )
 
 
 def _read(flow_run_id):
@@ -50,7 +52,8 @@ async def _aread(flow_run_id):
 
     async with get_client() as client:
         artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
         tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
     return artifacts, tasks, logs
@@ -91,7 +94,8 @@ def test_flow_publishes_and_reports(two_runs):
 
     with sqlite3.connect(tmp / "recs.db") as con:
         coldplay = con.execute(
-            "SELECT count(*) FROM current_related_artists WHERE lower(artist_name) = 'coldplay'").fetchone()[0]
+            "SELECT count(*) FROM current_related_artists WHERE lower(artist_name) = 'coldplay'"
+        ).fetchone()[0]
         users = con.execute("SELECT count(DISTINCT user_key) FROM current_user_recommendations").fetchone()[0]
     assert coldplay == config.n
     assert users == 1892
@@ -157,8 +161,11 @@ def test_unreachable_database_is_retried_then_fails_the_run(two_runs):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    down = _one_model(config).model_copy(update={"storage": config.storage.model_copy(
-        update={"db": f"postgresql+psycopg://postgres@127.0.0.1:{port}/recs"})})
+    down = _one_model(config).model_copy(
+        update={
+            "storage": config.storage.model_copy(update={"db": f"postgresql+psycopg://postgres@127.0.0.1:{port}/recs"})
+        }
+    )
 
     state = retrain(down, return_state=True)
 
@@ -190,8 +197,9 @@ def test_flow_publishes_into_postgresql(two_runs):
         reader = sa.create_engine(db)
         with reader.connect() as conn:
             published = conn.execute(sa.text("SELECT run_id FROM runs WHERE status = 'published'")).scalars().all()
-            coldplay = conn.execute(sa.text(
-                "SELECT count(*) FROM current_related_artists WHERE lower(artist_name) = 'coldplay'")).scalar()
+            coldplay = conn.execute(
+                sa.text("SELECT count(*) FROM current_related_artists WHERE lower(artist_name) = 'coldplay'")
+            ).scalar()
         reader.dispose()
     assert published == [result.run_id]
     assert coldplay == config.n

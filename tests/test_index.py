@@ -63,7 +63,10 @@ def test_faiss_index_searches_by_cosine_and_inner_product(tmp_path):
     assert found.dtype == np.int64 and found.tolist() == np.argsort(-(unit[:5] @ unit.T), axis=1)[:, :3].tolist()
     users = build_index(x, cfg, tmp_path / "users.faiss", inner_product=True)
     user = _factors(1, seed=2)
-    assert users.dim == 9 and users.searcher()(np.hstack([user, [[0]]]), 10)[0].tolist() == np.argsort(-(x @ user[0]))[:10].tolist()
+    assert (
+        users.dim == 9
+        and users.searcher()(np.hstack([user, [[0]]]), 10)[0].tolist() == np.argsort(-(x @ user[0]))[:10].tolist()
+    )
 
 
 def test_faiss_lists_follow_the_catalogue():

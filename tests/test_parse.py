@@ -20,8 +20,14 @@ from tasks.errors import RecsError
 
 def tidy(frame: pd.DataFrame) -> list[tuple[str, str, str, float]]:
     """The frame as sorted plain tuples, so Categorical and str columns compare equal."""
-    return sorted(zip(frame["user"].astype(str), frame["artist"].astype(str),
-                      frame["artist_name"].astype(str), frame["plays"].astype(float)))
+    return sorted(
+        zip(
+            frame["user"].astype(str),
+            frame["artist"].astype(str),
+            frame["artist_name"].astype(str),
+            frame["plays"].astype(float),
+        )
+    )
 
 
 def test_hetrec_counts_names_and_total_plays(hetrec_dir: Path):
@@ -104,8 +110,15 @@ def test_blocks_do_not_change_the_result(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_generated_360k_file_matches_a_plain_pandas_reading(tmp_path: Path):
     plays = generate(tmp_path / "plays.tsv", users=300, artists=1_000, rows=12_000, genres=6, seed=9)
-    raw = pd.read_csv(plays, sep="\t", header=None, names=["user", "mbid", "name", "plays"],
-                      dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
+    raw = pd.read_csv(
+        plays,
+        sep="\t",
+        header=None,
+        names=["user", "mbid", "name", "plays"],
+        dtype=str,
+        keep_default_na=False,
+        quoting=csv.QUOTE_NONE,
+    )
     key = raw["mbid"].where(raw["mbid"] != "", raw["name"].str.lower().str.split().str.join(" "))
     expected = sorted(zip(raw["user"], key, raw["name"], raw["plays"].astype(float)))
     assert (raw["mbid"] == "").any()
@@ -116,16 +129,22 @@ def test_tables_csv_tsv_and_parquet(tmp_path: Path):
     csv_file = tmp_path / "plays.csv"
     csv_file.write_text('User,Artist,Plays\nann,"Crosby, Stills & Nash",5\nann,Air,2\nbob,Air,1\n')
     assert tidy(parse(csv_file).frame) == [
-        ("ann", "Air", "Air", 2.0), ("ann", "Crosby, Stills & Nash", "Crosby, Stills & Nash", 5.0),
-        ("bob", "Air", "Air", 1.0)]
+        ("ann", "Air", "Air", 2.0),
+        ("ann", "Crosby, Stills & Nash", "Crosby, Stills & Nash", 5.0),
+        ("bob", "Air", "Air", 1.0),
+    ]
     tsv_file = tmp_path / "plays.tsv"
     tsv_file.write_text("user\tartist\tartist_name\tplays\nann\t89\tLady Gaga\t3\n")
     parsed = parse(tsv_file)
     assert parsed.dataset == "table" and tidy(parsed.frame) == [("ann", "89", "Lady Gaga", 3.0)]
 
     parquet_file = tmp_path / "plays.parquet"
-    pq.write_table(pa.table({"user": [1, 1, 2, 2], "artist": ["Air", "Blur", "Air", "Cher"],
-                             "plays": [3.0, float("nan"), 0.0, 4.0]}), parquet_file)
+    pq.write_table(
+        pa.table(
+            {"user": [1, 1, 2, 2], "artist": ["Air", "Blur", "Air", "Cher"], "plays": [3.0, float("nan"), 0.0, 4.0]}
+        ),
+        parquet_file,
+    )
     parsed = parse(parquet_file)
     assert tidy(parsed.frame) == [("1", "Air", "Air", 3.0), ("2", "Cher", "Cher", 4.0)]
     assert parsed.bad_rows.counts == {"nan_plays": 1, "non_positive_plays": 1}
@@ -139,7 +158,8 @@ def test_mostly_bad_file_is_refused(tmp_path: Path):
         parse(path)
     assert str(info.value) == (
         f"{path}: 6 of 10 rows are bad (non_numeric_plays: 6); "
-        "check the file's format and encoding (UTF-8, columns user, artist, plays)")
+        "check the file's format and encoding (UTF-8, columns user, artist, plays)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -52,8 +52,10 @@ def test_related_exact_is_cosine_without_self():
 
 
 # each engine searched exhaustively: every tree node (Annoy) or every list (faiss)
-EXHAUSTIVE = {"annoy": IndexConfig(engine="annoy", n_trees=20, search_k=10**6),
-              "faiss": IndexConfig(engine="faiss", n_lists=8, n_probe=8, n_probe_users=8)}
+EXHAUSTIVE = {
+    "annoy": IndexConfig(engine="annoy", n_trees=20, search_k=10**6),
+    "faiss": IndexConfig(engine="faiss", n_lists=8, n_probe=8, n_probe_users=8),
+}
 
 
 @pytest.mark.parametrize("engine", EXHAUSTIVE)
@@ -81,8 +83,10 @@ def test_related_approx_pads_small_catalogues(tmp_path, engine):
 
 
 def test_recall_at_n_counts_hits_and_ties():
-    exact = TopN(ids=np.array([[1, 2, 3], [4, 5, -1]], np.int32),
-                 scores=np.array([[0.9, 0.8, 0.7], [0.6, 0.5, np.nan]], np.float32))
+    exact = TopN(
+        ids=np.array([[1, 2, 3], [4, 5, -1]], np.int32),
+        scores=np.array([[0.9, 0.8, 0.7], [0.6, 0.5, np.nan]], np.float32),
+    )
     rows = np.array([0, 2])
     approx = TopN(ids=np.full((3, 3), -1, np.int32), scores=np.full((3, 3), np.nan, np.float32))
     assert recall_at_n(approx, exact, rows) == 0.0
@@ -146,14 +150,17 @@ def test_user_top_n_approx_against_exact(tmp_path, engine):
     np.testing.assert_array_equal(approx.ids, exact.ids)
     np.testing.assert_allclose(approx.scores, exact.scores, rtol=1e-5)
     users = np.array([149, 0, 70])  # rows follow the users asked for, whatever the batching
-    np.testing.assert_array_equal(user_top_n_approx(info, USERS, ARTISTS, HEARD, 10, users=users).ids,
-                                  exact.ids[users])
+    np.testing.assert_array_equal(user_top_n_approx(info, USERS, ARTISTS, HEARD, 10, users=users).ids, exact.ids[users])
 
 
 @pytest.mark.parametrize("engine", ["annoy", "faiss"])
 def test_user_top_n_approx_default_search_never_recommends_heard(tmp_path, engine):
-    info = build_index(ARTISTS, IndexConfig(engine=engine, n_trees=20, n_lists=16, n_probe_users=4),
-                       tmp_path / "ip.idx", inner_product=True)
+    info = build_index(
+        ARTISTS,
+        IndexConfig(engine=engine, n_trees=20, n_lists=16, n_probe_users=4),
+        tmp_path / "ip.idx",
+        inner_product=True,
+    )
     exact = user_top_n(MODEL, HEARD, 10)
     approx = user_top_n_approx(info, USERS, ARTISTS, HEARD, 10)
     assert not HEARD[np.repeat(np.arange(150), 10), np.maximum(approx.ids.ravel(), 0)].any()

@@ -41,8 +41,10 @@ def tag_counts(hetrec_dir, hetrec_encoded: Encoded) -> sp.csr_matrix:
     codes = pd.Index(hetrec_encoded.artist_keys).get_indexer(frame["artistID"].astype(str))
     known = codes >= 0  # some tagged artists have no listener in user_artists.dat
     tag_codes = frame["tagID"][known].astype("category").cat.codes.to_numpy()
-    counts = sp.csr_matrix((np.ones(known.sum(), np.float32), (codes[known], tag_codes)),
-                           shape=(hetrec_encoded.n_artists, tag_codes.max() + 1))
+    counts = sp.csr_matrix(
+        (np.ones(known.sum(), np.float32), (codes[known], tag_codes)),
+        shape=(hetrec_encoded.n_artists, tag_codes.max() + 1),
+    )
     counts.sum_duplicates()
     return counts
 
@@ -78,12 +80,15 @@ def test_tag_coherence(hetrec_encoded, tag_counts, eligible, default_model, caps
     random_ids = np.where(random_ids == eligible[:, None], (random_ids + 1) % hetrec_encoded.n_artists, random_ids)
     random = _coherence(tag_counts, eligible, random_ids)
     lsa_cfg = LSAConfig(factors=64, weight=WeightConfig(scheme="bm25"))
-    lsa = _coherence(tag_counts, eligible,
-                     related_exact(_fit(hetrec_encoded.plays, lsa_cfg).artist_factors, N, eligible).ids)
+    lsa = _coherence(
+        tag_counts, eligible, related_exact(_fit(hetrec_encoded.plays, lsa_cfg).artist_factors, N, eligible).ids
+    )
     names = hetrec_encoded.artist_names
     with capsys.disabled():
-        print(f"\ntag coherence@{N} over {len(eligible)} artists: default {DEFAULT.name} "
-              f"{coherence:.3f}, lsa-64 {lsa:.3f}, random {random:.3f}")
+        print(
+            f"\ntag coherence@{N} over {len(eligible)} artists: default {DEFAULT.name} "
+            f"{coherence:.3f}, lsa-64 {lsa:.3f}, random {random:.3f}"
+        )
         for name in SHOWN:
             code = int(np.flatnonzero(names == name)[0])
             listed = related_exact(default_model.artist_factors, N, [code])
@@ -100,8 +105,8 @@ def test_shown_artists_are_plausible(hetrec_encoded, tag_counts, eligible, defau
     listed = related_exact(default_model.artist_factors, N, codes)
     random_ids = np.random.default_rng(1).choice(eligible, (len(codes), 200))
     for i, code in enumerate(codes):
-        own = _coherence(tag_counts, codes[i:i + 1], listed.ids[i:i + 1])
-        chance = _coherence(tag_counts, codes[i:i + 1], random_ids[i:i + 1])
+        own = _coherence(tag_counts, codes[i : i + 1], listed.ids[i : i + 1])
+        chance = _coherence(tag_counts, codes[i : i + 1], random_ids[i : i + 1])
         assert own > 2 * chance, names[code]
 
 
@@ -137,6 +142,5 @@ def test_index_recall_of_default_settings(hetrec_encoded, default_model, tmp_pat
     id_recall = float((approx.ids[rows][:, :, None] == exact.ids[:, None, :]).any(axis=2).mean())
     with capsys.disabled():
         settings = f"n_trees={info.n_trees}" if engine == "annoy" else f"n_lists={info.n_lists}, n_probe={info.n_probe}"
-        print(f"\n{engine} recall@{N} ({settings}) on {len(rows)} artists: "
-              f"{recall:.3f} (id-only {id_recall:.3f})")
+        print(f"\n{engine} recall@{N} ({settings}) on {len(rows)} artists: {recall:.3f} (id-only {id_recall:.3f})")
     assert recall >= 0.95

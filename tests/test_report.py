@@ -16,21 +16,38 @@ def _encoded(names: list[str], listeners: list[int]) -> Encoded:
     rows = np.concatenate([np.arange(n) for n in listeners])
     cols = np.repeat(np.arange(len(names)), listeners)
     plays = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(users, len(names)))
-    return Encoded(plays=plays, user_keys=np.array([str(u) for u in range(users)], dtype=object),
-                   artist_keys=np.array(names, dtype=object), artist_names=np.array(names, dtype=object))
+    return Encoded(
+        plays=plays,
+        user_keys=np.array([str(u) for u in range(users)], dtype=object),
+        artist_keys=np.array(names, dtype=object),
+        artist_names=np.array(names, dtype=object),
+    )
 
 
 def test_metrics_rows_put_each_model_beside_the_baselines():
     metrics = [
-        Metric("als", "precision", 10, 0.2), Metric("blend", "precision", 10, 0.3),
-        Metric("popularity", "precision", 10, 0.1), Metric("random", "precision", 10, 0.001),
-        Metric("als", "rmse_binary", None, 0.4), Metric("annoy", "related_recall", 10, 0.97),
+        Metric("als", "precision", 10, 0.2),
+        Metric("blend", "precision", 10, 0.3),
+        Metric("popularity", "precision", 10, 0.1),
+        Metric("random", "precision", 10, 0.001),
+        Metric("als", "rmse_binary", None, 0.4),
+        Metric("annoy", "related_recall", 10, 0.97),
     ]
     rows = {(r["model"], r["metric"]): r for r in metrics_rows(metrics)}
-    assert set(rows) == {("als", "precision@10"), ("blend", "precision@10"), ("als", "rmse_binary"),
-                         ("annoy", "related_recall@10")}
-    assert rows[("blend", "precision@10")] == {"model": "blend", "metric": "precision@10", "value": 0.3,
-                                               "popularity": 0.1, "random": 0.001, "vs_popularity": 3.0}
+    assert set(rows) == {
+        ("als", "precision@10"),
+        ("blend", "precision@10"),
+        ("als", "rmse_binary"),
+        ("annoy", "related_recall@10"),
+    }
+    assert rows[("blend", "precision@10")] == {
+        "model": "blend",
+        "metric": "precision@10",
+        "value": 0.3,
+        "popularity": 0.1,
+        "random": 0.001,
+        "vs_popularity": 3.0,
+    }
     assert rows[("als", "rmse_binary")]["popularity"] is None
     assert rows[("als", "rmse_binary")]["vs_popularity"] is None
 

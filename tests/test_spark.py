@@ -78,7 +78,9 @@ def test_quality_beside_implicit_and_popularity(spark_fit, hetrec_split):
     spark_p10 = _precision(spark_metrics, "spark_als")
     implicit_p10 = _precision(implicit_metrics, "als")
     popularity_p10 = _precision(spark_metrics, "popularity")
-    print(f"\nHetRec 2K precision@10: spark_als {spark_p10:.4f}  als {implicit_p10:.4f}  popularity {popularity_p10:.4f}")
+    print(
+        f"\nHetRec 2K precision@10: spark_als {spark_p10:.4f}  als {implicit_p10:.4f}  popularity {popularity_p10:.4f}"
+    )
     assert spark_p10 > 1.2 * popularity_p10
     # Spark's confidence is 1 + alpha*r and its regularisation is scaled per row (ALS-WR), so it
     # is not the same optimum as implicit's; it must land in the same neighbourhood.

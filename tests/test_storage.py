@@ -33,14 +33,30 @@ BULK = ("artists", "users", "related_artists", "user_recommendations")
 
 # Names that break naive quoting, LIKE patterns, COPY text escaping or terminal markup.
 NASTY_NAMES = [
-    "Sigur Rós", "Motörhead", "坂本龍一", "Mötley Crüe 🎸", "O'Brien", 'The "Quoted" Band',
-    "Robert'); DROP TABLE artists;--", "100% _Pure_ \\Back\\slash", "tab\there", "new\nline",
-    "[bold]Rich[/bold]", "$1 ? :name %s", "",
+    "Sigur Rós",
+    "Motörhead",
+    "坂本龍一",
+    "Mötley Crüe 🎸",
+    "O'Brien",
+    'The "Quoted" Band',
+    "Robert'); DROP TABLE artists;--",
+    "100% _Pure_ \\Back\\slash",
+    "tab\there",
+    "new\nline",
+    "[bold]Rich[/bold]",
+    "$1 ? :name %s",
+    "",
 ]
 
 
-def make_outputs(seed: int, n_artists: int = 40, n_users: int = 50, n: int = 5, precision: float = 0.2,
-                 names: list[str] | None = None) -> RunOutputs:
+def make_outputs(
+    seed: int,
+    n_artists: int = 40,
+    n_users: int = 50,
+    n: int = 5,
+    precision: float = 0.2,
+    names: list[str] | None = None,
+) -> RunOutputs:
     """A small, fully random run; different seeds give different lists and scores."""
     rng = np.random.default_rng(seed)
     plays = sp.random(n_users, n_artists, density=0.2, format="csr", dtype=np.float32, random_state=seed)
@@ -60,33 +76,57 @@ def make_outputs(seed: int, n_artists: int = 40, n_users: int = 50, n: int = 5, 
         return TopN(ids, scores)
 
     return RunOutputs(
-        encoded=encoded, related=top(n_artists), recommendations=top(n_users),
-        metrics=[Metric("als", "precision", 10, precision), Metric("popularity", "precision", 10, 0.05),
-                 Metric("als", "rmse_binary", None, 0.9)],
-        config={"seed": seed, "note": "it's \"json\""}, dataset="synthetic", source="generated",
-        data_sha256=f"{seed:064x}", related_model="als", user_model="als", code_version="test",
+        encoded=encoded,
+        related=top(n_artists),
+        recommendations=top(n_users),
+        metrics=[
+            Metric("als", "precision", 10, precision),
+            Metric("popularity", "precision", 10, 0.05),
+            Metric("als", "rmse_binary", None, 0.9),
+        ],
+        config={"seed": seed, "note": 'it\'s "json"'},
+        dataset="synthetic",
+        source="generated",
+        data_sha256=f"{seed:064x}",
+        related_model="als",
+        user_model="als",
+        code_version="test",
     )
 
 
 def expected_related(o: RunOutputs) -> set[tuple]:
     keys, names = o.encoded.artist_keys, o.encoded.artist_names
-    return {(keys[a], names[a], r + 1, keys[b], names[b], np.float32(o.related.scores[a, r]))
-            for a, r in zip(*np.nonzero(o.related.ids >= 0)) for b in [o.related.ids[a, r]]}
+    return {
+        (keys[a], names[a], r + 1, keys[b], names[b], np.float32(o.related.scores[a, r]))
+        for a, r in zip(*np.nonzero(o.related.ids >= 0))
+        for b in [o.related.ids[a, r]]
+    }
 
 
 def expected_recommendations(o: RunOutputs) -> set[tuple]:
     e = o.encoded
-    return {(e.user_keys[u], r + 1, e.artist_keys[a], e.artist_names[a], np.float32(o.recommendations.scores[u, r]))
-            for u, r in zip(*np.nonzero(o.recommendations.ids >= 0)) for a in [o.recommendations.ids[u, r]]}
+    return {
+        (e.user_keys[u], r + 1, e.artist_keys[a], e.artist_names[a], np.float32(o.recommendations.scores[u, r]))
+        for u, r in zip(*np.nonzero(o.recommendations.ids >= 0))
+        for a in [o.recommendations.ids[u, r]]
+    }
 
 
 def read_views(conn: sa.Connection) -> tuple[set[tuple], set[tuple]]:
     """Both views, each read in one statement, scores as float32 like they were published."""
-    related = {(*row[:5], np.float32(row[5])) for row in conn.exec_driver_sql(
-        "SELECT artist_key, artist_name, rank, related_artist_key, related_artist_name, score "
-        "FROM current_related_artists")}
-    users = {(*row[:4], np.float32(row[4])) for row in conn.exec_driver_sql(
-        "SELECT user_key, rank, artist_key, artist_name, score FROM current_user_recommendations")}
+    related = {
+        (*row[:5], np.float32(row[5]))
+        for row in conn.exec_driver_sql(
+            "SELECT artist_key, artist_name, rank, related_artist_key, related_artist_name, score "
+            "FROM current_related_artists"
+        )
+    }
+    users = {
+        (*row[:4], np.float32(row[4]))
+        for row in conn.exec_driver_sql(
+            "SELECT user_key, rank, artist_key, artist_name, score FROM current_user_recommendations"
+        )
+    }
     return related, users
 
 
@@ -134,8 +174,10 @@ def test_publish_makes_complete_run_visible(engine):
     run_id = publish(engine, outputs)
     assert views_of(engine) == expected_views(outputs)
     with engine.connect() as conn:
-        run = conn.exec_driver_sql("SELECT status, n_artists, n_users, n_related, n_recommendations, "
-                                   "finished_at, user_model FROM runs WHERE run_id = 1").one()
+        run = conn.exec_driver_sql(
+            "SELECT status, n_artists, n_users, n_related, n_recommendations, "
+            "finished_at, user_model FROM runs WHERE run_id = 1"
+        ).one()
         metrics = conn.exec_driver_sql("SELECT model, metric, k, value FROM run_metrics ORDER BY metric_id").all()
         artists = conn.exec_driver_sql("SELECT listeners, plays FROM artists ORDER BY artist_id").all()
     assert run_id == 1
@@ -173,7 +215,8 @@ def test_lookups_suggest_and_fail_in_one_line(engine):
     a = 20
     assert [(r.rank, r.artist_key, r.score) for r in found.rows] == [
         (r + 1, f"key-{outputs.related.ids[a, r]}", pytest.approx(float(outputs.related.scores[a, r]), rel=1e-6))
-        for r in range(3)]
+        for r in range(3)
+    ]
     recs = recommendations(engine, "user-7")
     assert [r.artist_key for r in recs.rows] == [f"key-{i}" for i in outputs.recommendations.ids[7]]
     with pytest.raises(RecsError, match="unknown user 'nobody'"):
@@ -190,9 +233,14 @@ def test_retention_keeps_last_n_and_metrics_of_pruned(engine):
     assert [(r.run_id, r.precision_at_10) for r in list_runs(engine)] == [(i, 0.2) for i in (4, 3, 2, 1)]
     if engine.dialect.name == "postgresql":  # pruned runs' partitions are gone, not just emptied
         with engine.connect() as conn:
-            partitions = conn.exec_driver_sql(
-                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace").scalars().all()
+            partitions = (
+                conn.exec_driver_sql(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace"
+                )
+                .scalars()
+                .all()
+            )
         assert sorted(partitions) == sorted(f"{t}_run_{r}" for t in BULK for r in (3, 4))
     with pytest.raises(RecsError, match="retention must be at least 1"):
         publish(engine, runs[0], retention=0)
@@ -220,9 +268,17 @@ def test_invalid_outputs_write_nothing(engine):
     bad_ids[0, 0] = 40
     cases = {
         "outside": RunOutputs(**{**outputs.__dict__, "related": TopN(bad_ids, outputs.related.scores)}),
-        "duplicates": RunOutputs(**{**outputs.__dict__, "encoded": Encoded(
-            outputs.encoded.plays, np.array(["same"] * 50, dtype=object), outputs.encoded.artist_keys,
-            outputs.encoded.artist_names)}),
+        "duplicates": RunOutputs(
+            **{
+                **outputs.__dict__,
+                "encoded": Encoded(
+                    outputs.encoded.plays,
+                    np.array(["same"] * 50, dtype=object),
+                    outputs.encoded.artist_keys,
+                    outputs.encoded.artist_names,
+                ),
+            }
+        ),
     }
     for needle, bad in cases.items():
         with pytest.raises(RecsError, match=needle):
@@ -314,8 +370,12 @@ print("finished", flush=True)
 def test_sigkill_while_publishing_never_shows_a_mix(db_url, engine, point):
     old, new = make_outputs(1), make_outputs(2)
     publish(engine, old)
-    child = subprocess.Popen([sys.executable, "-c", CHILD, db_url, point, str(ROOT), str(ROOT / "tests")],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, db_url, point, str(ROOT), str(ROOT / "tests")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = child.stdout.readline().strip()
         assert line == "paused", child.stderr.read()
@@ -376,6 +436,7 @@ def test_concurrent_reader_sees_only_complete_runs(db_url, engine, monkeypatch):
                 if table.name == "user_recommendations" and i == 1:
                     mid_load.set()  # rows of every table are written, none committed
                     assert checked.wait(30)
+
         return real(conn, table, run_id, gen())
 
     monkeypatch.setattr(publish_module, "write_run_rows", paced)
@@ -398,7 +459,8 @@ def test_schema_is_versioned_documented_and_indexed(db_url, engine):
         if engine.dialect.name == "postgresql":
             comments = conn.exec_driver_sql(
                 "SELECT obj_description('runs'::regclass), col_description('runs'::regclass, 2), "
-                "obj_description('current_related_artists'::regclass)").one()
+                "obj_description('current_related_artists'::regclass)"
+            ).one()
             assert all(comments)
         else:
             ddl = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'runs'").scalar_one()
@@ -408,10 +470,14 @@ def test_schema_is_versioned_documented_and_indexed(db_url, engine):
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("SET enable_seqscan = off")  # tiny tables: ask whether the index CAN serve
         explain = "EXPLAIN" if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN"
-        plans = " ".join(str(row) for sql in (
-            "SELECT * FROM current_related_artists WHERE lower(artist_name) = lower('ARTIST 3')",
-            "SELECT * FROM current_user_recommendations WHERE user_key = 'user-3'",
-        ) for row in conn.exec_driver_sql(f"{explain} {sql}"))
+        plans = " ".join(
+            str(row)
+            for sql in (
+                "SELECT * FROM current_related_artists WHERE lower(artist_name) = lower('ARTIST 3')",
+                "SELECT * FROM current_user_recommendations WHERE user_key = 'user-3'",
+            )
+            for row in conn.exec_driver_sql(f"{explain} {sql}")
+        )
     # SQLite names our indexes; PostgreSQL's per-run partitions name theirs after them.
     assert "run_id_lower" in plans and "run_id_user_key" in plans
     with engine.begin() as conn:
@@ -420,12 +486,15 @@ def test_schema_is_versioned_documented_and_indexed(db_url, engine):
         make_engine(db_url)
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
-    "sqlite:///{tmp}",  # a directory is not a database file
-    "mysql://root@localhost/x",
-    "not a url",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
+        "sqlite:///{tmp}",  # a directory is not a database file
+        "mysql://root@localhost/x",
+        "not a url",
+    ],
+)
 def test_unreachable_database_is_one_line_error(url, tmp_path):
     with pytest.raises(RecsError) as err:
         make_engine(url.format(tmp=tmp_path))

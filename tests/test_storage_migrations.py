@@ -115,17 +115,17 @@ def revisions(url: str) -> list[str]:
 PG_OWN = "c.relnamespace = current_schema()::regnamespace AND NOT c.relispartition"
 PG_CATALOG = {
     "relations": "SELECT c.relname, c.relkind::text, obj_description(c.oid, 'pg_class'), pg_get_partkeydef(c.oid), "
-                 f"CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid) END FROM pg_class c WHERE {PG_OWN}",
+    f"CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid) END FROM pg_class c WHERE {PG_OWN}",
     "columns": "SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
-               "pg_get_expr(d.adbin, d.adrelid), col_description(c.oid, a.attnum) "
-               "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-               "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
-               f"WHERE {PG_OWN} AND a.attnum > 0 AND NOT a.attisdropped",
+    "pg_get_expr(d.adbin, d.adrelid), col_description(c.oid, a.attnum) "
+    "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+    "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+    f"WHERE {PG_OWN} AND a.attnum > 0 AND NOT a.attisdropped",
     # Names, kinds and columns only: a CHECK read back from pg_dump's text deparses with other casts.
     "constraints": "SELECT c.relname, k.conname, k.contype::text, k.conkey::text "
-                   f"FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid WHERE {PG_OWN}",
+    f"FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid WHERE {PG_OWN}",
     "indexes": "SELECT replace(pg_get_indexdef(c.oid), current_schema() || '.', '') "
-               f"FROM pg_class c WHERE {PG_OWN} AND c.relkind IN ('i', 'I')",
+    f"FROM pg_class c WHERE {PG_OWN} AND c.relkind IN ('i', 'I')",
 }
 
 
@@ -133,6 +133,7 @@ def schema_of(url: str) -> dict[str, list[tuple]]:
     """Everything that describes the schema: SQLite's stored DDL and statistics, PostgreSQL's catalog."""
     engine = plain_engine(url)
     with engine.connect() as conn:
+
         def rows(sql: str) -> list[tuple]:
             return sorted(tuple(row) for row in conn.exec_driver_sql(sql))
 
@@ -162,14 +163,19 @@ def test_fresh_database_gets_the_full_schema_at_head(new_db):
             stats = conn.exec_driver_sql("SELECT tbl, idx, stat FROM sqlite_stat1").all()
             assert sorted(stats) == sorted(SCRIPTS.get_revision(BASELINE_REVISION).module.SQLITE_STATS)
         else:
-            partitioned = dict(conn.exec_driver_sql(
-                "SELECT relname, pg_get_partkeydef(oid) FROM pg_class "
-                "WHERE relkind = 'p' AND relnamespace = current_schema()::regnamespace").all())
+            partitioned = dict(
+                conn.exec_driver_sql(
+                    "SELECT relname, pg_get_partkeydef(oid) FROM pg_class "
+                    "WHERE relkind = 'p' AND relnamespace = current_schema()::regnamespace"
+                ).all()
+            )
             assert partitioned == {table: "LIST (run_id)" for table in BULK}
             # recs_alembic_version lives in the search_path schema, like the tables.
             scratch = sa.make_url(url).query["options"].removeprefix("-csearch_path=")
-            assert conn.exec_driver_sql("SELECT current_schema(), to_regclass(quote_ident(current_schema()) "
-                                        "|| '.recs_alembic_version') IS NOT NULL").one() == (scratch, True)
+            assert conn.exec_driver_sql(
+                "SELECT current_schema(), to_regclass(quote_ident(current_schema()) "
+                "|| '.recs_alembic_version') IS NOT NULL"
+            ).one() == (scratch, True)
     outputs = make_outputs(1)
     assert publish(engine, outputs) == 1 and views_of(engine) == expected_views(outputs)
     engine.dispose()
@@ -180,7 +186,10 @@ def test_models_match_what_the_migrations_build(new_db):
     with engine.connect() as conn, warnings.catch_warnings():
         # Neither side can reflect the lower(name) index; the schema comparison test covers it.
         warnings.filterwarnings("ignore", "(?i).*expression-based index")
-        assert compare_metadata(MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}), Base.metadata) == []
+        assert (
+            compare_metadata(MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}), Base.metadata)
+            == []
+        )
     engine.dispose()
 
 
@@ -213,8 +222,16 @@ make_engine(sys.argv[1]).dispose()
 
 
 def start_in_processes(url: str, n: int) -> None:
-    starters = [subprocess.Popen([sys.executable, "-c", START, url, str(ROOT)], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    starters = [
+        subprocess.Popen(
+            [sys.executable, "-c", START, url, str(ROOT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
     try:
         for child in starters:  # all imported and waiting, then released together
             assert child.stdout.readline().strip() == "ready", child.stderr.read()
@@ -311,12 +328,21 @@ def _unknown_legacy(url: str) -> None:
     engine.dispose()
 
 
-@pytest.mark.parametrize(("prepare", "message"), [
-    (_newer, "database schema is at revision ffffffffffff, newer than this code; upgrade lastfm-recs"),
-    (_foreign, "has a runs table but no recs_alembic_version or schema_version: it is not a recs database; "
-               "use another --db"),
-    (_unknown_legacy, "has schema_version 7; only 1 (lastfm-recs before Alembic) can be upgraded; use another --db"),
-])
+@pytest.mark.parametrize(
+    ("prepare", "message"),
+    [
+        (_newer, "database schema is at revision ffffffffffff, newer than this code; upgrade lastfm-recs"),
+        (
+            _foreign,
+            "has a runs table but no recs_alembic_version or schema_version: it is not a recs database; "
+            "use another --db",
+        ),
+        (
+            _unknown_legacy,
+            "has schema_version 7; only 1 (lastfm-recs before Alembic) can be upgraded; use another --db",
+        ),
+    ],
+)
 def test_databases_it_cannot_upgrade_are_one_line_errors_and_left_alone(new_db, prepare, message):
     url = new_db()
     prepare(url)

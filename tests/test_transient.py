@@ -61,8 +61,7 @@ def test_postgres_refused_is_transient_missing_database_is_not():
 
     base = make_url(url).set(drivername="postgresql")
     with pytest.raises(psycopg.OperationalError) as missing:
-        psycopg.connect(base.set(database="recs_no_such_db").render_as_string(hide_password=False),
-                        connect_timeout=5)
+        psycopg.connect(base.set(database="recs_no_such_db").render_as_string(hide_password=False), connect_timeout=5)
     assert not is_transient(_wrapped(missing.value))
     with pytest.raises(psycopg.OperationalError) as refused:
         psycopg.connect(base.set(port=_free_port()).render_as_string(hide_password=False), connect_timeout=5)

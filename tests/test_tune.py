@@ -107,10 +107,26 @@ def test_bad_requests_are_one_line_errors(plays):
 def test_recs_tune_prints_the_trial_table_and_writes_records(hetrec_dir, tmp_path):
     out = tmp_path / "tune"
     done = subprocess.run(
-        [sys.executable, "-c", "from flows.cli import app; app(prog_name='recs')", "tune",
-         "--dataset", "lastfm-2k", "--source", str(hetrec_dir), "--trials", "1", "--workers", "2",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
+        [
+            sys.executable,
+            "-c",
+            "from flows.cli import app; app(prog_name='recs')",
+            "tune",
+            "--dataset",
+            "lastfm-2k",
+            "--source",
+            str(hetrec_dir),
+            "--trials",
+            "1",
+            "--workers",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
     )
     assert done.returncode == 0, done.stderr
     assert "precision@10" in done.stdout and "popularity" in done.stdout

@@ -31,13 +31,18 @@ def test_contract(scheme):
 
 def test_bm25_idf_is_per_user_and_length_norm_per_artist():
     # artist 0 is popular (4 listeners), artist 3 rare (1 listener); user 0 heard 4 artists, user 3 one.
-    plays = sp.csr_matrix(np.array([
-        [5, 5, 5, 5, 0, 0],
-        [5, 5, 0, 0, 0, 0],
-        [5, 0, 0, 0, 0, 0],
-        [5, 0, 0, 0, 0, 0],
-        [0, 0, 0, 0, 5, 50],
-    ], dtype=np.float32))
+    plays = sp.csr_matrix(
+        np.array(
+            [
+                [5, 5, 5, 5, 0, 0],
+                [5, 5, 0, 0, 0, 0],
+                [5, 0, 0, 0, 0, 0],
+                [5, 0, 0, 0, 0, 0],
+                [0, 0, 0, 0, 5, 50],
+            ],
+            dtype=np.float32,
+        )
+    )
     # b=0 switches the length norm off: only the idf is left, and it depends on the user alone
     w = weight(plays, WeightConfig(scheme="bm25", k1=100, b=0)).toarray()
     assert w[0, 0] == pytest.approx(w[0, 3])  # same user, same plays, popular vs rare artist: equal

@@ -24,8 +24,9 @@ class BaseModelConfig(StageConfig):
     """Fields every model has: how its input is weighted and its seed."""
 
     name: str
-    weight: WeightConfig = Field(default_factory=WeightConfig,
-                                 description="how raw play counts become this model's confidences")
+    weight: WeightConfig = Field(
+        default_factory=WeightConfig, description="how raw play counts become this model's confidences"
+    )
     random_state: int = Field(42, description="seed: the same data and seed give the same model")
 
     # True for a model fitted on the observed values as ratings (explicit MF): its RMSE compares

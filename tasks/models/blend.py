@@ -33,7 +33,9 @@ def _factor_name(value: object) -> str:
 
 
 FactorPart = Annotated[
-    Annotated[ALSConfig, Tag("als")] | Annotated[BPRConfig, Tag("bpr")] | Annotated[LMFConfig, Tag("lmf")]
+    Annotated[ALSConfig, Tag("als")]
+    | Annotated[BPRConfig, Tag("bpr")]
+    | Annotated[LMFConfig, Tag("lmf")]
     | Annotated[LSAConfig, Tag("lsa")],
     Discriminator(_factor_name),
 ]
@@ -73,9 +75,7 @@ def standardise(scores: np.ndarray, heard: sp.csr_matrix) -> np.ndarray:
     at_heard = scores[rows, heard.indices].astype(np.float64)
     n = np.maximum(n_cols - np.diff(heard.indptr), 1)
     total = scores.sum(axis=1, dtype=np.float64) - np.bincount(rows, at_heard, minlength=n_rows)
-    squares = np.einsum("ij,ij->i", scores, scores, dtype=np.float64) - np.bincount(
-        rows, at_heard**2, minlength=n_rows
-    )
+    squares = np.einsum("ij,ij->i", scores, scores, dtype=np.float64) - np.bincount(rows, at_heard**2, minlength=n_rows)
     mean = total / n
     std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
     std[std < 1e-12] = 1.0

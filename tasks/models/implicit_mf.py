@@ -42,9 +42,13 @@ class ALSConfig(ALSParams):
     def fit_scorer(self, train: sp.csr_matrix) -> Factors:
         from implicit.cpu.als import AlternatingLeastSquares
 
-        model = AlternatingLeastSquares(factors=self.factors, regularization=self.regularization,
-                                        alpha=self.alpha, iterations=self.iterations,
-                                        random_state=self.random_state)
+        model = AlternatingLeastSquares(
+            factors=self.factors,
+            regularization=self.regularization,
+            alpha=self.alpha,
+            iterations=self.iterations,
+            random_state=self.random_state,
+        )
         return fit_implicit(model, train, self)
 
 
@@ -58,9 +62,14 @@ class SGDParams(FactorParams):
         from implicit.cpu.lmf import LogisticMatrixFactorization
 
         model_class = {"bpr": BayesianPersonalizedRanking, "lmf": LogisticMatrixFactorization}[self.name]
-        model = model_class(factors=self.factors, learning_rate=self.learning_rate,
-                            regularization=self.regularization, iterations=self.iterations, num_threads=1,
-                            random_state=self.random_state)
+        model = model_class(
+            factors=self.factors,
+            learning_rate=self.learning_rate,
+            regularization=self.regularization,
+            iterations=self.iterations,
+            num_threads=1,
+            random_state=self.random_state,
+        )
         return fit_implicit(model, train, self)
 
 

@@ -33,7 +33,9 @@ ModelConfig = Annotated[
 ]
 
 # name -> configuration class
-MODELS: dict[str, type[BaseModelConfig]] = {cls.model_fields["name"].default: cls for cls in get_args(get_args(ModelConfig)[0])}
+MODELS: dict[str, type[BaseModelConfig]] = {
+    cls.model_fields["name"].default: cls for cls in get_args(get_args(ModelConfig)[0])
+}
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelConfig)
 

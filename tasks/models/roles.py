@@ -40,12 +40,16 @@ def assign(fitted: list[Fitted]) -> tuple[Fitted, Fitted]:
 
     Raises ``RecsError`` when the related-artists model has no artist factors."""
     if len(fitted) == 2 and fitted[0].scorer.name == fitted[1].scorer.name:
-        fitted = [dataclasses.replace(f, scorer=_renamed(f.scorer, f"{f.scorer.name}-{role}"))
-                  for f, role in zip(fitted, ("related", "users"))]
+        fitted = [
+            dataclasses.replace(f, scorer=_renamed(f.scorer, f"{f.scorer.name}-{role}"))
+            for f, role in zip(fitted, ("related", "users"))
+        ]
     related = fitted[0]
     if not isinstance(related.scorer, Factors):
-        raise RecsError(f"related_model {related.model.name!r} has no artist factors to compare artists by; "
-                        "use a factor model (als, lsa, bpr, lmf, explicit, spark_als) for related_model")
+        raise RecsError(
+            f"related_model {related.model.name!r} has no artist factors to compare artists by; "
+            "use a factor model (als, lsa, bpr, lmf, explicit, spark_als) for related_model"
+        )
     return related, fitted[-1]
 
 

@@ -62,7 +62,9 @@ def spark_session() -> SparkSession:
             .getOrCreate()
         )
     except Exception as exc:  # py4j/JVM start-up failures come as many types
-        raise RecsError(f"could not start Spark ({type(exc).__name__}); check that Java 17+ is on PATH or set JAVA_HOME") from exc
+        raise RecsError(
+            f"could not start Spark ({type(exc).__name__}); check that Java 17+ is on PATH or set JAVA_HOME"
+        ) from exc
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

@@ -39,6 +39,10 @@ def load(directory: Path) -> Factors:
             user, artist = npz["user_factors"], npz["artist_factors"]
     except (OSError, ValueError, KeyError) as exc:
         raise RecsError(f"cannot load a model from {directory}: {exc}; re-run the retrain that wrote it") from None
-    return Factors(name=meta["name"], params=meta["params"], user_factors=user, artist_factors=artist,
-                   fit_seconds=meta["fit_seconds"])
-
+    return Factors(
+        name=meta["name"],
+        params=meta["params"],
+        user_factors=user,
+        artist_factors=artist,
+        fit_seconds=meta["fit_seconds"],
+    )

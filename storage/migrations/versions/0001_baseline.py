@@ -44,8 +44,7 @@ JOIN artists AS a ON a.run_id = cur.run_id
 JOIN related_artists AS r ON r.run_id = cur.run_id AND r.artist_id = a.artist_id
 JOIN artists AS b ON b.run_id = cur.run_id AND b.artist_id = r.related_artist_id
 """,
-        "Related artists of the latest published run, names joined in. "
-        "Look up by lower(artist_name) or artist_key.",
+        "Related artists of the latest published run, names joined in. Look up by lower(artist_name) or artist_key.",
     ),
     "current_user_recommendations": (
         f"""
@@ -83,35 +82,47 @@ def upgrade() -> None:
     schema_version = op.create_table(
         "schema_version",
         sa.Column("version", sa.Integer, primary_key=True, autoincrement=False, comment="schema version number"),
-        sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False,
-                  comment="when this version was created or upgraded to (UTC)"),
+        sa.Column(
+            "applied_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            comment="when this version was created or upgraded to (UTC)",
+        ),
         comment="Version of this schema in the database; see storage/engine.py.",
     )
     op.create_table(
         "runs",
         sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=True, comment="increasing id of the run"),
-        sa.Column("status", sa.String(16), nullable=False,
-                  comment="loading (rows being written, invisible), published (readable), failed (crashed "
-                  "or errored; rows removed), rejected (quality gate refused it; rows never loaded), "
-                  "pruned (past retention; rows removed, metrics kept)"),
+        sa.Column(
+            "status",
+            sa.String(16),
+            nullable=False,
+            comment="loading (rows being written, invisible), published (readable), failed (crashed "
+            "or errored; rows removed), rejected (quality gate refused it; rows never loaded), "
+            "pruned (past retention; rows removed, metrics kept)",
+        ),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, comment="UTC"),
         sa.Column("finished_at", sa.DateTime(timezone=True), comment="UTC, when the run left 'loading'"),
         sa.Column("message", sa.Text, comment="why a run failed or was rejected"),
         sa.Column("dataset", sa.Text, nullable=False, comment="dataset name, e.g. lastfm-360k"),
         sa.Column("source", sa.Text, nullable=False, comment="path or URL the data was read from"),
         sa.Column("data_sha256", sa.String(64), nullable=False, comment="SHA-256 of the downloaded data"),
-        sa.Column("config", sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False,
-                  comment="the full retrain config (JSON)"),
+        sa.Column(
+            "config",
+            sa.JSON().with_variant(JSONB(), "postgresql"),
+            nullable=False,
+            comment="the full retrain config (JSON)",
+        ),
         sa.Column("code_version", sa.Text, nullable=False, comment="version of the code that made the run"),
         sa.Column("related_model", sa.Text, nullable=False, comment="model behind related_artists"),
         sa.Column("user_model", sa.Text, nullable=False, comment="model behind user_recommendations"),
         sa.Column("n_artists", sa.Integer, nullable=False, comment="rows in artists for this run"),
         sa.Column("n_users", sa.Integer, nullable=False, comment="rows in users for this run"),
         sa.Column("n_related", sa.Integer, nullable=False, comment="rows in related_artists for this run"),
-        sa.Column("n_recommendations", sa.Integer, nullable=False,
-                  comment="rows in user_recommendations for this run"),
-        sa.CheckConstraint(sa.column("status").in_(("loading", "published", "failed", "rejected", "pruned")),
-                           name="ck_runs_status"),
+        sa.Column("n_recommendations", sa.Integer, nullable=False, comment="rows in user_recommendations for this run"),
+        sa.CheckConstraint(
+            sa.column("status").in_(("loading", "published", "failed", "rejected", "pruned")), name="ck_runs_status"
+        ),
         sa.Index("ix_runs_status_run_id", "status", "run_id"),
         comment="One row per publish attempt. The views show the highest run_id with status "
         "'published'; older published runs are kept up to the retention setting.",
@@ -120,10 +131,18 @@ def upgrade() -> None:
     op.create_table(
         "artists",
         sa.Column("run_id", sa.Integer, primary_key=True, comment="runs.run_id"),
-        sa.Column("artist_id", sa.Integer, primary_key=True,
-                  comment="artist code within the run (0-based column of its matrix)"),
-        sa.Column("artist_key", sa.Text, nullable=False,
-                  comment="the source's artist id: HetRec id, MusicBrainz id, or normalised name"),
+        sa.Column(
+            "artist_id",
+            sa.Integer,
+            primary_key=True,
+            comment="artist code within the run (0-based column of its matrix)",
+        ),
+        sa.Column(
+            "artist_key",
+            sa.Text,
+            nullable=False,
+            comment="the source's artist id: HetRec id, MusicBrainz id, or normalised name",
+        ),
         sa.Column("name", sa.Text, nullable=False, comment="display name"),
         sa.Column("listeners", sa.Integer, nullable=False, comment="users who played the artist"),
         sa.Column("plays", sa.Double, nullable=False, comment="total plays of the artist"),
@@ -136,8 +155,9 @@ def upgrade() -> None:
     op.create_table(
         "users",
         sa.Column("run_id", sa.Integer, primary_key=True, comment="runs.run_id"),
-        sa.Column("user_id", sa.Integer, primary_key=True,
-                  comment="user code within the run (0-based row of its matrix)"),
+        sa.Column(
+            "user_id", sa.Integer, primary_key=True, comment="user code within the run (0-based row of its matrix)"
+        ),
         sa.Column("user_key", sa.Text, nullable=False, comment="the source's user id"),
         sa.Index("ix_users_run_id_user_key", "run_id", "user_key", unique=True),
         comment="Users of one run (versioned with the run).",
@@ -165,11 +185,20 @@ def upgrade() -> None:
     )
     op.create_table(
         "run_metrics",
-        sa.Column("metric_id", sa.Integer, primary_key=True, autoincrement=True,
-                  comment="row id (k may be NULL, so no natural key)"),
+        sa.Column(
+            "metric_id",
+            sa.Integer,
+            primary_key=True,
+            autoincrement=True,
+            comment="row id (k may be NULL, so no natural key)",
+        ),
         sa.Column("run_id", sa.Integer, nullable=False, comment="runs.run_id"),
-        sa.Column("model", sa.Text, nullable=False,
-                  comment="model name, or popularity / random (baselines), or annoy / faiss (index recall)"),
+        sa.Column(
+            "model",
+            sa.Text,
+            nullable=False,
+            comment="model name, or popularity / random (baselines), or annoy / faiss (index recall)",
+        ),
         sa.Column("metric", sa.Text, nullable=False, comment="e.g. precision, ndcg, map, rmse, recall"),
         sa.Column("k", sa.Integer, comment="cut-off, NULL for metrics without one"),
         sa.Column("value", sa.Double, nullable=False, comment="the figure"),
@@ -200,6 +229,13 @@ def downgrade() -> None:
     """Drop everything ``upgrade`` created (every run's rows with it)."""
     for name in VIEWS:
         op.execute(f"DROP VIEW {name}")
-    for table in ("run_metrics", "user_recommendations", "related_artists", "users", "artists", "runs",
-                  "schema_version"):
+    for table in (
+        "run_metrics",
+        "user_recommendations",
+        "related_artists",
+        "users",
+        "artists",
+        "runs",
+        "schema_version",
+    ):
         op.drop_table(table)

@@ -27,8 +27,12 @@ def downgrade() -> None:
     schema_version = op.create_table(
         "schema_version",
         sa.Column("version", sa.Integer, primary_key=True, autoincrement=False, comment="schema version number"),
-        sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False,
-                  comment="when this version was created or upgraded to (UTC)"),
+        sa.Column(
+            "applied_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            comment="when this version was created or upgraded to (UTC)",
+        ),
         comment="Version of this schema in the database; see storage/engine.py.",
     )
     op.bulk_insert(schema_version, [{"version": 1, "applied_at": datetime.now(UTC)}])
