@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# `recs` as a subprocess, with its own temporary Prefect API server
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 # what the `recs` console script runs (pyproject: recs = "flows.cli:app"), without needing it installed
 RECS = [sys.executable, "-c", "from flows.cli import app; app(prog_name='recs')"]
@@ -37,7 +40,6 @@ def _one_line_error(done: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
-@pytest.mark.slow
 def test_recs_run_publishes_and_prints_a_summary(hetrec_url, tmp_path):
     db = tmp_path / "out.db"
     done = _recs(

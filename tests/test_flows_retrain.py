@@ -11,6 +11,9 @@ import pytest
 from flows.config import RetrainConfig
 from flows.report import METRICS_KEY, REPORT_KEY
 
+# a temporary Prefect API server for the module
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def harness():

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+# the benchmark as a subprocess, through the real flow
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = (
     "download",

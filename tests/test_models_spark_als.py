@@ -17,6 +17,9 @@ from tasks.errors import RecsError
 from tasks.models.implicit_mf import ALSConfig
 from tasks.models.spark_als import SparkALSConfig
 
+# a JVM and a Spark session: end-to-end, not a unit test
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("pyspark")
 
 # Spark local mode is slow to start and fit on 2 shared cores; fewer iterations than the
