@@ -13,7 +13,7 @@ dies, so a ``loading`` run seen while holding it is a leftover of a dead publish
 
 No ANALYZE afterwards: PostgreSQL's index builds at attach record each partition's size, which is
 all the view plans need (autovacuum analyzes the new partitions later); SQLite's statistics are
-fixed at schema creation (storage/schema.py).
+fixed at schema creation (storage/migrations/versions/0001_baseline.py).
 
 A crash or SIGKILL anywhere leaves the database in one of these committed states, so readers keep
 the previous run until step 4 commits.
