@@ -104,13 +104,13 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
     from tasks.data.datasets import obtain, resolve
     from tasks.data.encode import encode_parsed
     from tasks.data.parse import parse_to_parquet
-    from tasks.evaluate import evaluate_models
+    from tasks.evaluate import evaluate_models, fit_metrics
     from tasks.index import build_index
     from tasks.models.base import fit
     from tasks.models.roles import Fitted
     from tasks.models.store import save
     from tasks.recommend import recommend
-    from tasks.split import per_user_holdout
+    from tasks.split import evaluation_holdout, publish_refit
     from tasks.weight import weight
     from tasks.workspace import code_version
 
@@ -123,13 +123,20 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
         parsed = parse_to_parquet(downloaded, plan.dataset, Path(data.cache_dir) / "parsed")
     with stages("encode"):
         encoded = encode_parsed(parsed, data.min_listeners, data.min_artists)
+    e = config.eval
     with stages("split"):
-        split = per_user_holdout(encoded.plays, config.eval.holdout, config.eval.min_artists, config.eval.seed)
+        split = evaluation_holdout(encoded.plays, e.holdout, e.min_artists, e.seed, e.max_users)
     with stages("weight"):
         weighted = weight(split.train, model.weight)
     with stages("factorize"):
-        factors = fit(weighted, model)
-        save(factors, run_dir / model.name)
+        evaluated = fit(weighted, model)
+        save(evaluated, run_dir / model.name)
+    factors, published_train = evaluated, weighted
+    if publish_refit(split, e.publish_fit):  # small data: the published model sees every pair
+        with stages("refit"):
+            published_train = weight(encoded.plays, model.weight)
+            factors = fit(published_train, model)
+            save(factors, run_dir / "published" / model.name)
     # the flow recommends to users from everything they heard, train and test
     heard = encoded.plays
     with stages("index_related"):
@@ -143,8 +150,11 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
     with stages("recommend"):
         recommended = recommend(factors, factors, related_index, user_index, heard, n, cfg, seed=config.eval.seed)
     with stages("evaluate"):
-        metrics = evaluate_models([Fitted(model=model, scorer=factors, train=weighted)], split, config.eval)
-        metrics += recommended.recall
+        metrics = evaluate_models([Fitted(model=model, scorer=evaluated, train=weighted)], split, config.eval)
+        metrics += recommended.recall + fit_metrics(
+            [Fitted(model=model, scorer=factors, train=published_train)],
+            [Fitted(model=model, scorer=evaluated, train=weighted)],
+        )
     outputs = RunOutputs(
         encoded=encoded,
         related=recommended.related,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tasks.contracts import BadRows, Encoded, Metric, TopN
+from tasks.evaluate import FIT_METRICS
 
 METRICS_KEY = "retrain-metrics"
 REPORT_KEY = "retrain-report"
@@ -66,7 +67,7 @@ def metrics_rows(metrics: list[Metric]) -> list[dict]:
     by_key = {(m.model, m.metric, m.k): m.value for m in metrics}
     rows = []
     for m in metrics:
-        if m.model in BASELINES:
+        if m.model in BASELINES or m.metric in FIT_METRICS:
             continue
         pop = by_key.get(("popularity", m.metric, m.k))
         rnd = by_key.get(("random", m.metric, m.k))
@@ -80,6 +81,20 @@ def metrics_rows(metrics: list[Metric]) -> list[dict]:
                 "vs_popularity": round(m.value / pop, 2) if pop else None,
             }
         )
+    return rows
+
+
+def fit_rows(metrics: list[Metric]) -> list[list]:
+    """Per published model: the pairs it was fitted on, and whether its metrics come from that
+    same fit or from a sibling fit on the train part (and its pairs)."""
+    pairs = {(m.model, m.metric): int(m.value) for m in metrics if m.metric in FIT_METRICS}
+    rows = []
+    for (model, metric), fitted in pairs.items():
+        if metric != "fit_pairs":
+            continue
+        measured = pairs.get((model, "evaluated_fit_pairs"), fitted)
+        source = "the same fit" if measured == fitted else f"a sibling fit on {measured:,} train pairs"
+        rows.append([model, f"{fitted:,}", source])
     return rows
 
 
@@ -199,6 +214,8 @@ def render_report(report: RunReport) -> str:
         lines.append("")
     lines += ["## Models", ""]
     lines += _md_table(["role", "params"], [[role, f"`{params}`"] for role, params in report.models.items()])
+    lines += ["", "## What was published, and what was measured", ""]
+    lines += _md_table(["model", "fitted on (pairs)", "metrics from"], fit_rows(report.metrics))
     lines += ["", "## Metrics (holdout, train-heard artists excluded)", ""]
     rows = metrics_rows(report.metrics)
     lines += _md_table(

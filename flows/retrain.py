@@ -41,7 +41,7 @@ from tasks.data.datasets import DataConfig, fingerprint, obtain, resolve
 from tasks.data.encode import encode_parsed
 from tasks.data.parse import parse_to_parquet
 from tasks.errors import RecsError
-from tasks.evaluate import evaluate_models
+from tasks.evaluate import describe_fits, evaluate_models, fit_metrics
 from tasks.index import ArtistIndex, build_index
 from tasks.models import roles
 from tasks.models.base import fit
@@ -49,7 +49,7 @@ from tasks.models.registry import ModelConfig
 from tasks.models.roles import Fitted
 from tasks.models.store import save
 from tasks.recommend import recommend, scale_advice
-from tasks.split import per_user_holdout
+from tasks.split import evaluation_holdout, publish_refit
 from tasks.transient import is_transient
 from tasks.weight import weight
 from tasks.workspace import code_version, prune_run_dirs, run_dir
@@ -139,10 +139,10 @@ def encode_task(parsed: Parsed, data: DataConfig) -> Encoded:
 
 @stage("split", **IN_MEMORY)
 def split_task(encoded: Encoded, config: RetrainConfig) -> Split:
-    """Per-user holdout of the raw plays (before any weighting)."""
-    return per_user_holdout(
-        encoded.plays, fraction=config.eval.holdout, min_artists=config.eval.min_artists, seed=config.eval.seed
-    )
+    """Per-user holdout of the raw plays (before any weighting), from the evaluated users only
+    when they hold few enough pairs for one fit to serve metrics and publishing."""
+    e = config.eval
+    return evaluation_holdout(encoded.plays, e.holdout, e.min_artists, e.seed, e.max_users)
 
 
 @stage("weight", task_run_name="weight-{model.name}", **IN_MEMORY)
@@ -245,6 +245,15 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> RetrainResult:
         _TIMINGS.reset(token)
 
 
+def _fit_all(models: list[ModelConfig], plays: sp.csr_matrix, folder: Path) -> list[Fitted]:
+    """Weight ``plays`` (CSR, users x artists, raw plays) for each model and fit it."""
+    fitted = []
+    for model in models:
+        weighted = weight_task(plays, model)
+        fitted.append(Fitted(model=model, scorer=factorize_task(weighted, model, folder), train=weighted))
+    return fitted
+
+
 def _retrying(t, config: RetrainConfig):
     """``t`` with the run's retry count and exponential back-off (transient errors only)."""
     return t.with_options(
@@ -279,11 +288,14 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         parsed.bad_rows.total,
     )
     split = split_task(encoded, config)
-    fitted = []
-    for model in roles.distinct(config.related_model, config.user_model):
-        weighted = weight_task(split.train, model)
-        fitted.append(Fitted(model=model, scorer=factorize_task(weighted, model, folder), train=weighted))
-    related, users = roles.assign(fitted)
+    models = roles.distinct(config.related_model, config.user_model)
+    # the published lists come from models that saw every pair: the evaluated fits themselves
+    # when at most 1 % was held out of them, else siblings with the same config and seed
+    refit = publish_refit(split, config.eval.publish_fit)
+    evaluated = roles.named(_fit_all(models, split.train, folder / "holdout" if refit else folder))
+    published = roles.named(_fit_all(models, encoded.plays, folder)) if refit else evaluated
+    logger.info("%s", describe_fits(published, evaluated))
+    related, users = roles.assign(published)
     advice = scale_advice(users.scorer, config.index.engine, encoded.n_users, encoded.n_artists)
     if advice:
         logger.warning(advice)
@@ -297,7 +309,7 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
     # every artist a user ever heard (train and test) is excluded from the published top-N; the
     # scorers only read which artists were heard, not how often (item-kNN binarises its input)
     recommended = recommend_task(related_factors, users.scorer, related_index, user_index, encoded.plays, config)
-    metrics = evaluate_task(fitted, split, config) + recommended.recall
+    metrics = evaluate_task(evaluated, split, config) + recommended.recall + fit_metrics(published, evaluated)
     for m in metrics:
         logger.info("%-12s %-22s %s", m.model, m.metric if m.k is None else f"{m.metric}@{m.k}", f"{m.value:.4f}")
     outputs = RunOutputs(

@@ -38,6 +38,7 @@ RMSE always uses every held-out pair.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -59,6 +60,11 @@ class EvalConfig(StageConfig):
     seed: int = 0
     max_users: int | None = Field(
         10_000, ge=100, description="rank a seeded sample of at most this many test users (None: all)"
+    )
+    publish_fit: Literal["auto", "refit", "evaluated"] = Field(
+        "auto",
+        description="published models: auto (the evaluated fit when at most 1% of pairs were held out of it, "
+        "else a refit on all pairs), refit (always), evaluated (never refit)",
     )
 
 
@@ -315,3 +321,32 @@ def evaluate_models(fitted: Sequence[Fitted], split: Split, cfg: EvalConfig) -> 
         run = report if i == 0 else evaluate
         metrics += run(f.scorer, own, cfg.k, rmse_target=target, seed=cfg.seed, max_users=cfg.max_users)
     return metrics
+
+
+# run_metrics rows that describe a fit rather than score it
+FIT_METRICS = ("fit_pairs", "evaluated_fit_pairs")
+
+
+def fit_metrics(published: Sequence[Fitted], evaluated: Sequence[Fitted]) -> list[Metric]:
+    """Per published model: the pairs it was fitted on (``fit_pairs``) and those of the fit its
+    metrics come from (``evaluated_fit_pairs``; equal when it is the same fit)."""
+    return [
+        m
+        for p, e in zip(published, evaluated)
+        for m in (
+            Metric(e.scorer.name, "fit_pairs", None, float(p.train.nnz)),
+            Metric(e.scorer.name, "evaluated_fit_pairs", None, float(e.train.nnz)),
+        )
+    ]
+
+
+def describe_fits(published: Sequence[Fitted], evaluated: Sequence[Fitted]) -> str:
+    """One line: what the published models were fitted on and where their metrics come from."""
+    parts = []
+    for p, e in zip(published, evaluated):
+        if p is e:
+            source = "its metrics from the same fit"
+        else:
+            source = f"its metrics from a sibling fit on the {e.train.nnz:,}-pair train part"
+        parts.append(f"{p.model.name} fitted on {p.train.nnz:,} pairs, {source}")
+    return "published models: " + "; ".join(parts)

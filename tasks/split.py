@@ -49,11 +49,24 @@ def _by_mask(plays: sp.csr_matrix, test_mask: np.ndarray, rule: str, seed: int) 
     return Split(train=part(~test_mask), test=part(test_mask), rule=rule, seed=seed)
 
 
-def per_user_holdout(plays: sp.csr_matrix, fraction: float = 0.2, min_artists: int = 5, seed: int = 0) -> Split:
-    """Hold out ``round(fraction * n_u)`` (at least 1) random artists of every user with
-    ``n_u >= min_artists`` artists; other users stay wholly in train.
+# One fit serves both the metrics and the published lists when the held-out pairs are at most
+# this share of all pairs; above it the published models are fitted again on every pair.
+SHARED_FIT_MAX_HOLDOUT = 0.01
 
-    ``plays``: CSR, users x artists (any values; float32 plays in the pipeline).
+
+def per_user_holdout(
+    plays: sp.csr_matrix,
+    fraction: float = 0.2,
+    min_artists: int = 5,
+    seed: int = 0,
+    users: np.ndarray | None = None,
+) -> Split:
+    """Hold out ``round(fraction * n_u)`` (at least 1) random artists of every user with
+    ``n_u >= min_artists`` artists (of those in ``users`` only, when given); other users stay
+    wholly in train.
+
+    ``plays``: CSR, users x artists (any values; float32 plays in the pipeline). ``users``: user
+    codes (int array) whose artists may be held out.
     """
     if not 0 < fraction < 1:
         raise RecsError(f"holdout fraction must be between 0 and 1 (exclusive), got {fraction}")
@@ -66,12 +79,49 @@ def per_user_holdout(plays: sp.csr_matrix, fraction: float = 0.2, min_artists: i
         np.clip(np.rint(fraction * counts), 1, np.maximum(counts - 1, 1)),
         0,
     ).astype(np.int64)
+    rule = f"per-user {fraction:g} min={min_artists}"
+    if users is not None:
+        n_test[np.setdiff1d(np.arange(plays.shape[0]), users)] = 0
+        rule += f" of {len(users):,} sampled users"
     rows = np.repeat(np.arange(plays.shape[0]), counts)
     mask = _rank_within_rows(plays, seed) < n_test[rows]
-    return _by_mask(plays, mask, f"per-user {fraction:g} min={min_artists}", seed)
+    return _by_mask(plays, mask, rule, seed)
+
+
+def evaluation_holdout(
+    plays: sp.csr_matrix, fraction: float, min_artists: int, seed: int, max_users: int | None
+) -> Split:
+    """The retrain's split: when evaluation ranks a sample of ``max_users`` users, hold out only
+    those users' artists if that is at most ``SHARED_FIT_MAX_HOLDOUT`` of the pairs (so a model
+    fitted on the train part has seen >= 99 % of them and is published as it is); otherwise hold
+    out from every eligible user (and the flow fits the published models again on all pairs).
+    The sample is seeded by ``seed``, like evaluation's own."""
+    counts = np.diff(sp.csr_matrix(plays).indptr)
+    eligible = np.flatnonzero(counts >= min_artists)
+    if max_users is not None and len(eligible) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(eligible, max_users, replace=False))
+        held = np.clip(np.rint(fraction * counts[users]), 1, np.maximum(counts[users] - 1, 1)).sum()
+        if held <= SHARED_FIT_MAX_HOLDOUT * plays.nnz:
+            return per_user_holdout(plays, fraction, min_artists, seed, users=users)
+    return per_user_holdout(plays, fraction, min_artists, seed)
+
+
+def shares_fit(split: Split) -> bool:
+    """Whether models fitted on ``split.train`` may be published as they are: at most
+    ``SHARED_FIT_MAX_HOLDOUT`` of the pairs were held out of it."""
+    return split.test.nnz <= SHARED_FIT_MAX_HOLDOUT * (split.train.nnz + split.test.nnz)
 
 
 def validation_split(split: Split, fraction: float = 0.2, min_artists: int = 5) -> Split:
     """A per-user holdout of ``split.train`` (for tuning), seeded apart from the test split."""
     inner = per_user_holdout(split.train, fraction, min_artists, seed=split.seed + 1_000_003)
     return Split(inner.train, inner.test, f"validation of ({split.rule}): {inner.rule}", inner.seed)
+
+
+def publish_refit(split: Split, mode: str = "auto") -> bool:
+    """Whether the published models are fitted again on every pair (``True``) or are the
+    evaluated fits on ``split.train`` (``False``). ``mode``: ``auto`` (refit unless
+    ``shares_fit``), ``refit`` or ``evaluated`` (pinned)."""
+    if mode not in ("auto", "refit", "evaluated"):
+        raise RecsError(f"unknown eval.publish_fit {mode!r}; use auto, refit or evaluated")
+    return mode == "refit" or (mode == "auto" and not shares_fit(split))

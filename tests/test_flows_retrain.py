@@ -6,6 +6,7 @@ import asyncio
 import socket
 import sqlite3
 
+import numpy as np
 import pytest
 
 from flows.config import RetrainConfig
@@ -121,6 +122,54 @@ def test_flow_publishes_and_reports(two_runs):
     for section in ("## Dataset", "## Bad rows", "## Models", "## Index recall", "## Related artists", "## Timings"):
         assert section in report
     assert "**Coldplay** →" in report
+
+
+def test_published_lists_come_from_models_fitted_on_every_pair(two_runs, hetrec_encoded):
+    """On HetRec every user is evaluated and a fifth of the pairs is held out, so the metrics come
+    from fits on the train part and the published lists from siblings fitted on all the pairs
+    with the same config and seed: equal to a reference fitted here on the full matrix."""
+    from tasks.index import build_index
+    from tasks.models.base import fit
+    from tasks.models.store import load
+    from tasks.recommend import related_approx, user_top_n
+    from tasks.weight import weight
+
+    tmp, config, states = two_runs
+    result = states[1].result()
+    plays = hetrec_encoded.plays
+    pairs = {(m.model, m.metric): m.value for m in result.metrics if m.k is None}
+    for model in (result.related_model, result.user_model):
+        assert pairs[(model, "fit_pairs")] == plays.nnz
+        assert pairs[(model, "evaluated_fit_pairs")] == pytest.approx(0.8 * plays.nnz, rel=0.02)
+
+    reference = fit(weight(plays, config.related_model.weight), config.related_model)
+    published = load(tmp / "runs" / str(states[1].state_details.flow_run_id) / config.related_model.name)
+    np.testing.assert_array_equal(published.artist_factors, reference.artist_factors)
+    index = build_index(
+        reference.artist_factors, config.index, tmp / "reference.annoy", seed=config.related_model.random_state
+    )
+    expected = related_approx(index, reference.artist_factors, config.n)
+    users = np.arange(100)
+    expected_users = user_top_n(
+        fit(weight(plays, config.user_model.weight), config.user_model), plays, config.n, users=users
+    )
+    with sqlite3.connect(tmp / "recs.db") as con:
+        related = con.execute(
+            "SELECT artist_id, related_artist_id FROM related_artists WHERE run_id = ? ORDER BY artist_id, rank",
+            (result.run_id,),
+        ).fetchall()
+        recommended = con.execute(
+            "SELECT user_id, artist_id FROM user_recommendations WHERE run_id = ? AND user_id < ? "
+            "ORDER BY user_id, rank",
+            (result.run_id, len(users)),
+        ).fetchall()
+    want = [(a, int(r)) for a, row in enumerate(expected.ids) for r in row if r >= 0]
+    assert related == want
+    assert recommended == [(u, int(a)) for u, row in zip(users, expected_users.ids) for a in row if a >= 0]
+
+    artifacts, _, _ = _read(states[1].state_details.flow_run_id)
+    report = {a.key: a for a in artifacts}[REPORT_KEY].data
+    assert f"| {result.user_model} | {plays.nnz:,} | a sibling fit on" in report
 
 
 def test_download_and_parse_are_cached_across_runs(two_runs):

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from tasks.errors import RecsError
-from tasks.split import per_user_holdout, validation_split
+from tasks.split import evaluation_holdout, per_user_holdout, publish_refit, shares_fit, validation_split
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +96,35 @@ def test_bad_arguments_raise_one_line_errors(plays, call, message):
     with pytest.raises(RecsError, match=message) as info:
         call(plays)
     assert "\n" not in str(info.value)
+
+
+def _many_users(n_users: int = 20_000, n_artists: int = 500, per_user: int = 10) -> sp.csr_matrix:
+    rng = np.random.default_rng(3)
+    cols = np.concatenate([rng.choice(n_artists, per_user, replace=False) for _ in range(n_users)])
+    rows = np.repeat(np.arange(n_users), per_user)
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_artists))
+
+
+def test_evaluation_holdout_takes_only_the_evaluated_users_when_they_are_few():
+    plays = _many_users()
+    split = evaluation_holdout(plays, 0.2, 5, seed=0, max_users=1_000)
+    _assert_partition(split, plays)
+    held_users = np.flatnonzero(np.diff(split.test.indptr))
+    assert len(held_users) == 1_000 and split.test.nnz == 2_000  # 2 of 10 artists each
+    assert shares_fit(split) and not publish_refit(split)  # 1 % of the pairs: one fit serves both
+    assert "of 1,000 sampled users" in split.rule
+    # repeatable for a seed; another seed samples other users
+    assert (evaluation_holdout(plays, 0.2, 5, seed=0, max_users=1_000).test != split.test).nnz == 0
+    assert (evaluation_holdout(plays, 0.2, 5, seed=1, max_users=1_000).test != split.test).nnz > 0
+
+
+def test_evaluation_holdout_of_every_user_means_a_refit():
+    plays = _many_users()
+    split = evaluation_holdout(plays, 0.2, 5, seed=0, max_users=None)
+    assert (split.test != per_user_holdout(plays, 0.2, 5, seed=0).test).nnz == 0
+    assert not shares_fit(split) and publish_refit(split)
+    assert not publish_refit(split, "evaluated") and publish_refit(split, "refit")
+    # a sample that holds more than 1 % of the pairs is not worth a shared fit either
+    assert publish_refit(evaluation_holdout(plays, 0.2, 5, seed=0, max_users=5_000))
+    with pytest.raises(RecsError, match="publish_fit"):
+        publish_refit(split, "sometimes")

@@ -35,15 +35,21 @@ def distinct(related: ModelConfig, users: ModelConfig) -> list[ModelConfig]:
     return [related] if related.model_dump() == users.model_dump() else [related, users]
 
 
+def named(fitted: list[Fitted]) -> list[Fitted]:
+    """``fitted`` (what ``distinct`` asked to fit, in its order), each model labelled with its
+    role when both roles' models share a name."""
+    if len(fitted) == 2 and fitted[0].scorer.name == fitted[1].scorer.name:
+        return [
+            dataclasses.replace(f, scorer=_renamed(f.scorer, f"{f.scorer.name}-{role}"))
+            for f, role in zip(fitted, ("related", "users"))
+        ]
+    return fitted
+
+
 def assign(fitted: list[Fitted]) -> tuple[Fitted, Fitted]:
     """``(related, users)`` from what ``distinct`` asked to fit, in that order.
 
     Raises ``RecsError`` when the related-artists model has no artist factors."""
-    if len(fitted) == 2 and fitted[0].scorer.name == fitted[1].scorer.name:
-        fitted = [
-            dataclasses.replace(f, scorer=_renamed(f.scorer, f"{f.scorer.name}-{role}"))
-            for f, role in zip(fitted, ("related", "users"))
-        ]
     related = fitted[0]
     if not isinstance(related.scorer, Factors):
         raise RecsError(
