@@ -102,7 +102,9 @@ def run(
     ),
     dataset: str = typer.Option(None, help="lastfm-2k | lastfm-360k | synthetic"),
     source: str = typer.Option(None, help="A path or URL overriding the dataset's own location."),
-    db: str = typer.Option(None, help="SQLAlchemy URL to publish into (default sqlite:///data/recs.db)."),
+    db: str = typer.Option(
+        None, envvar="RECS_DB", help="SQLAlchemy URL to publish into (default sqlite:///data/recs.db)."
+    ),
     model: str = typer.Option(None, help="Model for both related artists and user recommendations."),
 ) -> None:
     """Retrain once (the `retrain` Prefect flow) and publish the run; prints a summary.
@@ -211,7 +213,7 @@ def _read_engine(db: str | None):
     from flows.config import StorageConfig
     from storage.engine import make_engine
 
-    return make_engine(db or StorageConfig().db)
+    return make_engine(db or StorageConfig().db, create=False)
 
 
 def _top_table(title: str, rows) -> None:
