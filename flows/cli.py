@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+config_app = typer.Typer(help="The effective retrain configuration and its schema.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 F = TypeVar("F", bound=Callable)
 
@@ -41,6 +43,47 @@ def one_line_errors(fn: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _version(show: bool) -> None:
+    if show:
+        from tasks.workspace import code_version
+
+        console.print(f"lastfm-recs {code_version()}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version (and git commit) and exit."
+    ),
+) -> None:
+    """Last.fm related artists and per-user recommendations, published into SQL."""
+
+
+@config_app.command("show")
+@one_line_errors
+def config_show(
+    config_file: Path = typer.Option(
+        None, "--config", exists=True, dir_okay=False, help="YAML or TOML RetrainConfig to apply over the defaults."
+    ),
+) -> None:
+    """Print the effective RetrainConfig (defaults included) as YAML, ready to edit and pass to --config."""
+    import yaml
+
+    config = _run_config(config_file, None, None, None, None)
+    sys.stdout.write(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON schema of RetrainConfig (what --config files and deployment parameters accept)."""
+    import json
+
+    from flows.config import RetrainConfig
+
+    sys.stdout.write(json.dumps(RetrainConfig.model_json_schema(), indent=2) + "\n")
 
 
 def _run_config(config_file, dataset, source, db, model):
@@ -358,7 +401,10 @@ def tune(
     seed: int = typer.Option(0, help="Seed of the candidate sample."),
     workers: int = typer.Option(None, min=1, help="Parallel trials (default: the cores available)."),
     objective: str = typer.Option("precision", help="precision | ndcg | map | recall, at K=10."),
-    out: Path = typer.Option(None, help="Where trials.json/.csv and best.yaml go (default data/runs/tune-<time>)."),
+    out: Path = typer.Option(
+        None,
+        help="Where trials.json/.csv and best.yaml go (default data/tune/<time>, outside the pruned run folders).",
+    ),
 ) -> None:
     """Search models, weightings and hyper-parameters on a validation split; print the trial table."""
     from flows.tune import run_tune
