@@ -7,6 +7,7 @@ Each command is a thin shell over plain functions in tasks/, storage/ and flows/
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -149,6 +150,9 @@ def run(
         None, envvar="RECS_DB", help="SQLAlchemy URL to publish into (default sqlite:///data/recs.db)."
     ),
     model: str = typer.Option(None, help="Model for both related artists and user recommendations."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show tracebacks here too (the Prefect log always has them)."
+    ),
 ) -> None:
     """Retrain once (the `retrain` Prefect flow) and publish the run; prints a summary.
 
@@ -165,16 +169,20 @@ def run(
     from rich.table import Table
 
     from flows.report import metrics_rows
-    from flows.retrain import retrain
+    from flows.retrain import ORIGIN_ENV, retrain
 
     config = _run_config(config_file, dataset, source, db, model)
+    os.environ[ORIGIN_ENV] = "cli"  # failure messages name the fix as a flag of this command
+    if not verbose:
+        _no_tracebacks_on_terminal()
     try:
         result = retrain(config)
     except RecsError:
         raise
-    except Exception as exc:  # a bug or an environment failure: still one line, details in the log above
+    except Exception as exc:  # a bug or an environment failure: still one line, details in the Prefect log
         reason = " ".join(str(exc).split())
-        raise RecsError(f"retrain failed: {type(exc).__name__}: {reason}; see the log above") from None
+        where = "the log above" if verbose else "the traceback with --verbose or in the Prefect log"
+        raise RecsError(f"retrain failed: {type(exc).__name__}: {reason}; see {where}") from None
 
     table = Table("model", "metric", "value", "popularity", "× popularity", title=f"run {result.run_id}")
     for row in metrics_rows(result.metrics):
@@ -194,6 +202,29 @@ def run(
         soft_wrap=True,
     )
     console.print("try: " + _example_query(config.storage.db, result.example_artist), highlight=False, soft_wrap=True)
+
+
+class _NoTraceback(logging.Formatter):
+    """Formats a record as ``inner`` does, without its traceback or stack."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        # a copy: the record also goes to Prefect's API handler, which keeps the traceback
+        bare = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
+        return self.inner.format(bare)
+
+
+def _no_tracebacks_on_terminal() -> None:
+    """Progress lines stay on the terminal; tracebacks go only to the Prefect log (the API handler)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for logger in (logging.getLogger(), *logging.Logger.manager.loggerDict.values()):
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _NoTraceback):
+                handler.setFormatter(_NoTraceback(handler.formatter))
 
 
 @app.command()
