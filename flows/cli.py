@@ -229,11 +229,18 @@ def _no_tracebacks_on_terminal() -> None:
 
 @app.command()
 @one_line_errors
-def deploy() -> None:
+def deploy(
+    alert_webhook: str = typer.Option(
+        None,
+        envvar="RECS_ALERT_WEBHOOK",
+        help="URL to POST to when a retrain fails or is rejected (registers deployments/alerts.yaml).",
+    ),
+) -> None:
     """Register the weekly retrain with the Prefect server in PREFECT_API_URL.
 
     Creates the process work pool named in deployments/prefect.yaml if it is missing, then runs
-    `prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all` from the project root.
+    `prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all` from the project root,
+    then, given a webhook URL, the failure alert of deployments/alerts.yaml.
     """
     import subprocess
 
@@ -271,6 +278,47 @@ def deploy() -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if not alert_webhook:
+        console.print(
+            "no failure alert registered: pass --alert-webhook URL or set RECS_ALERT_WEBHOOK", highlight=False
+        )
+        return
+    name = _register_alert(project / "deployments" / "alerts.yaml", alert_webhook)
+    console.print(
+        f"registered the automation [bold]{name}[/bold]: failed retrains POST to {alert_webhook}", highlight=False
+    )
+
+
+ALERT_BLOCK = "recs-alerts"
+
+
+def _register_alert(spec: Path, webhook: str) -> str:
+    """Save ``webhook`` as the notification block ``ALERT_BLOCK`` and (re)create the automation of
+    ``spec`` sending to it, replacing any of the same name; returns the automation's name."""
+    import yaml
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.client.orchestration import get_client
+    from prefect.events.schemas.automations import AutomationCore
+    from pydantic import ValidationError
+
+    block = CustomWebhookNotificationBlock(
+        name=ALERT_BLOCK, url=webhook, json_data={"subject": "{{subject}}", "text": "{{body}}"}
+    )
+    try:
+        block_id = block.save(ALERT_BLOCK, overwrite=True)
+        automation = yaml.safe_load(spec.read_text())
+        for action in automation["actions"]:
+            action["block_document_id"] = str(block_id)
+        with get_client(sync_client=True) as client:
+            for old in client.read_automations_by_name(automation["name"]):  # deploying twice leaves one
+                client.delete_automation(old.id)
+            client.create_automation(AutomationCore.model_validate(automation))
+    except (ValidationError, OSError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise RecsError(
+            f"cannot register the alert of {spec.name}: {reason}; check --alert-webhook and the server"
+        ) from exc
+    return automation["name"]
 
 
 def _last_line(done) -> str:
