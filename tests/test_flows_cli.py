@@ -84,7 +84,9 @@ def test_recs_run_unreachable_source_fails_with_one_line(tmp_path):
         "--db",
         f"sqlite:///{tmp_path / 'x.db'}",
     )
-    assert f"127.0.0.1:{port}" in _one_line_error(done)
+    line = _one_line_error(done)
+    assert f"127.0.0.1:{port}" in line and "pass a local copy with --source" in line  # the flag, not data.source
+    assert "Traceback" not in done.stderr and "\r" not in done.stderr
     assert (
         not (tmp_path / "x.db").exists()
         or not sqlite3.connect(tmp_path / "x.db")
@@ -163,3 +165,26 @@ def test_config_schema_and_version(tmp_path):
     assert {"data", "storage", "related_model", "user_model"} <= set(doc["properties"])
     version = _recs(tmp_path, "--version", timeout=60)
     assert version.returncode == 0 and version.stdout.strip() == f"lastfm-recs {code_version()}"
+
+
+def test_recs_run_missing_postgresql_database_is_one_line_without_traceback(tmp_path):
+    import time
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    url = os.environ.get("RECS_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("RECS_TEST_POSTGRES_URL not set")
+    missing = make_url(url).set(database=f"recs_missing_{uuid.uuid4().hex[:8]}").render_as_string(hide_password=False)
+    start = time.monotonic()
+    done = _recs(tmp_path, "run", "--dataset", "lastfm-2k", "--db", missing, timeout=300)
+    seconds = time.monotonic() - start
+    line = _one_line_error(done)
+    assert "does not exist" in line and "--db / RECS_DB" in line
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) < 20  # progress lines and the one error, not 348 lines
+    assert seconds < 120  # generous: the CLI also starts its temporary Prefect API
+    assert not list((tmp_path / "data" / "cache").iterdir())  # the preflight made the folder; nothing downloaded
+    verbose = _recs(tmp_path, "run", "--dataset", "lastfm-2k", "--db", missing, "--verbose", timeout=300)
+    assert "does not exist" in _one_line_error(verbose) and "Traceback" in verbose.stderr
