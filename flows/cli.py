@@ -7,6 +7,7 @@ Each command is a thin shell over plain functions in tasks/, storage/ and flows/
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -25,6 +26,8 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+config_app = typer.Typer(help="The effective retrain configuration and its schema.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 F = TypeVar("F", bound=Callable)
 
@@ -41,6 +44,47 @@ def one_line_errors(fn: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _version(show: bool) -> None:
+    if show:
+        from tasks.workspace import code_version
+
+        console.print(f"lastfm-recs {code_version()}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version (and git commit) and exit."
+    ),
+) -> None:
+    """Last.fm related artists and per-user recommendations, published into SQL."""
+
+
+@config_app.command("show")
+@one_line_errors
+def config_show(
+    config_file: Path = typer.Option(
+        None, "--config", exists=True, dir_okay=False, help="YAML or TOML RetrainConfig to apply over the defaults."
+    ),
+) -> None:
+    """Print the effective RetrainConfig (defaults included) as YAML, ready to edit and pass to --config."""
+    import yaml
+
+    config = _run_config(config_file, None, None, None, None)
+    sys.stdout.write(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON schema of RetrainConfig (what --config files and deployment parameters accept)."""
+    import json
+
+    from flows.config import RetrainConfig
+
+    sys.stdout.write(json.dumps(RetrainConfig.model_json_schema(), indent=2) + "\n")
 
 
 def _run_config(config_file, dataset, source, db, model):
@@ -102,8 +146,13 @@ def run(
     ),
     dataset: str = typer.Option(None, help="lastfm-2k | lastfm-360k | synthetic"),
     source: str = typer.Option(None, help="A path or URL overriding the dataset's own location."),
-    db: str = typer.Option(None, help="SQLAlchemy URL to publish into (default sqlite:///data/recs.db)."),
+    db: str = typer.Option(
+        None, envvar="RECS_DB", help="SQLAlchemy URL to publish into (default sqlite:///data/recs.db)."
+    ),
     model: str = typer.Option(None, help="Model for both related artists and user recommendations."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show tracebacks here too (the Prefect log always has them)."
+    ),
 ) -> None:
     """Retrain once (the `retrain` Prefect flow) and publish the run; prints a summary.
 
@@ -120,16 +169,20 @@ def run(
     from rich.table import Table
 
     from flows.report import metrics_rows
-    from flows.retrain import retrain
+    from flows.retrain import ORIGIN_ENV, retrain
 
     config = _run_config(config_file, dataset, source, db, model)
+    os.environ[ORIGIN_ENV] = "cli"  # failure messages name the fix as a flag of this command
+    if not verbose:
+        _no_tracebacks_on_terminal()
     try:
         result = retrain(config)
     except RecsError:
         raise
-    except Exception as exc:  # a bug or an environment failure: still one line, details in the log above
+    except Exception as exc:  # a bug or an environment failure: still one line, details in the Prefect log
         reason = " ".join(str(exc).split())
-        raise RecsError(f"retrain failed: {type(exc).__name__}: {reason}; see the log above") from None
+        where = "the log above" if verbose else "the traceback with --verbose or in the Prefect log"
+        raise RecsError(f"retrain failed: {type(exc).__name__}: {reason}; see {where}") from None
 
     table = Table("model", "metric", "value", "popularity", "× popularity", title=f"run {result.run_id}")
     for row in metrics_rows(result.metrics):
@@ -151,13 +204,43 @@ def run(
     console.print("try: " + _example_query(config.storage.db, result.example_artist), highlight=False, soft_wrap=True)
 
 
+class _NoTraceback(logging.Formatter):
+    """Formats a record as ``inner`` does, without its traceback or stack."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        # a copy: the record also goes to Prefect's API handler, which keeps the traceback
+        bare = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
+        return self.inner.format(bare)
+
+
+def _no_tracebacks_on_terminal() -> None:
+    """Progress lines stay on the terminal; tracebacks go only to the Prefect log (the API handler)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for logger in (logging.getLogger(), *logging.Logger.manager.loggerDict.values()):
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _NoTraceback):
+                handler.setFormatter(_NoTraceback(handler.formatter))
+
+
 @app.command()
 @one_line_errors
-def deploy() -> None:
+def deploy(
+    alert_webhook: str = typer.Option(
+        None,
+        envvar="RECS_ALERT_WEBHOOK",
+        help="URL to POST to when a retrain fails or is rejected (registers deployments/alerts.yaml).",
+    ),
+) -> None:
     """Register the weekly retrain with the Prefect server in PREFECT_API_URL.
 
     Creates the process work pool named in deployments/prefect.yaml if it is missing, then runs
-    `prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all` from the project root.
+    `prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all` from the project root,
+    then, given a webhook URL, the failure alert of deployments/alerts.yaml.
     """
     import subprocess
 
@@ -195,6 +278,47 @@ def deploy() -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if not alert_webhook:
+        console.print(
+            "no failure alert registered: pass --alert-webhook URL or set RECS_ALERT_WEBHOOK", highlight=False
+        )
+        return
+    name = _register_alert(project / "deployments" / "alerts.yaml", alert_webhook)
+    console.print(
+        f"registered the automation [bold]{name}[/bold]: failed retrains POST to {alert_webhook}", highlight=False
+    )
+
+
+ALERT_BLOCK = "recs-alerts"
+
+
+def _register_alert(spec: Path, webhook: str) -> str:
+    """Save ``webhook`` as the notification block ``ALERT_BLOCK`` and (re)create the automation of
+    ``spec`` sending to it, replacing any of the same name; returns the automation's name."""
+    import yaml
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.client.orchestration import get_client
+    from prefect.events.schemas.automations import AutomationCore
+    from pydantic import ValidationError
+
+    block = CustomWebhookNotificationBlock(
+        name=ALERT_BLOCK, url=webhook, json_data={"subject": "{{subject}}", "text": "{{body}}"}
+    )
+    try:
+        block_id = block.save(ALERT_BLOCK, overwrite=True)
+        automation = yaml.safe_load(spec.read_text())
+        for action in automation["actions"]:
+            action["block_document_id"] = str(block_id)
+        with get_client(sync_client=True) as client:
+            for old in client.read_automations_by_name(automation["name"]):  # deploying twice leaves one
+                client.delete_automation(old.id)
+            client.create_automation(AutomationCore.model_validate(automation))
+    except (ValidationError, OSError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise RecsError(
+            f"cannot register the alert of {spec.name}: {reason}; check --alert-webhook and the server"
+        ) from exc
+    return automation["name"]
 
 
 def _last_line(done) -> str:
@@ -211,7 +335,7 @@ def _read_engine(db: str | None):
     from flows.config import StorageConfig
     from storage.engine import make_engine
 
-    return make_engine(db or StorageConfig().db)
+    return make_engine(db or StorageConfig().db, create=False)
 
 
 def _top_table(title: str, rows) -> None:
@@ -356,7 +480,10 @@ def tune(
     seed: int = typer.Option(0, help="Seed of the candidate sample."),
     workers: int = typer.Option(None, min=1, help="Parallel trials (default: the cores available)."),
     objective: str = typer.Option("precision", help="precision | ndcg | map | recall, at K=10."),
-    out: Path = typer.Option(None, help="Where trials.json/.csv and best.yaml go (default data/runs/tune-<time>)."),
+    out: Path = typer.Option(
+        None,
+        help="Where trials.json/.csv and best.yaml go (default data/tune/<time>, outside the pruned run folders).",
+    ),
 ) -> None:
     """Search models, weightings and hyper-parameters on a validation split; print the trial table."""
     from flows.tune import run_tune

@@ -251,3 +251,29 @@ def publish_artifacts(report: RunReport) -> None:
         key=REPORT_KEY,
         description=f"Retrain report of run {report.run_id}",
     )
+
+
+def render_failure(stage: str, reason: str, timings: dict[str, float]) -> str:
+    """Markdown of a failed run: the stage that failed, why, and the stages that finished (seconds)."""
+    lines = [
+        "# Retrain failed",
+        "",
+        f"**Stage:** `{stage}`",
+        "",
+        f"**Why:** {reason}",
+        "",
+        "Nothing was published; readers keep the previous run.",
+    ]
+    if timings:
+        lines += ["", "| stage | seconds |", "| --- | ---: |"]
+        lines += [f"| {name} | {seconds:.1f} |" for name, seconds in timings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def publish_failure_report(stage: str, reason: str, timings: dict[str, float]) -> None:
+    """The markdown report of a failed run under ``REPORT_KEY``, so the latest report says so."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(
+        markdown=render_failure(stage, reason, timings), key=REPORT_KEY, description=f"Failed retrain ({stage})"
+    )

@@ -1,8 +1,8 @@
 """The ``retrain`` flow: one pass from listening data to a published run.
 
-    download -> parse -> encode -> split -> weight -> factorize -> index -> recommend -> evaluate -> publish
+    preflight -> download -> parse -> encode -> split -> weight -> factorize -> index -> recommend -> evaluate -> publish
 
-Each task is one call into a stage function in tasks/ or storage/; this module adds only
+The preflight checks folders, source and database before anything is downloaded or fitted. Each task is one call into a stage function in tasks/ or storage/; this module adds only
 orchestration: retries with back-off where the network or the database can fail for a while
 (``tasks.transient`` decides what is transient), caching of the deterministic input steps across
 runs, timeouts where a stage can hang, per-stage wall time, and no Prefect result persistence for
@@ -17,6 +17,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import re
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -33,8 +35,9 @@ from prefect.tasks import exponential_backoff
 from sqlalchemy.engine import make_url
 
 from flows.config import RetrainConfig
-from flows.report import RunReport, publish_artifacts
+from flows.report import RunReport, publish_artifacts, publish_failure_report
 from storage.engine import make_engine
+from storage.preflight import check_database
 from storage.publish import RunOutputs, publish
 from tasks.contracts import Downloaded, Encoded, Factors, Metric, Parsed, Recommended, Scorer, Split
 from tasks.data.datasets import DataConfig, fingerprint, obtain, resolve
@@ -48,6 +51,7 @@ from tasks.models.base import fit
 from tasks.models.registry import ModelConfig
 from tasks.models.roles import Fitted
 from tasks.models.store import save
+from tasks.preflight import check_folders, check_source
 from tasks.recommend import recommend, scale_advice
 from tasks.split import evaluation_holdout, publish_refit
 from tasks.transient import is_transient
@@ -60,18 +64,48 @@ IN_MEMORY: dict[str, Any] = {"cache_policy": NONE, "persist_result": False}
 
 # Wall seconds per stage of the running flow, filled by ``stage`` (None outside a retrain).
 _TIMINGS: ContextVar[dict[str, float] | None] = ContextVar("recs_stage_timings", default=None)
+# The stages that raised in the running flow, first failure first (None outside a retrain).
+_FAILED: ContextVar[list[str] | None] = ContextVar("recs_failed_stages", default=None)
+
+# RecsError messages name the fix as a `recs run` flag; a run from anywhere else (a deployment, a
+# Python call) is told the config field the flag sets instead. `recs run` sets ORIGIN_ENV to "cli".
+ORIGIN_ENV = "RECS_ORIGIN"
+FLAG_FIELDS = {
+    "--db / RECS_DB": "storage.db",  # before "--db": the longest match wins
+    "--db": "storage.db",
+    "--source": "data.source",
+    "--dataset": "data.dataset",
+    "--model": "related_model / user_model",
+}
+# A preflight rides out a blip but still fails within seconds: 1 s, then 2 s before its retries.
+PREFLIGHT_BACKOFF_SECONDS = 1.0
+_FLAGS = re.compile("|".join(map(re.escape, FLAG_FIELDS)))
+
+
+def in_words_of_origin(message: str) -> str:
+    """``message`` with each CLI flag replaced by its config field, unless the run came from the CLI."""
+    if os.environ.get(ORIGIN_ENV) == "cli":
+        return message
+    return _FLAGS.sub(lambda m: FLAG_FIELDS[m.group()], message)
 
 
 def stage(name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
     """A Prefect task named ``name`` whose wall time (summed over calls and attempts) is recorded
-    for the run's report: the one place timings come from."""
+    for the run's report, and logged as one line per call: the one place timings come from."""
 
     def wrap(fn: Callable[..., Any]) -> Any:
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+                get_run_logger().info("%s done in %.1f s", name, time.perf_counter() - start)
+                return result
+            except BaseException:
+                failed = _FAILED.get()
+                if failed is not None:
+                    failed.append(name)
+                raise
             finally:
                 timings = _TIMINGS.get()
                 if timings is not None:
@@ -107,6 +141,15 @@ def parse_key(context, parameters: dict) -> str:
 
 
 # -- tasks: one stage call each ----------------------------------------------------------------
+
+
+@stage("preflight", retry_jitter_factor=0.5, retry_condition_fn=_retry_transient, **IN_MEMORY)
+def preflight_task(config: RetrainConfig) -> None:
+    """Before any download or training: the work and cache folders are writable, the source is
+    there, and the database accepts a publish (reachable, writable, publish lock free)."""
+    check_folders({"work_dir": config.work_dir, "data.cache_dir": config.data.cache_dir})
+    check_database(config.storage.db)
+    check_source(resolve(config.data))
 
 
 @stage(
@@ -230,19 +273,28 @@ class RetrainResult:
 def retrain(config: RetrainConfig = RetrainConfig()) -> RetrainResult:
     """Run every stage once and publish the run; returns its ``run_id``, metrics and timings.
 
-    Raises the first stage's ``RecsError`` (also logged as one line) so the run ends FAILED with
-    that reason; nothing is published then and readers keep the previous run.
+    Raises the first stage's ``RecsError`` (also logged as one line, with the fix named in the
+    words of where the run came from: ``in_words_of_origin``) so the run ends FAILED with that
+    reason, and leaves a failure report artifact naming the stage; nothing is published then and
+    readers keep the previous run.
     """
     logger = get_run_logger()
     timings: dict[str, float] = {}
-    token = _TIMINGS.set(timings)
+    failed: list[str] = []
+    tokens = _TIMINGS.set(timings), _FAILED.set(failed)
     try:
         return _retrain(config, logger, timings)
-    except RecsError as exc:
-        logger.error("retrain failed: %s", exc)
+    except Exception as exc:
+        reason = in_words_of_origin(str(exc)) if isinstance(exc, RecsError) else f"{type(exc).__name__}: {exc}"
+        where = failed[0] if failed else "retrain"
+        logger.error("retrain failed at %s: %s", where, reason)
+        publish_failure_report(where, reason, dict(timings))
+        if isinstance(exc, RecsError) and reason != str(exc):
+            raise RecsError(reason) from exc
         raise
     finally:
-        _TIMINGS.reset(token)
+        _TIMINGS.reset(tokens[0])
+        _FAILED.reset(tokens[1])
 
 
 def _fit_all(models: list[ModelConfig], plays: sp.csr_matrix, folder: Path) -> list[Fitted]:
@@ -254,12 +306,11 @@ def _fit_all(models: list[ModelConfig], plays: sp.csr_matrix, folder: Path) -> l
     return fitted
 
 
-def _retrying(t, config: RetrainConfig):
-    """``t`` with the run's retry count and exponential back-off (transient errors only)."""
-    return t.with_options(
-        retries=config.retry.attempts,
-        retry_delay_seconds=exponential_backoff(backoff_factor=config.retry.backoff_seconds),
-    )
+def _retrying(t, config: RetrainConfig, backoff_seconds: float | None = None):
+    """``t`` with the run's retry count and exponential back-off (transient errors only), from
+    ``backoff_seconds`` or else the config's first delay."""
+    first = config.retry.backoff_seconds if backoff_seconds is None else backoff_seconds
+    return t.with_options(retries=config.retry.attempts, retry_delay_seconds=exponential_backoff(backoff_factor=first))
 
 
 def _run_name() -> str:
@@ -269,6 +320,7 @@ def _run_name() -> str:
 
 def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> RetrainResult:
     started = time.perf_counter()
+    _retrying(preflight_task, config, PREFLIGHT_BACKOFF_SECONDS)(config)
     folder = run_dir(config.work_dir, _run_name())
     data, parsed_dir = config.data, Path(config.data.cache_dir) / "parsed"
     download = _retrying(download_task, config)
@@ -344,12 +396,14 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
     publish_artifacts(run_report)
     prune_run_dirs(config.work_dir, keep=config.storage.retention, current=folder)
     top = str(encoded.artist_names[int(np.argmax(encoded.listeners))])
+    seconds = time.perf_counter() - started
+    logger.info("published run %d (%s) to %s in %.1f s", run_id, parsed.dataset, _safe_url(config.storage.db), seconds)
     return RetrainResult(
         run_id=run_id,
         db=_safe_url(config.storage.db),
         metrics=metrics,
         timings=dict(timings),
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         example_artist=top,
         related_model=related.scorer.name,
         user_model=users.scorer.name,

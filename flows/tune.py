@@ -21,8 +21,11 @@ import yaml
 
 from flows.config import RetrainConfig
 from tasks.data.datasets import prepare
-from tasks.files import write_text_atomic
+from tasks.files import DATA_DIR, write_text_atomic
 from tasks.tune import REFERENCE, Trial, TuneResult, sample_candidates, tune, write_trials
+
+# Tuning records are kept until removed by hand: a best.yaml is read well after the search.
+TUNE_DIR = DATA_DIR / "tune"
 
 
 def run_tune(
@@ -36,7 +39,8 @@ def run_tune(
 ) -> tuple[TuneResult, Path]:
     """Run a search of ``trials`` random candidates (+ 2 anchors) on ``config``'s data and
     holdout settings; returns the result and the directory its records were written to
-    (default ``config.work_dir / "tune-<UTC time>"``)."""
+    (default ``DATA_DIR / "tune" / "<UTC time>"``: outside ``config.work_dir``, whose run folders
+    retention prunes)."""
     encoded = prepare(config.data).encoded
     candidates = sample_candidates(trials, seed, anchors=(REFERENCE, config.user_model))
     k = 10 if 10 in config.eval.k else config.eval.k[0]
@@ -52,7 +56,7 @@ def run_tune(
         on_trial=on_trial,
         incumbent=config.user_model,
     )
-    out_dir = Path(out_dir) if out_dir else config.work_dir / time.strftime("tune-%Y%m%dT%H%M%SZ", time.gmtime())
+    out_dir = Path(out_dir) if out_dir else TUNE_DIR / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     write_trials(result, out_dir)
     write_text_atomic(
         out_dir / "best.yaml", yaml.safe_dump({"user_model": result.best.model_dump(mode="json")}, sort_keys=False)

@@ -78,11 +78,20 @@ SQLITE_PRAGMAS = (
 SQLITE_BUSY_SECONDS = 30
 
 
-def make_engine(url: str) -> Engine:
-    """An Engine for ``url`` whose schema is at ``HEAD_REVISION``; RecsError if unreachable."""
+def make_engine(url: str, *, create: bool = True) -> Engine:
+    """An Engine for ``url`` whose schema is at ``HEAD_REVISION``; RecsError if unreachable.
+
+    ``create=False`` (readers): a SQLite file that does not exist is a RecsError instead of a new,
+    empty database (PostgreSQL databases are never created here either way).
+    """
     parsed = _parse(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
+            if not create and not Path(parsed.database).is_file():
+                raise RecsError(
+                    f"no database at {parsed.database}; publish a run there first (recs run) "
+                    "or point --db / RECS_DB at an existing database"
+                )
             try:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:

@@ -220,3 +220,69 @@ def test_scheduled_deployment_runs_with_a_process_worker(prefect_env, hetrec_url
     assert related > 0
     assert recs > 0
     assert f"run `{published[-1][0]}`" in by_key[REPORT_KEY].data  # the later run's report, of its own run
+
+
+def test_a_failed_retrain_fires_the_alert_automation(prefect_env, tmp_path):
+    """`recs deploy --alert-webhook` registers deployments/alerts.yaml; a failing retrain on the
+    real server makes its action POST to a loopback webhook."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.config import RetrainConfig
+    from flows.retrain import retrain
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{hook.server_port}/alert"
+    try:
+        for _ in range(2):  # deploying again replaces the alert, never doubles it
+            deployed = subprocess.run(
+                [sys.executable, "-c", "from flows.cli import app; app(prog_name='recs')", "deploy"],
+                env={**prefect_env, "RECS_ALERT_WEBHOOK": url},
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+            assert deployed.returncode == 0, deployed.stderr
+            assert "registered the automation recs-retrain-failed" in deployed.stdout
+        config = RetrainConfig.model_validate(
+            {
+                "data": {"dataset": "lastfm-2k", "source": str(tmp_path / "nope.zip"), "cache_dir": str(tmp_path)},
+                "storage": {"db": f"sqlite:///{tmp_path / 'recs.db'}"},
+                "work_dir": str(tmp_path / "runs"),
+            }
+        )
+        with temporary_settings({PREFECT_API_URL: prefect_env["PREFECT_API_URL"]}):
+
+            async def automations():
+                async with get_client() as client:
+                    return await client.read_automations_by_name("recs-retrain-failed")
+
+            assert len(asyncio.run(automations())) == 1
+            state = retrain(config, return_state=True)
+        assert state.is_failed()
+        deadline = time.monotonic() + 120
+        while not received and time.monotonic() < deadline:
+            time.sleep(1)
+    finally:
+        hook.shutdown()
+        hook.server_close()
+    [alert] = received
+    assert "failed" in alert["subject"]
+    assert "Failed" in alert["text"] and "nope.zip does not exist" in alert["text"]
+    assert "data.source" in alert["text"]  # a run that did not come from `recs run`: the config field

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import socket
 import sqlite3
+import time
 
 import numpy as np
 import pytest
@@ -198,9 +201,10 @@ def test_failing_stage_fails_the_run_and_keeps_the_previous_one(two_runs):
 
     assert state.is_failed()
     _, tasks, logs = _read(state.state_details.flow_run_id)
-    download = [t for t in tasks if t.name.startswith("download")]
-    assert download and download[0].run_count == 2  # a refused connection is retried
-    reasons = [log.message for log in logs if log.message.startswith("retrain failed: ")]
+    [preflight] = [t for t in tasks if t.name.startswith("preflight")]
+    assert preflight.run_count == 2  # a refused connection is retried
+    assert not [t for t in tasks if t.name.startswith("download")]  # caught before any download
+    reasons = [log.message for log in logs if log.message.startswith("retrain failed at preflight: ")]
     assert len(reasons) == 1 and "\n" not in reasons[0]
     assert f"127.0.0.1:{port}" in reasons[0]
     assert _current_run(tmp / "recs.db") == before
@@ -223,9 +227,10 @@ def test_unreachable_database_is_retried_then_fails_the_run(two_runs):
 
     assert state.is_failed()
     _, tasks, logs = _read(state.state_details.flow_run_id)
-    [publish] = [t for t in tasks if t.name.startswith("publish")]
-    assert publish.run_count == 2  # a refused database connection is retried
-    [reason] = [log.message for log in logs if log.message.startswith("retrain failed: ")]
+    [preflight] = [t for t in tasks if t.name.startswith("preflight")]
+    assert preflight.run_count == 2  # a refused database connection is retried
+    assert {t.name.split("-")[0] for t in tasks} == {"preflight"}  # before any download or fitting
+    [reason] = [log.message for log in logs if log.message.startswith("retrain failed at preflight: ")]
     assert f"127.0.0.1:{port}" in reason and "\n" not in reason
 
 
@@ -269,3 +274,105 @@ def test_download_key_follows_edits_of_a_local_source(tmp_path):
     plays.write_text("user,artist,plays\nu,a,2\nu,b,1\n")
     assert download_key(None, {"data": data}) != key
     assert download_key(None, {"data": data.model_copy(update={"sha256": "0" * 64})}) != key
+
+
+def _free_port_url(path: str) -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/{path}"
+
+
+def _missing_pg_db() -> str:
+    import os
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    url = os.environ.get("RECS_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("RECS_TEST_POSTGRES_URL not set")
+    return make_url(url).set(database=f"recs_missing_{uuid.uuid4().hex[:8]}").render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize(
+    "case", ["missing-pg-database", "locked-db", "unwritable-work-dir", "missing-path", "http-404"]
+)
+def test_preflight_failures_end_within_seconds_before_any_work(two_runs, case, tmp_path):
+    """Each failure a preflight catches: one line, within 15 s on HetRec, not retried (none of
+    these is transient), a failure report naming the stage, and what readers see unchanged."""
+    from flows.retrain import retrain
+    from storage.engine import make_engine
+    from storage.publish import publish_lock
+
+    tmp, config, _ = two_runs
+    db = tmp / "recs.db"
+    before = _current_run(db)
+    update: dict = {}
+    expected = {
+        "missing-pg-database": "does not exist",
+        "locked-db": "another publish into",
+        "unwritable-work-dir": "cannot write to work_dir",
+        "missing-path": "does not exist; pass an existing file, folder or URL with data.source",
+        "http-404": "answered HTTP 404",
+    }[case]
+    if case == "missing-pg-database":
+        update["storage"] = config.storage.model_copy(update={"db": _missing_pg_db()})
+    elif case == "unwritable-work-dir":
+        (tmp_path / "a-file").write_text("")
+        update["work_dir"] = tmp_path / "a-file" / "runs"
+    elif case == "missing-path":
+        update["data"] = config.data.model_copy(update={"source": str(tmp_path / "nope.zip")})
+    elif case == "http-404":
+        update["data"] = config.data.model_copy(update={"source": config.data.source.rsplit("/", 1)[0] + "/x.zip"})
+    broken = config.model_copy(update=update)
+    engine = make_engine(config.storage.db)
+    try:
+        with publish_lock(engine) if case == "locked-db" else contextlib.nullcontext():
+            start = time.monotonic()
+            state = retrain(broken, return_state=True)
+            seconds = time.monotonic() - start
+    finally:
+        engine.dispose()
+
+    assert state.is_failed()
+    assert seconds < 15, seconds
+    artifacts, tasks, logs = _read(state.state_details.flow_run_id)
+    assert [(t.name.split("-")[0], t.run_count) for t in tasks] == [("preflight", 1)]
+    [reason] = [log.message for log in logs if log.message.startswith("retrain failed at preflight: ")]
+    assert expected in reason and "\n" not in reason
+    [report] = [a for a in artifacts if a.key == REPORT_KEY]
+    assert "**Stage:** `preflight`" in report.data and expected in report.data
+    assert _current_run(db) == before
+
+
+def test_failure_names_the_fix_in_the_words_of_the_runs_origin(two_runs, tmp_path, monkeypatch):
+    """A deployment (or Python) run is told the config field; a `recs run` the flag."""
+    from flows.retrain import ORIGIN_ENV, retrain
+
+    _, config, _ = two_runs
+    refused = config.model_copy(
+        update={
+            "data": config.data.model_copy(update={"source": _free_port_url("hetrec.zip")}),
+            "retry": config.retry.model_copy(update={"attempts": 0}),
+        }
+    )
+    monkeypatch.delenv(ORIGIN_ENV, raising=False)
+    deployed = retrain(refused, return_state=True)
+    assert deployed.is_failed()
+    assert "pass a local copy with data.source" in deployed.message and "--source" not in deployed.message
+    monkeypatch.setenv(ORIGIN_ENV, "cli")
+    from_cli = retrain(refused, return_state=True)
+    assert "pass a local copy with --source" in from_cli.message
+
+
+def test_stage_log_lines_and_the_final_published_line(two_runs):
+    tmp, config, states = two_runs
+    _, _, logs = _read(states[0].state_details.flow_run_id)  # the first run: nothing cached yet
+    messages = [log.message for log in logs]
+    for name in ("preflight", "download", "parse", "encode", "split", "recommend", "evaluate", "publish"):
+        assert any(re.fullmatch(rf"{name} done in \d+\.\d s", m) for m in messages), name
+    run_id, _ = _current_run(tmp / "recs.db")
+    messages = [log.message for log in _read(states[1].state_details.flow_run_id)[2]]
+    assert any(
+        re.fullmatch(rf"published run {run_id} \(lastfm-2k\) to sqlite:///\S+ in \d+\.\d s", m) for m in messages
+    )

@@ -9,6 +9,7 @@ Each returns ``Factors`` (user factors, artist factors, fit seconds, params).
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Literal
 
@@ -86,9 +87,10 @@ class LMFConfig(SGDParams):
 
 
 def fit_implicit(model, train: sp.csr_matrix, cfg: BaseModelConfig) -> Factors:
-    """Fit an implicit CPU model (it shows its own tqdm progress bar) and wrap its factors."""
+    """Fit an implicit CPU model and wrap its factors; implicit's tqdm progress bar is shown only
+    when stderr is a terminal (its carriage returns would litter redirected output and logs)."""
     start = time.perf_counter()
-    model.fit(train, show_progress=True)
+    model.fit(train, show_progress=sys.stderr.isatty())
     seconds = time.perf_counter() - start
     return Factors(
         name=cfg.name,
