@@ -156,7 +156,7 @@ def test_fresh_database_gets_the_full_schema_at_head(new_db):
     url = new_db()
     engine = make_engine(url)
     assert revisions(url) == [HEAD_REVISION]
-    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", *BULK}
+    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", "current_runs", *BULK}
     assert views_of(engine) == (set(), set())
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
@@ -266,7 +266,7 @@ def test_concurrent_starts_on_a_fresh_database_upgrade_once(new_db, start):
     url = new_db()
     start(url, 4)
     assert revisions(url) == [HEAD_REVISION]
-    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", *BULK}
+    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", "current_runs", *BULK}
 
 
 FAST = r"""
