@@ -522,7 +522,7 @@ def skip_if_unchanged(engine: Engine, identity: RunIdentity) -> tuple[int, int] 
     digest = config_hash(identity.config)
     with database_errors(engine), publish_lock(engine), write_transaction(engine) as conn:
         current = conn.execute(
-            sa.select(Run)
+            sa.select(Run.run_id, Run.related_model, Run.user_model)
             .join(CurrentRun, CurrentRun.run_id == Run.run_id)
             .where(
                 CurrentRun.dataset == identity.dataset,
@@ -530,7 +530,7 @@ def skip_if_unchanged(engine: Engine, identity: RunIdentity) -> tuple[int, int] 
                 Run.config_hash == digest,
                 Run.code_version == identity.code_version,
             )
-        ).scalar_one_or_none()
+        ).first()
         if current is None:
             return None
         started, now = identity.started_at or datetime.now(UTC), datetime.now(UTC)
