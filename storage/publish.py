@@ -29,6 +29,7 @@ the previous run until step 4 commits.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import logging
 import sqlite3
@@ -66,6 +67,7 @@ _LOCK_KEY_SQL = "hashtext('recs.publish.' || current_schema())"
 STABILITY_MODEL = "stability"
 STABILITY_METRICS = ("related_overlap", "user_overlap")
 STABILITY_K = 10
+FETCH_ROWS = 100_000  # rows per fetch when reading the previous run's lists
 
 
 @dataclass(frozen=True)
@@ -396,7 +398,9 @@ def _record_stability(conn: Connection, run_id: int, previous: int, outputs: Run
         old = _old_topn(conn, table, owner, target, previous, owner_codes, artist_codes, new.ids.shape[0])
         value = list_overlap(new.ids[:, :STABILITY_K], old, owner_codes[owner_codes >= 0])
         if value is not None:
-            rows.append({"run_id": run_id, "model": STABILITY_MODEL, "metric": metric, "k": STABILITY_K, "value": value})
+            rows.append(
+                {"run_id": run_id, "model": STABILITY_MODEL, "metric": metric, "k": STABILITY_K, "value": value}
+            )
     if rows:
         conn.execute(sa.insert(RunMetric), rows)
 
@@ -423,8 +427,10 @@ def _old_topn(
     query = sa.select(table.c[owner], table.c.rank, table.c[target]).where(
         table.c.run_id == run_id, table.c.rank <= STABILITY_K
     )
-    cursor = conn.execute(query).cursor  # the DBAPI tuples straight into one flat NumPy array
-    flat = np.fromiter((value for row in cursor for value in row), dtype=np.int64)
+    # the driver's tuples, a batch at a time, straight into one flat NumPy array (no Row objects)
+    cursor = conn.execute(query).cursor
+    rows = itertools.chain.from_iterable(iter(lambda: cursor.fetchmany(FETCH_ROWS), []))
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64)
     owners, ranks, targets = flat.reshape(-1, 3).T
     lists = np.full((n_owners, STABILITY_K), -1, dtype=np.int64)
     kept = owner_codes[owners] >= 0

@@ -262,7 +262,6 @@ def _require_run(conn: Connection, engine: Engine, dataset: str | None) -> tuple
     served = current_datasets(conn)
     if served:
         raise RecsError(
-            f"no published run of dataset {dataset!r} in {_masked(engine)}; "
-            f"--dataset takes one of: {', '.join(served)}"
+            f"no published run of dataset {dataset!r} in {_masked(engine)}; --dataset takes one of: {', '.join(served)}"
         )
     raise RecsError(f"nothing published yet in {_masked(engine)}; run `recs run` first")

@@ -378,8 +378,17 @@ def test_0002_database_with_published_runs_gets_a_current_run_per_dataset(new_db
             "synthetic": 1,
             "lastfm-2k": 2,
         }
-        assert conn.exec_driver_sql("SELECT count(*) FROM current_related_artists WHERE dataset = 'synthetic'").scalar_one() == FIXTURE_ROWS[0]
-        assert conn.exec_driver_sql("SELECT config_hash, seconds, choices FROM runs WHERE run_id = 1").one() == (None, None, None)
+        assert (
+            conn.exec_driver_sql(
+                "SELECT count(*) FROM current_related_artists WHERE dataset = 'synthetic'"
+            ).scalar_one()
+            == FIXTURE_ROWS[0]
+        )
+        assert conn.exec_driver_sql("SELECT config_hash, seconds, choices FROM runs WHERE run_id = 1").one() == (
+            None,
+            None,
+            None,
+        )
     assert statuses(engine) == {1: "published", 2: "published"}
     assert related_artists(engine, "o'brien", dataset="synthetic").artist_name == "O'Brien"
     outputs = make_outputs(8)

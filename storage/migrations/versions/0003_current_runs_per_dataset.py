@@ -84,7 +84,9 @@ def _added_columns() -> list[sa.Column]:
         sa.Column("timings", JSON, comment="wall seconds per stage before the publish (JSON)"),
         sa.Column("choices", JSON, comment="choices the flow made beyond the config (JSON)"),
         sa.Column(
-            "promoted_at", sa.DateTime(timezone=True), comment="UTC, when `recs runs promote` last made it current again"
+            "promoted_at",
+            sa.DateTime(timezone=True),
+            comment="UTC, when `recs runs promote` last made it current again",
         ),
     ]
 
@@ -172,9 +174,7 @@ def _rebuild_sqlite_runs(columns: Callable[[], list[sa.Column]], statuses: tuple
     """Replace ``runs`` by a copy with ``columns()`` and the CHECK on ``statuses`` (views dropped
     first: SQLite checks them at a rename). The rows keep their run_ids, and AUTOINCREMENT its
     counter, because the copy inserts them with their ids."""
-    op.create_table(
-        "runs_rebuilt", *columns(), _status_check(statuses), comment=comment, sqlite_autoincrement=True
-    )
+    op.create_table("runs_rebuilt", *columns(), _status_check(statuses), comment=comment, sqlite_autoincrement=True)
     kept = ", ".join(column.name for column in _old_columns("", ""))
     op.execute(f"INSERT INTO runs_rebuilt ({kept}) SELECT {kept} FROM runs")
     op.execute("DROP TABLE runs")
