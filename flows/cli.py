@@ -153,6 +153,9 @@ def run(
     verbose: bool = typer.Option(
         False, "--verbose", help="Show tracebacks here too (the Prefect log always has them)."
     ),
+    force: bool = typer.Option(
+        False, "--force", help="Retrain even when data, config and code equal the dataset's current run."
+    ),
 ) -> None:
     """Retrain once (the `retrain` Prefect flow) and publish the run; prints a summary.
 
@@ -175,6 +178,8 @@ def run(
     os.environ[ORIGIN_ENV] = "cli"  # failure messages name the fix as a flag of this command
     if not verbose:
         _no_tracebacks_on_terminal()
+    if force:
+        config = config.model_copy(update={"storage": config.storage.model_copy(update={"skip_unchanged": False})})
     try:
         result = retrain(config)
     except RecsError:
@@ -183,6 +188,9 @@ def run(
         reason = " ".join(str(exc).split())
         where = "the log above" if verbose else "the traceback with --verbose or in the Prefect log"
         raise RecsError(f"retrain failed: {type(exc).__name__}: {reason}; see {where}") from None
+    if result.status == "unchanged":
+        console.print(f"{result.message} in {result.db}; nothing retrained (--force retrains)", highlight=False)
+        return
 
     table = Table("model", "metric", "value", "popularity", "× popularity", title=f"run {result.run_id}")
     for row in metrics_rows(result.metrics):
@@ -194,6 +202,8 @@ def run(
             "" if row["vs_popularity"] is None else f"{row['vs_popularity']:.2f}",
         )
     console.print(table)
+    if result.message:
+        console.print(result.message, highlight=False, soft_wrap=True)
     console.print(
         f"published run [bold]{result.run_id}[/bold] to {result.db} "
         f"in {sum(result.timings.values()):.1f} s (related artists: {result.related_model}, "
@@ -331,6 +341,11 @@ _READ_DB = typer.Option(
 )
 
 
+_READ_DATASET = typer.Option(
+    None, help="Dataset whose current run to read (default: the one whose run became current last)."
+)
+
+
 def _read_engine(db: str | None):
     from flows.config import StorageConfig
     from storage.engine import make_engine
@@ -354,12 +369,13 @@ def related(
     artist: str = typer.Argument(..., help="Artist name (any letter case) or the source's artist key."),
     n: int = typer.Option(10, min=1, help="How many related artists to show."),
     db: str = _READ_DB,
+    dataset: str = _READ_DATASET,
 ) -> None:
-    """Related artists of ARTIST in the latest published run."""
+    """Related artists of ARTIST in the current run of a dataset."""
     from storage.queries import related_artists
 
-    result = related_artists(_read_engine(db), artist, n)
-    _top_table(f"related to {result.artist_name} (run {result.run_id})", result.rows)
+    result = related_artists(_read_engine(db), artist, n, dataset)
+    _top_table(f"related to {result.artist_name} (run {result.run_id}, {result.dataset})", result.rows)
 
 
 @app.command()
@@ -368,43 +384,142 @@ def recommend(
     user: str = typer.Argument(..., help="The source's user id."),
     n: int = typer.Option(10, min=1, help="How many artists to show."),
     db: str = _READ_DB,
+    dataset: str = _READ_DATASET,
 ) -> None:
-    """New artists for USER from the latest published run."""
+    """New artists for USER from the current run of a dataset."""
     from storage.queries import recommendations
 
-    result = recommendations(_read_engine(db), user, n)
-    _top_table(f"for user {result.user_key} (run {result.run_id})", result.rows)
+    result = recommendations(_read_engine(db), user, n, dataset)
+    _top_table(f"for user {result.user_key} (run {result.run_id}, {result.dataset})", result.rows)
 
 
-@app.command()
+runs_app = typer.Typer(
+    help="Runs: list them (bare `recs runs`), show one, compare two, make an earlier one current again.",
+    invoke_without_command=True,
+)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.callback()
 @one_line_errors
 def runs(
+    ctx: typer.Context,
     limit: int = typer.Option(20, min=1, help="How many of the newest runs to list."),
     db: str = _READ_DB,
 ) -> None:
-    """Published, failed, rejected and pruned runs, newest first."""
+    """Published, failed, rejected, pruned and unchanged runs, newest first (* = the current run
+    of its dataset); `recs runs show RUN_ID` has row counts and everything else."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
     from storage.queries import list_runs
 
-    table = Table("run", "status", "started (UTC)", "dataset", "models", "rows", "p@10")
+    # compact (no rules between columns) so that an 80-column terminal shows every column whole
+    table = Table("run", "status", "started (UTC)", "dataset", "models", "config", "secs", "p@10", box=box.SIMPLE_HEAD)
     notes = []
     for r in list_runs(_read_engine(db), limit):
         table.add_row(
-            str(r.run_id),
+            f"{r.run_id}{' *' if r.current else ''}",
             r.status,
             f"{r.started_at:%Y-%m-%d %H:%M}",
             Text(r.dataset),
             Text(f"{r.related_model}/{r.user_model}"),
-            f"{r.n_related + r.n_recommendations:,}",
+            (r.config_hash or "")[:CONFIG_HASH_SHOWN],
+            "" if r.seconds is None else f"{r.seconds:.0f}",
             "" if r.precision_at_10 is None else f"{r.precision_at_10:.4f}",
         )
-        if r.message:
-            notes.append(Text(f"run {r.run_id}: {r.message}"))
+        notes += [Text(f"run {r.run_id}: {text}") for text in (r.message, r.flow_run_url) if text]
     console.print(table)
     for note in notes:
         console.print(note, soft_wrap=True)
+
+
+# hex digits of runs.config_hash shown in lists (the full hash is in `recs runs show`)
+CONFIG_HASH_SHOWN = 8
+
+
+@runs_app.command("show")
+@one_line_errors
+def runs_show(run_id: int = typer.Argument(..., help="The run to show."), db: str = _READ_DB) -> None:
+    """The record of RUN_ID: status, models, config, metrics, timings and choices."""
+    import yaml
+    from rich.table import Table
+    from rich.text import Text
+
+    from storage.queries import run_details
+
+    details = run_details(_read_engine(db), run_id)
+    row = details.row
+    skip = {"config", "timings", "choices"}
+    console.print(f"run {run_id}{' (current)' if details.current else ''}", highlight=False)
+    for name, value in row.items():  # one line per field, so that hashes and URLs stay whole
+        if name not in skip and value is not None:
+            console.print(Text(f"  {name}: {value}"), soft_wrap=True)
+    metrics = Table("model", "metric", "value", title="metrics")
+    for (model, metric, k), value in details.metrics.items():
+        metrics.add_row(Text(model), metric if k is None else f"{metric}@{k}", f"{value:.4f}")
+    console.print(metrics)
+    timings = Table("stage", "seconds", title="timings")
+    for name, seconds in (row["timings"] or {}).items():
+        timings.add_row(name, f"{seconds:.2f}")
+    console.print(timings)
+    console.print("choices:", Text(json_line(row["choices"])), highlight=False, soft_wrap=True)
+    console.print("config:", highlight=False)
+    console.print(Text(yaml.safe_dump(row["config"], sort_keys=False, allow_unicode=True)), soft_wrap=True)
+
+
+def json_line(value) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+@runs_app.command("diff")
+@one_line_errors
+def runs_diff(
+    a: int = typer.Argument(..., help="The first run."),
+    b: int = typer.Argument(..., help="The second run."),
+    db: str = _READ_DB,
+) -> None:
+    """Compare runs A and B: the config keys that differ, and every metric side by side."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from storage.queries import config_changes, run_details
+
+    engine = _read_engine(db)
+    first, second = run_details(engine, a), run_details(engine, b)
+    changes = config_changes(first.row["config"], second.row["config"])
+    config = Table("key", f"run {a}", f"run {b}", title="config changes")
+    for key, (before, after) in changes.items():
+        config.add_row(key, Text(json_line(before)), Text(json_line(after)))
+    console.print(config if changes else "config: the same", highlight=False)
+    metrics = Table("model", "metric", f"run {a}", f"run {b}", "change", title="metrics")
+    for measured in sorted(first.metrics.keys() | second.metrics.keys(), key=lambda m: (m[0], m[1], m[2] or 0)):
+        model, metric, k = measured
+        x, y = first.metrics.get(measured), second.metrics.get(measured)
+        change = "" if x is None or y is None else f"{y - x:+.4f}" + (f" ({(y - x) / x:+.1%})" if x else "")
+        metrics.add_row(
+            Text(model),
+            metric if k is None else f"{metric}@{k}",
+            "" if x is None else f"{x:.4f}",
+            "" if y is None else f"{y:.4f}",
+            change,
+        )
+    console.print(metrics)
+
+
+@runs_app.command("promote")
+@one_line_errors
+def runs_promote(run_id: int = typer.Argument(..., help="A published (not pruned) run."), db: str = _READ_DB) -> None:
+    """Make RUN_ID the current run of its dataset again (atomically; readers switch at once)."""
+    from storage.publish import promote
+
+    dataset = promote(_read_engine(db), run_id)
+    console.print(f"run {run_id} is the current run of {dataset} again", highlight=False)
 
 
 @app.command()

@@ -36,6 +36,9 @@ class RunReport:
     ``related``: TopN over artist codes (artists x N) from the related-artists model.
     ``artist_factors``: float32, artists x f, of the related-artists model (for the norm plot).
     ``timings``: wall seconds per stage, in flow order.
+    ``gate``: the quality gate's decision with both precision@10 figures (None: nothing compared).
+    ``stability``: overlap@10 with the dataset's previous current run, metric -> share in [0, 1]
+    (empty for a dataset's first run).
     """
 
     run_id: str
@@ -51,6 +54,8 @@ class RunReport:
     related: TopN
     artist_factors: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    gate: str | None = None
+    stability: dict[str, float] = field(default_factory=dict)
 
 
 def _label(metric: Metric) -> str:
@@ -188,8 +193,9 @@ def _md_table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def render_report(report: RunReport) -> str:
-    """The run's markdown report: dataset, bad rows, models, metrics, index recall, related
-    artists for a few well-known artists, timings per stage, and two embedded PNG plots."""
+    """The run's markdown report: dataset, bad rows, models, metrics, the quality gate's decision,
+    stability against the previous current run, index recall, related artists for a few
+    well-known artists, timings per stage, and two embedded PNG plots."""
     enc = report.encoded
     nnz = enc.plays.nnz
     density = nnz / max(1, enc.n_users * enc.n_artists)
@@ -225,6 +231,11 @@ def render_report(report: RunReport) -> str:
     recall = [m for m in report.metrics if m.metric in RECALL_METRICS]
     lines += ["", "## Index recall vs exact search", ""]
     lines += [f"- {m.model} {m.metric}@{m.k}: **{m.value:.3f}**" for m in recall] or ["- not measured"]
+    lines += ["", "## Quality gate", "", report.gate or "not applied: no current run of this dataset to compare with"]
+    lines += ["", "## Stability vs the previous current run (overlap@10, matched by source key)", ""]
+    lines += [f"- {metric}: **{value:.3f}**" for metric, value in report.stability.items()] or [
+        "- not measured: the dataset's first published run"
+    ]
     ranking = ranking_plot(report.metrics)
     if ranking:
         lines += ["", f"![ranking quality by model]({ranking})"]

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,13 +33,15 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.context import FlowRunContext
 from prefect.tasks import exponential_backoff
+from prefect.utilities.urls import url_for
 from sqlalchemy.engine import make_url
 
 from flows.config import RetrainConfig
 from flows.report import RunReport, publish_artifacts, publish_failure_report
 from storage.engine import make_engine
 from storage.preflight import check_database
-from storage.publish import RunOutputs, publish
+from storage.publish import STABILITY_MODEL, RunIdentity, RunOutputs, publish, skip_if_unchanged
+from storage.queries import run_details
 from tasks.contracts import Downloaded, Encoded, Factors, Metric, Parsed, Recommended, Scorer, Split
 from tasks.data.datasets import DataConfig, fingerprint, obtain, resolve
 from tasks.data.encode import encode_parsed
@@ -174,6 +177,17 @@ def parse_task(downloaded: Downloaded, dataset: str | None, out_dir: Path) -> Pa
     return parse_to_parquet(downloaded, dataset, out_dir)
 
 
+@stage("unchanged", retry_jitter_factor=0.5, retry_condition_fn=_retry_transient, **IN_MEMORY)
+def unchanged_task(config: RetrainConfig, identity: RunIdentity) -> tuple[int, int] | None:
+    """``(unchanged run_id, current run_id)`` when this run would repeat its dataset's current
+    run (then recorded as ``unchanged``), else None."""
+    engine = make_engine(config.storage.db)
+    try:
+        return skip_if_unchanged(engine, identity)
+    finally:
+        engine.dispose()
+
+
 @stage("encode", **IN_MEMORY)
 def encode_task(parsed: Parsed, data: DataConfig) -> Encoded:
     """CSR users x artists (float32 plays) and code tables."""
@@ -236,20 +250,41 @@ def evaluate_task(fitted: list[Fitted], split: Split, config: RetrainConfig) -> 
 
 
 @stage("publish", retry_jitter_factor=0.5, retry_condition_fn=_retry_transient, timeout_seconds=3 * 3600, **IN_MEMORY)
-def publish_task(config: RetrainConfig, outputs: RunOutputs) -> int:
-    """Load the run's rows and make them visible in one transaction; returns the new run_id."""
+def publish_task(config: RetrainConfig, outputs: RunOutputs) -> tuple[int, str | None, dict[str, float]]:
+    """Load the run's rows and make them visible in one transaction; returns the new run_id, the
+    quality gate's decision and the stability figures (metric -> overlap@10) it recorded."""
     engine = make_engine(config.storage.db)
     try:
-        return publish(
+        run_id = publish(
             engine, outputs, retention=config.storage.retention, max_regression=config.storage.max_regression
         )
+        details = run_details(engine, run_id)
     finally:
         engine.dispose()
+    stability = {metric: value for (model, metric, _), value in details.metrics.items() if model == STABILITY_MODEL}
+    return run_id, details.row["message"], stability
 
 
 def _safe_url(url: str) -> str:
     """The database URL with any password masked, for logs and summaries."""
     return make_url(url).render_as_string(hide_password=True)
+
+
+def recorded_config(config: RetrainConfig) -> dict:
+    """The config as ``runs.config`` keeps it and ``runs.config_hash`` hashes it: JSON values, the
+    database password masked, and without ``storage.skip_unchanged`` (an instruction to this one
+    run, not a setting of what it makes: a forced run and the next scheduled one compare equal)."""
+    recorded = config.model_dump(mode="json", exclude={"storage": {"skip_unchanged"}})
+    recorded["storage"]["db"] = _safe_url(config.storage.db)
+    return recorded
+
+
+def _flow_run() -> tuple[str | None, str | None]:
+    """The running flow run's id and its page in the Prefect UI (None without a UI URL)."""
+    ctx = FlowRunContext.get()
+    if not ctx or not ctx.flow_run:
+        return None, None
+    return str(ctx.flow_run.id), url_for(ctx.flow_run)
 
 
 # -- the flow ----------------------------------------------------------------------------------
@@ -267,6 +302,8 @@ class RetrainResult:
     example_artist: str  # the most listened artist, for an example query
     related_model: str
     user_model: str
+    status: str = "published"  # or "unchanged": nothing retrained, run_id is that record
+    message: str | None = None  # the quality gate's decision, or why the run was unchanged
 
 
 @flow(name="retrain", description="Retrain related artists and per-user recommendations and publish them.")
@@ -319,9 +356,9 @@ def _run_name() -> str:
 
 
 def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> RetrainResult:
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), datetime.now(UTC)
     _retrying(preflight_task, config, PREFLIGHT_BACKOFF_SECONDS)(config)
-    folder = run_dir(config.work_dir, _run_name())
+    flow_run_id, flow_run_url = _flow_run()
     data, parsed_dir = config.data, Path(config.data.cache_dir) / "parsed"
     download = _retrying(download_task, config)
     downloaded, dataset = download(data)
@@ -330,6 +367,35 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
     parsed = parse_task(downloaded, dataset, parsed_dir)
     if not parsed.path.exists():
         parsed = parse_task.with_options(refresh_cache=True)(downloaded, dataset, parsed_dir)
+    identity = RunIdentity(
+        dataset=parsed.dataset,
+        source=downloaded.source,
+        data_sha256=downloaded.sha256,
+        config=recorded_config(config),
+        code_version=code_version(),
+        started_at=started_at,
+        flow_run_id=flow_run_id,
+        flow_run_url=flow_run_url,
+    )
+    skipped = _retrying(unchanged_task, config)(config, identity) if config.storage.skip_unchanged else None
+    if skipped:
+        message = (
+            f"run {skipped[0]} unchanged: same data, config and code as current run {skipped[1]} of {parsed.dataset}"
+        )
+        logger.info("%s; nothing retrained (storage.skip_unchanged: false or --force retrains)", message)
+        return RetrainResult(
+            run_id=skipped[0],
+            db=_safe_url(config.storage.db),
+            metrics=[],
+            timings=dict(timings),
+            seconds=time.perf_counter() - started,
+            example_artist="",
+            related_model="",
+            user_model="",
+            status="unchanged",
+            message=message,
+        )
+    folder = run_dir(config.work_dir, _run_name())
     encoded = encode_task(parsed, data)
     logger.info(
         "%s: %d users x %d artists, %d pairs; %d bad rows",
@@ -369,15 +435,30 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         related=recommended.related,
         recommendations=recommended.users,
         metrics=metrics,
-        config=config.model_dump(mode="json"),
+        config=identity.config,
         dataset=parsed.dataset,
         source=downloaded.source,
         data_sha256=downloaded.sha256,
         related_model=related.scorer.name,
         user_model=users.scorer.name,
-        code_version=code_version(),
+        code_version=identity.code_version,
+        started_at=started_at,
+        flow_run_id=flow_run_id,
+        flow_run_url=flow_run_url,
+        timings=dict(timings),
+        choices={
+            "index_engine": config.index.engine,
+            "approximate_users": user_index is not None,
+            "eval_max_users": config.eval.max_users,
+            "published_fit": "refit on all pairs" if refit else "the evaluated fit",
+            "scale_advice": advice or None,
+        },
     )
-    run_id = _retrying(publish_task, config)(config, outputs)
+    run_id, gate, stability = _retrying(publish_task, config)(config, outputs)
+    if gate:
+        logger.info("run %d: %s", run_id, gate)
+    for metric, value in stability.items():
+        logger.info("run %d: stability %s@10 against the previous current run: %.4f", run_id, metric, value)
     run_report = RunReport(
         run_id=str(run_id),
         dataset=parsed.dataset,
@@ -392,6 +473,8 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         related=recommended.related,
         artist_factors=related_factors.artist_factors,
         timings=dict(timings),
+        gate=gate,
+        stability=stability,
     )
     publish_artifacts(run_report)
     prune_run_dirs(config.work_dir, keep=config.storage.retention, current=folder)
@@ -407,4 +490,5 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         example_artist=top,
         related_model=related.scorer.name,
         user_model=users.scorer.name,
+        message=gate,
     )

@@ -4,12 +4,19 @@ Steps, all under a publish lock (one writer per database; the OS or server drops
 dies, so a ``loading`` run seen while holding it is a leftover of a dead publish):
 
 1. leftovers: runs still ``loading`` are marked ``failed`` (their rows were never committed);
-2. quality gate (optional): compare precision@10 of the user model with the current run's; if it
-   regressed by more than ``max_regression`` the run is recorded as ``rejected`` and nothing loads;
+2. quality gate: compare precision@10 of the user model with the current run of the same dataset;
+   the two figures go into the run's ``message``; with ``max_regression`` set and a regression
+   beyond it the run is recorded as ``rejected`` and nothing loads;
 3. a ``runs`` row with status ``loading`` and the metrics are committed;
-4. ONE transaction writes artists, users, related_artists and user_recommendations in batches and
-   flips the run to ``published``; the views switch to it when it commits, never before;
-5. retention: published runs past the newest ``retention`` lose their rows and become ``pruned``.
+4. ONE transaction writes artists, users, related_artists and user_recommendations in batches,
+   measures stability against the dataset's current run (``stability``), points ``current_runs``
+   at the new run and flips it to ``published``; the views switch to it when it commits, never
+   before, and only for its dataset;
+5. retention: published runs past the newest ``retention`` lose their rows and become ``pruned``,
+   except the current run of every dataset.
+
+``promote`` makes an older published run current again and ``skip_if_unchanged`` records a run
+that would repeat the current one; both take the same lock.
 
 No ANALYZE afterwards: PostgreSQL's index builds at attach record each partition's size, which is
 all the view plans need (autovacuum analyzes the new partitions later); SQLite's statistics are
@@ -22,13 +29,14 @@ the previous run until step 4 commits.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import logging
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -41,8 +49,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from storage.bulk import column_batches, drop_run_rows, topn_batches, write_run_rows
 from storage.engine import database_errors, write_transaction
-from storage.runs import GATE_K, GATE_METRIC, current_run_id
-from storage.schema import Artist, RelatedArtist, Run, RunMetric, User, UserRecommendation
+from storage.runs import GATE_K, GATE_METRIC, config_hash, current_run_id
+from storage.schema import Artist, CurrentRun, RelatedArtist, Run, RunMetric, User, UserRecommendation
 from tasks.contracts import Encoded, Metric, TopN
 from tasks.errors import RecsError
 
@@ -55,6 +63,11 @@ ARTISTS, USERS, RELATED, RECOMMENDATIONS = (
 BULK_TABLES = (ARTISTS, USERS, RELATED, RECOMMENDATIONS)
 log = logging.getLogger(__name__)
 _LOCK_KEY_SQL = "hashtext('recs.publish.' || current_schema())"
+# run_metrics rows of the stability measure: model, metric names, cut-off
+STABILITY_MODEL = "stability"
+STABILITY_METRICS = ("related_overlap", "user_overlap")
+STABILITY_K = 10
+FETCH_ROWS = 100_000  # rows per fetch when reading the previous run's lists
 
 
 @dataclass(frozen=True)
@@ -65,8 +78,11 @@ class RunOutputs:
     its CSR). ``related``: TopN with one row per artist code (n_artists x N artist codes).
     ``recommendations``: TopN with one row per user code (n_users x N artist codes).
     ``metrics``: evaluation results, stored in run_metrics. ``config``: the run's config as JSON
-    values (``RetrainConfig.model_dump(mode="json")``). ``related_model`` / ``user_model``: names of
+    values, secrets masked (``config_hash`` hashes it). ``related_model`` / ``user_model``: names of
     the models that fed each output; the quality gate reads ``user_model``'s precision@10.
+    ``started_at``: when the flow started (UTC; default: the publish's start), from which
+    ``runs.seconds`` is measured. ``flow_run_id`` / ``flow_run_url``: the Prefect flow run and its
+    UI page. ``timings``: wall seconds per stage. ``choices``: what the flow chose beyond the config.
     """
 
     encoded: Encoded
@@ -80,6 +96,11 @@ class RunOutputs:
     related_model: str
     user_model: str
     code_version: str
+    started_at: datetime | None = None
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    choices: dict = field(default_factory=dict)
 
 
 class RunRejected(RecsError):
@@ -110,6 +131,8 @@ def publish(
         raise RecsError(f"retention must be at least 1 published run, got {retention}; fix storage.retention")
     if batch_rows < 1:
         raise RecsError(f"batch_rows must be positive, got {batch_rows}")
+    if max_regression is not None and max_regression < 0:
+        raise RecsError(f"max_regression must be at least 0, got {max_regression}; fix storage.max_regression")
     _validate(outputs, gate=max_regression is not None)
     with database_errors(engine), publish_lock(engine):
         _fail_leftovers(engine)
@@ -229,17 +252,26 @@ def _fail_leftovers(engine: Engine) -> None:
 
 
 def _start_run(engine: Engine, outputs: RunOutputs, max_regression: float | None) -> tuple[int, str | None]:
-    """Record the run (``loading``, or ``rejected`` with the reason) and its metrics."""
+    """Record the run (``loading`` with the gate's figures, or ``rejected`` with the reason) and
+    its metrics; returns the run_id and the rejection, if any."""
     with write_transaction(engine) as conn:
-        rejection = _quality_gate(conn, outputs, max_regression) if max_regression is not None else None
+        decision, rejected = _quality_gate(conn, outputs, max_regression)
         enc = outputs.encoded
+        started = outputs.started_at or datetime.now(UTC)
+        now = datetime.now(UTC)
         run_id = conn.execute(
             sa.insert(Run)
             .values(
-                status="rejected" if rejection else "loading",
-                started_at=datetime.now(UTC),
-                finished_at=datetime.now(UTC) if rejection else None,
-                message=rejection,
+                status="rejected" if rejected else "loading",
+                started_at=started,
+                finished_at=now if rejected else None,
+                seconds=(now - started).total_seconds() if rejected else None,
+                message=decision,
+                config_hash=config_hash(outputs.config),
+                flow_run_id=outputs.flow_run_id,
+                flow_run_url=outputs.flow_run_url,
+                timings=outputs.timings,
+                choices=outputs.choices,
                 dataset=outputs.dataset,
                 source=outputs.source,
                 data_sha256=outputs.data_sha256,
@@ -262,14 +294,16 @@ def _start_run(engine: Engine, outputs: RunOutputs, max_regression: float | None
                     for m in outputs.metrics
                 ],
             )
-    return run_id, rejection
+    return run_id, decision if rejected else None
 
 
-def _quality_gate(conn: Connection, outputs: RunOutputs, max_regression: float) -> str | None:
-    """Why the run must not replace the current one, or None when it may."""
-    current = current_run_id(conn)
+def _quality_gate(conn: Connection, outputs: RunOutputs, max_regression: float | None) -> tuple[str | None, bool]:
+    """The gate's decision as one line with both figures (None when there is nothing to compare),
+    and whether it rejects the run. Compared with the current run of the same dataset only."""
+    label = f"{GATE_METRIC}@{GATE_K} of {outputs.user_model}"
+    current = current_run_id(conn, outputs.dataset)
     if current is None:
-        return None
+        return (None if max_regression is None else f"quality gate passed: first run of {outputs.dataset}"), False
     previous = conn.execute(
         sa.select(RunMetric.value)
         .join(Run, Run.run_id == RunMetric.run_id)
@@ -280,17 +314,16 @@ def _quality_gate(conn: Connection, outputs: RunOutputs, max_regression: float) 
             RunMetric.k == GATE_K,
         )
     ).scalar()
-    if previous is None:
-        return None
-    value = _gate_value(outputs)
+    value = _gate_value(outputs)  # _validate refuses a gated run without it
+    if previous is None or value is None:
+        return (None if max_regression is None else f"quality gate passed: nothing to compare in run {current}"), False
+    if max_regression is None:
+        return f"quality gate off: {label} is {value:.4f} (current run {current}: {previous:.4f})", False
     floor = previous * (1.0 - max_regression)
-    if value is None or value >= floor:  # _validate refuses a gated run without the figure
-        return None
-    return (
-        f"{GATE_METRIC}@{GATE_K} of {outputs.user_model} is {value:.4f}, below {floor:.4f} "
-        f"(current run {current}: {previous:.4f}, max regression {max_regression:.1%}); "
-        f"readers keep run {current}"
-    )
+    figures = f"(current run {current}: {previous:.4f}, max regression {max_regression:.1%})"
+    if value >= floor:
+        return f"quality gate passed: {label} is {value:.4f}, at least {floor:.4f} {figures}", False
+    return f"{label} is {value:.4f}, below {floor:.4f} {figures}; readers keep run {current}", True
 
 
 def _load_and_publish(engine: Engine, run_id: int, outputs: RunOutputs, batch_rows: int) -> None:
@@ -320,11 +353,100 @@ def _load_and_publish(engine: Engine, run_id: int, outputs: RunOutputs, batch_ro
             run_id,
             topn_batches(run_id, outputs.recommendations, "user_id", "artist_id", batch_rows),
         )
+        previous = current_run_id(conn, outputs.dataset)
+        if previous is not None:
+            _record_stability(conn, run_id, previous, outputs)
+        _make_current(conn, outputs.dataset, run_id)
         _mark_published(conn, run_id)
 
 
+def _make_current(conn: Connection, dataset: str, run_id: int) -> None:
+    """Point ``current_runs`` for ``dataset`` at ``run_id`` (inside the caller's transaction)."""
+    conn.execute(sa.delete(CurrentRun).where(CurrentRun.dataset == dataset))
+    conn.execute(sa.insert(CurrentRun).values(dataset=dataset, run_id=run_id, since=datetime.now(UTC)))
+
+
 def _mark_published(conn: Connection, run_id: int) -> None:
-    conn.execute(sa.update(Run).where(Run.run_id == run_id).values(status="published", finished_at=datetime.now(UTC)))
+    now = datetime.now(UTC)
+    conn.execute(
+        sa.update(Run)
+        .where(Run.run_id == run_id)
+        .values(status="published", finished_at=now, seconds=_seconds_since(conn, run_id, now))
+    )
+
+
+def _seconds_since(conn: Connection, run_id: int, now: datetime) -> float:
+    started = conn.execute(sa.select(Run.started_at).where(Run.run_id == run_id)).scalar_one()
+    if started.tzinfo is None:  # SQLite hands DateTime(timezone=True) back naive, in UTC as written
+        started = started.replace(tzinfo=UTC)
+    return (now - started).total_seconds()
+
+
+def _record_stability(conn: Connection, run_id: int, previous: int, outputs: RunOutputs) -> None:
+    """Store overlap@``STABILITY_K`` of this run's related-artist and user lists with run
+    ``previous``'s (``stability`` in run_metrics); nothing when no owner is in both runs."""
+    enc = outputs.encoded
+    old_artists = _keys_by_code(conn, ARTISTS, "artist_id", "artist_key", previous)
+    old_users = _keys_by_code(conn, USERS, "user_id", "user_key", previous)
+    artist_codes = pd.Index(enc.artist_keys).get_indexer(old_artists)  # old artist code -> new, -1 if gone
+    user_codes = pd.Index(enc.user_keys).get_indexer(old_users)
+    rows = []
+    for metric, new, table, owner, target, owner_codes in (
+        (STABILITY_METRICS[0], outputs.related, RELATED, "artist_id", "related_artist_id", artist_codes),
+        (STABILITY_METRICS[1], outputs.recommendations, RECOMMENDATIONS, "user_id", "artist_id", user_codes),
+    ):
+        old = _old_topn(conn, table, owner, target, previous, owner_codes, artist_codes, new.ids.shape[0])
+        value = list_overlap(new.ids[:, :STABILITY_K], old, owner_codes[owner_codes >= 0])
+        if value is not None:
+            rows.append(
+                {"run_id": run_id, "model": STABILITY_MODEL, "metric": metric, "k": STABILITY_K, "value": value}
+            )
+    if rows:
+        conn.execute(sa.insert(RunMetric), rows)
+
+
+def _keys_by_code(conn: Connection, table: sa.Table, code: str, key: str, run_id: int) -> np.ndarray:
+    """The run's keys indexed by its codes (codes are 0..n-1, the rows of its matrix)."""
+    query = sa.select(table.c[key]).where(table.c.run_id == run_id).order_by(table.c[code])
+    return np.array(conn.execute(query).scalars().all(), dtype=object)
+
+
+def _old_topn(
+    conn: Connection,
+    table: sa.Table,
+    owner: str,
+    target: str,
+    run_id: int,
+    owner_codes: np.ndarray,
+    artist_codes: np.ndarray,
+    n_owners: int,
+) -> np.ndarray:
+    """Run ``run_id``'s top-``STABILITY_K`` lists in this run's codes: n_owners x K int64, row =
+    this run's owner code, -1 where the list is shorter, the artist is not in this run, or the
+    owner was not in run ``run_id``."""
+    query = sa.select(table.c[owner], table.c.rank, table.c[target]).where(
+        table.c.run_id == run_id, table.c.rank <= STABILITY_K
+    )
+    # the driver's tuples, a batch at a time, straight into one flat NumPy array (no Row objects)
+    cursor = conn.execute(query).cursor
+    rows = itertools.chain.from_iterable(iter(lambda: cursor.fetchmany(FETCH_ROWS), []))
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64)
+    owners, ranks, targets = flat.reshape(-1, 3).T
+    lists = np.full((n_owners, STABILITY_K), -1, dtype=np.int64)
+    kept = owner_codes[owners] >= 0
+    lists[owner_codes[owners[kept]], ranks[kept] - 1] = artist_codes[targets[kept]]
+    return lists
+
+
+def list_overlap(new: np.ndarray, old: np.ndarray, owners: np.ndarray) -> float | None:
+    """Share of the entries of ``new``'s lists (rows ``owners``) that are also in the same row of
+    ``old``: both n x K artist codes, -1 = no entry. 1.0 = the same sets (order aside); None when
+    those rows of ``new`` hold no entries."""
+    new, old = new[owners], old[owners, : new.shape[1]]
+    valid = new >= 0
+    hits = ((new[:, :, None] == old[:, None, :]) & valid[:, :, None]).any(axis=2)
+    total = int(valid.sum())
+    return float(hits.sum() / total) if total else None
 
 
 def _mark_failed(engine: Engine, run_id: int, exc: BaseException) -> None:
@@ -351,13 +473,9 @@ def _prune(engine: Engine, retention: int) -> None:
         with write_transaction(engine) as conn:
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{PRUNE_LOCK_TIMEOUT}'")
-            old = (
-                conn.execute(
-                    sa.select(Run.run_id).where(Run.status == "published").order_by(Run.run_id.desc()).offset(retention)
-                )
-                .scalars()
-                .all()
-            )
+            current = set(conn.execute(sa.select(CurrentRun.run_id)).scalars())
+            newest_first = sa.select(Run.run_id).where(Run.status == "published").order_by(Run.run_id.desc())
+            old = [run for run in conn.execute(newest_first.offset(retention)).scalars() if run not in current]
             if not old:
                 return
             for table in BULK_TABLES:
@@ -369,3 +487,86 @@ def _prune(engine: Engine, retention: int) -> None:
         log.warning(
             "retention skipped: readers held the tables for over %s; the next publish prunes", PRUNE_LOCK_TIMEOUT
         )
+
+
+def promote(engine: Engine, run_id: int) -> str:
+    """Make published run ``run_id`` the current run of its dataset again (one transaction, under
+    the publish lock) and stamp ``runs.promoted_at``; returns its dataset. RecsError (one line)
+    when the run is unknown or its rows are gone."""
+    with database_errors(engine), publish_lock(engine), write_transaction(engine) as conn:
+        run = conn.execute(sa.select(Run.status, Run.dataset).where(Run.run_id == run_id)).first()
+        if run is None:
+            raise RecsError(f"there is no run {run_id} in {_masked(engine)}; `recs runs` lists the runs")
+        if run.status != "published":
+            raise RecsError(
+                f"run {run_id} is {run.status}, so it has no rows to serve; promote a published run (`recs runs`)"
+            )
+        _make_current(conn, run.dataset, run_id)
+        conn.execute(sa.update(Run).where(Run.run_id == run_id).values(promoted_at=datetime.now(UTC)))
+    return run.dataset
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What decides whether a run would repeat its dataset's current run: the data, the config
+    (JSON values, secrets masked) and the code; plus what a skipped run records about itself."""
+
+    dataset: str
+    source: str
+    data_sha256: str
+    config: dict
+    code_version: str
+    started_at: datetime | None = None
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
+
+
+def skip_if_unchanged(engine: Engine, identity: RunIdentity) -> tuple[int, int] | None:
+    """When the current run of ``identity.dataset`` has the same data SHA-256, config hash and code
+    version, record a run with status ``unchanged`` (no rows, nothing readers see changes) and
+    return ``(its run_id, the current run_id)``; otherwise None and nothing is written."""
+    digest = config_hash(identity.config)
+    with database_errors(engine), publish_lock(engine), write_transaction(engine) as conn:
+        current = conn.execute(
+            sa.select(Run.run_id, Run.related_model, Run.user_model)
+            .join(CurrentRun, CurrentRun.run_id == Run.run_id)
+            .where(
+                CurrentRun.dataset == identity.dataset,
+                Run.data_sha256 == identity.data_sha256,
+                Run.config_hash == digest,
+                Run.code_version == identity.code_version,
+            )
+        ).first()
+        if current is None:
+            return None
+        started, now = identity.started_at or datetime.now(UTC), datetime.now(UTC)
+        run_id = conn.execute(
+            sa.insert(Run)
+            .values(
+                status="unchanged",
+                started_at=started,
+                finished_at=now,
+                seconds=(now - started).total_seconds(),
+                message=f"same data, config and code as current run {current.run_id}; nothing retrained",
+                dataset=identity.dataset,
+                source=identity.source,
+                data_sha256=identity.data_sha256,
+                config=identity.config,
+                config_hash=digest,
+                code_version=identity.code_version,
+                flow_run_id=identity.flow_run_id,
+                flow_run_url=identity.flow_run_url,
+                related_model=current.related_model,
+                user_model=current.user_model,
+                n_artists=0,
+                n_users=0,
+                n_related=0,
+                n_recommendations=0,
+            )
+            .returning(Run.run_id)
+        ).scalar_one()
+    return run_id, current.run_id
+
+
+def _masked(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)

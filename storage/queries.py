@@ -1,7 +1,8 @@
 """Read queries over the published outputs: what the CLI and services ask the database.
 
-All read the public views (the latest published run) or ``runs``/``run_metrics``; every value from
-a user travels as a bound parameter.
+All read the public views (the current run of each dataset) or ``runs``/``run_metrics``; every
+value from a user travels as a bound parameter. A lookup names its dataset, or takes the dataset
+whose run became current last.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from storage.engine import database_errors
-from storage.runs import GATE_K, GATE_METRIC, current_run_id
-from storage.schema import Artist, Run, RunMetric, current_related_artists, current_user_recommendations
+from storage.runs import GATE_K, GATE_METRIC, current_datasets, current_run_id
+from storage.schema import Artist, CurrentRun, Run, RunMetric, current_related_artists, current_user_recommendations
 from tasks.errors import RecsError
 
 SUGGESTIONS = 5
@@ -34,9 +35,10 @@ class RelatedRow:
 
 @dataclass(frozen=True)
 class Related:
-    """Related artists of one artist in the current run (rows best first)."""
+    """Related artists of one artist in the current run of ``dataset`` (rows best first)."""
 
     run_id: int
+    dataset: str
     artist_key: str
     artist_name: str
     rows: list[RelatedRow]
@@ -44,9 +46,10 @@ class Related:
 
 @dataclass(frozen=True)
 class Recommendations:
-    """Top-N new artists for one user in the current run (rows best first)."""
+    """Top-N new artists for one user in the current run of ``dataset`` (rows best first)."""
 
     run_id: int
+    dataset: str
     user_key: str
     rows: list[RelatedRow]
 
@@ -64,14 +67,30 @@ class RunSummary:
     n_recommendations: int
     precision_at_10: float | None
     message: str | None
+    config_hash: str | None
+    seconds: float | None
+    flow_run_id: str | None
+    flow_run_url: str | None
+    current: bool
 
 
-def related_artists(engine: Engine, name: str, n: int | None = None) -> Related:
+@dataclass(frozen=True)
+class RunDetails:
+    """One run's whole record: its ``runs`` row (column -> value; config, timings and choices as
+    JSON values) and its metrics as ``(model, metric, k) -> value``."""
+
+    row: dict
+    metrics: dict[tuple[str, str, int | None], float]
+    current: bool
+
+
+def related_artists(engine: Engine, name: str, n: int | None = None, dataset: str | None = None) -> Related:
     """Related artists of the artist called ``name`` (case-insensitive; an exact artist_key also
-    matches). When several artists share the name, the most listened one. RecsError with close
+    matches) in the current run of ``dataset`` (default: the dataset whose run became current
+    last). When several artists share the name, the most listened one. RecsError with close
     names when there is none."""
     with database_errors(engine), engine.connect() as conn:
-        run_id = _require_run(conn, engine)
+        run_id, dataset = _require_run(conn, engine, dataset)
         match = conn.execute(
             sa.select(Artist.artist_key, Artist.name)
             .where(
@@ -84,30 +103,35 @@ def related_artists(engine: Engine, name: str, n: int | None = None) -> Related:
         if match is None:
             close = similar_names(conn, run_id, name)
             hint = f"; did you mean: {', '.join(close)}?" if close else "; check the spelling"
-            raise RecsError(f"no artist named {name!r} in run {run_id}{hint}")
+            raise RecsError(f"no artist named {name!r} in run {run_id} ({dataset}){hint}")
         v = current_related_artists.c
         query = (
             sa.select(v.rank, v.related_artist_key, v.related_artist_name, v.score)
-            .where(v.artist_key == match.artist_key)
+            .where(v.dataset == dataset, v.artist_key == match.artist_key)
             .order_by(v.rank)
         )
         rows = conn.execute(query.limit(n) if n else query).all()
-    return Related(run_id, match.artist_key, match.name, [RelatedRow(*row) for row in rows])
+    return Related(run_id, dataset, match.artist_key, match.name, [RelatedRow(*row) for row in rows])
 
 
-def recommendations(engine: Engine, user_key: str, n: int | None = None) -> Recommendations:
-    """The current run's recommendations for the user whose source id is ``user_key``."""
+def recommendations(engine: Engine, user_key: str, n: int | None = None, dataset: str | None = None) -> Recommendations:
+    """The recommendations of the current run of ``dataset`` (default: the dataset whose run
+    became current last) for the user whose source id is ``user_key``."""
     v = current_user_recommendations.c
     with database_errors(engine), engine.connect() as conn:
-        run_id = _require_run(conn, engine)
-        query = sa.select(v.rank, v.artist_key, v.artist_name, v.score).where(v.user_key == user_key).order_by(v.rank)
+        run_id, dataset = _require_run(conn, engine, dataset)
+        query = (
+            sa.select(v.rank, v.artist_key, v.artist_name, v.score)
+            .where(v.dataset == dataset, v.user_key == user_key)
+            .order_by(v.rank)
+        )
         rows = conn.execute(query.limit(n) if n else query).all()
     if not rows:
         raise RecsError(
-            f"unknown user {user_key!r} in run {run_id}: no recommendations for that user id; "
+            f"unknown user {user_key!r} in run {run_id} ({dataset}): no recommendations for that user id; "
             "user ids are the dataset's own"
         )
-    return Recommendations(run_id, user_key, [RelatedRow(*row) for row in rows])
+    return Recommendations(run_id, dataset, user_key, [RelatedRow(*row) for row in rows])
 
 
 def similar_names(conn: Connection, run_id: int, name: str, limit: int = SUGGESTIONS) -> list[str]:
@@ -168,6 +192,11 @@ def list_runs(engine: Engine, limit: int = 20) -> list[RunSummary]:
             Run.n_recommendations,
             precision,
             Run.message,
+            Run.config_hash,
+            Run.seconds,
+            Run.flow_run_id,
+            Run.flow_run_url,
+            Run.run_id.in_(sa.select(CurrentRun.run_id)),
         )
         .order_by(Run.run_id.desc())
         .limit(limit)
@@ -176,15 +205,63 @@ def list_runs(engine: Engine, limit: int = 20) -> list[RunSummary]:
         return [RunSummary(*row) for row in conn.execute(query)]
 
 
+def run_details(engine: Engine, run_id: int) -> RunDetails:
+    """The record of run ``run_id``; RecsError when there is none."""
+    with database_errors(engine), engine.connect() as conn:
+        row = conn.execute(sa.select(Run.__table__).where(Run.run_id == run_id)).mappings().first()
+        if row is None:
+            raise RecsError(f"there is no run {run_id} in {_masked(engine)}; `recs runs` lists the runs")
+        metrics = conn.execute(
+            sa.select(RunMetric.model, RunMetric.metric, RunMetric.k, RunMetric.value)
+            .where(RunMetric.run_id == run_id)
+            .order_by(RunMetric.metric_id)
+        ).all()
+        current = conn.execute(sa.select(CurrentRun.dataset).where(CurrentRun.run_id == run_id)).first() is not None
+    return RunDetails(dict(row), {(m.model, m.metric, m.k): m.value for m in metrics}, current)
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    """Nested JSON values as ``dotted.key -> leaf value`` (lists are leaves)."""
+    flat: dict[str, object] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat |= flatten(value, name + ".")
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_changes(a: dict, b: dict) -> dict[str, tuple[object, object]]:
+    """Keys whose values differ between configs ``a`` and ``b``: ``key -> (a's, b's)``; a key one
+    side lacks has None there."""
+    flat_a, flat_b = flatten(a), flatten(b)
+    return {
+        key: (flat_a.get(key), flat_b.get(key))
+        for key in sorted(flat_a.keys() | flat_b.keys())
+        if flat_a.get(key) != flat_b.get(key)
+    }
+
+
 def _like_escape(text: str) -> str:
     """``text`` as a literal inside a LIKE pattern with ESCAPE '\\'."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _require_run(conn: Connection, engine: Engine) -> int:
-    run_id = current_run_id(conn)
-    if run_id is None:
+def _masked(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def _require_run(conn: Connection, engine: Engine, dataset: str | None) -> tuple[int, str]:
+    """The current run of ``dataset`` (default: the one that became current last) and its dataset."""
+    run_id = current_run_id(conn, dataset)
+    if run_id is not None and dataset is not None:
+        return run_id, dataset
+    if run_id is not None:
+        return run_id, conn.execute(sa.select(CurrentRun.dataset).where(CurrentRun.run_id == run_id)).scalar_one()
+    served = current_datasets(conn)
+    if served:
         raise RecsError(
-            f"nothing published yet in {engine.url.render_as_string(hide_password=True)}; run `recs run` first"
+            f"no published run of dataset {dataset!r} in {_masked(engine)}; --dataset takes one of: {', '.join(served)}"
         )
-    return run_id
+    raise RecsError(f"nothing published yet in {_masked(engine)}; run `recs run` first")

@@ -35,7 +35,14 @@ from sqlalchemy.schema import CreateColumn, CreateTable
 # Prefect's own server database uses that name, and a PostgreSQL schema shared with it would make
 # each read the other's revision.
 VERSION_TABLE = "recs_alembic_version"
-RUN_STATUSES = ("loading", "published", "failed", "rejected", "pruned")
+RUN_STATUSES = ("loading", "published", "failed", "rejected", "pruned", "unchanged")
+
+STATUS_COMMENT = (
+    "loading (rows being written, invisible), published (readable), failed (crashed "
+    "or errored; rows removed), rejected (quality gate refused it; rows never loaded), "
+    "pruned (past retention; rows removed, metrics kept), unchanged (same data, config and code "
+    "as its dataset's current run; nothing retrained)"
+)
 
 # Options of the per-run tables. PostgreSQL: one partition per run (``<table>_run_<id>``), loaded
 # without indexes and attached at publish, dropped whole at retention. SQLite: clustered on the
@@ -53,8 +60,8 @@ class Run(Base):
         sa.CheckConstraint(sa.column("status").in_(RUN_STATUSES), name="ck_runs_status"),
         sa.Index("ix_runs_status_run_id", "status", "run_id"),
         {
-            "comment": "One row per publish attempt. The views show the highest run_id with status "
-            "'published'; older published runs are kept up to the retention setting.",
+            "comment": "One row per publish attempt. The views show, per dataset, the run named in "
+            "current_runs; older published runs are kept up to the retention setting.",
             "sqlite_autoincrement": True,
         },
     )
@@ -64,15 +71,15 @@ class Run(Base):
     )
     status: Mapped[str] = mapped_column(
         sa.String(16),
-        comment="loading (rows being written, invisible), published (readable), failed (crashed "
-        "or errored; rows removed), rejected (quality gate refused it; rows never loaded), "
-        "pruned (past retention; rows removed, metrics kept)",
+        comment=STATUS_COMMENT,
     )
     started_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), comment="UTC")
     finished_at: Mapped[datetime | None] = mapped_column(
         sa.DateTime(timezone=True), comment="UTC, when the run left 'loading'"
     )
-    message: Mapped[str | None] = mapped_column(sa.Text, comment="why a run failed or was rejected")
+    message: Mapped[str | None] = mapped_column(
+        sa.Text, comment="why a run failed, was rejected or was unchanged; the quality gate's figures"
+    )
     dataset: Mapped[str] = mapped_column(sa.Text, comment="dataset name, e.g. lastfm-360k")
     source: Mapped[str] = mapped_column(sa.Text, comment="path or URL the data was read from")
     data_sha256: Mapped[str] = mapped_column(sa.String(64), comment="SHA-256 of the downloaded data")
@@ -86,6 +93,34 @@ class Run(Base):
     n_users: Mapped[int] = mapped_column(sa.Integer, comment="rows in users for this run")
     n_related: Mapped[int] = mapped_column(sa.Integer, comment="rows in related_artists for this run")
     n_recommendations: Mapped[int] = mapped_column(sa.Integer, comment="rows in user_recommendations for this run")
+    config_hash: Mapped[str | None] = mapped_column(
+        sa.String(64), comment="SHA-256 of the canonical JSON of config (storage.runs.config_hash)"
+    )
+    flow_run_id: Mapped[str | None] = mapped_column(sa.Text, comment="id of the Prefect flow run that made the run")
+    flow_run_url: Mapped[str | None] = mapped_column(sa.Text, comment="that flow run in the Prefect UI")
+    seconds: Mapped[float | None] = mapped_column(
+        sa.Double, comment="wall seconds from the flow's start to the run leaving 'loading'"
+    )
+    timings: Mapped[dict | None] = mapped_column(
+        sa.JSON().with_variant(JSONB(), "postgresql"), comment="wall seconds per stage before the publish (JSON)"
+    )
+    choices: Mapped[dict | None] = mapped_column(
+        sa.JSON().with_variant(JSONB(), "postgresql"), comment="choices the flow made beyond the config (JSON)"
+    )
+    promoted_at: Mapped[datetime | None] = mapped_column(
+        sa.DateTime(timezone=True), comment="UTC, when `recs runs promote` last made it current again"
+    )
+
+
+class CurrentRun(Base):
+    __tablename__ = "current_runs"
+    __table_args__ = {
+        "comment": "The run the views show for each dataset; switched in the publish or promote transaction."
+    }
+
+    dataset: Mapped[str] = mapped_column(sa.Text, primary_key=True, comment="runs.dataset")
+    run_id: Mapped[int] = mapped_column(sa.Integer, comment="runs.run_id, a published run of that dataset")
+    since: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), comment="UTC, when it became current")
 
 
 class Artist(Base):
@@ -175,6 +210,7 @@ class RunMetric(Base):
 # Query-side handles on the views readers query (columns only; the migrations create them).
 current_related_artists = sa.table(
     "current_related_artists",
+    sa.column("dataset", sa.Text),
     sa.column("artist_key", sa.Text),
     sa.column("artist_name", sa.Text),
     sa.column("rank", sa.Integer),
@@ -184,6 +220,7 @@ current_related_artists = sa.table(
 )
 current_user_recommendations = sa.table(
     "current_user_recommendations",
+    sa.column("dataset", sa.Text),
     sa.column("user_key", sa.Text),
     sa.column("rank", sa.Integer),
     sa.column("artist_key", sa.Text),

@@ -167,7 +167,11 @@ def test_scheduled_deployment_runs_with_a_process_worker(prefect_env, hetrec_url
             assert all(t.weekday() == 0 and t.hour == 3 for t in times)
 
             # two runs at once: the deployment's concurrency limit must make the second wait
-            triggered = [await run_deployment(DEPLOYMENT, parameters={"config": config}, timeout=0) for _ in range(2)]
+            # (the second forced: with the same data, config and code it would end early as `unchanged`)
+            forced = {**config, "storage": {**config["storage"], "skip_unchanged": False}}
+            triggered = [
+                await run_deployment(DEPLOYMENT, parameters={"config": c}, timeout=0) for c in (config, forced)
+            ]
             worker_log = tmp_path / "worker.log"
             with worker_log.open("wb") as out:
                 worker = subprocess.Popen(

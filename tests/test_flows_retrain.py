@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import socket
 import sqlite3
@@ -68,12 +69,14 @@ async def _aread(flow_run_id):
 
 @pytest.fixture(scope="module")
 def two_runs(harness, hetrec_url, tmp_path_factory):
-    """The same config run twice: the second reuses the cached download and parse."""
+    """The same config run twice, the second forced (``storage.skip_unchanged: false``, what
+    ``recs run --force`` sets): it reuses the cached download and parse and retrains anyway."""
     from flows.retrain import retrain
 
     tmp = tmp_path_factory.mktemp("flow")
     config = _config(tmp, hetrec_url)
-    states = [retrain(config, return_state=True) for _ in range(2)]
+    forced = config.model_copy(update={"storage": config.storage.model_copy(update={"skip_unchanged": False})})
+    states = [retrain(c, return_state=True) for c in (config, forced)]
     return tmp, config, states
 
 
@@ -125,6 +128,29 @@ def test_flow_publishes_and_reports(two_runs):
     for section in ("## Dataset", "## Bad rows", "## Models", "## Index recall", "## Related artists", "## Timings"):
         assert section in report
     assert "**Coldplay** →" in report
+    # the gate's figures (off here: the CLI default) and stability against run 1, in the report and runs
+    assert f"quality gate off: precision@10 of {second.user_model} is" in report
+    assert f"(current run {first.run_id}: " in report
+    assert "- related_overlap: **" in report and "- user_overlap: **" in report
+    assert second.message and second.message.startswith("quality gate off: ")
+    with sqlite3.connect(tmp / "recs.db") as con:
+        con.row_factory = sqlite3.Row
+        rows = {r["run_id"]: r for r in con.execute("SELECT * FROM runs")}
+        stability = dict(
+            con.execute(
+                "SELECT metric, value FROM run_metrics WHERE model = 'stability' AND k = 10 AND run_id = ?", (run_id,)
+            ).fetchall()
+        )
+    record = rows[run_id]
+    assert record["message"] == second.message
+    assert record["flow_run_id"] == str(states[1].state_details.flow_run_id)
+    assert 0 < record["seconds"] < 3600 and record["seconds"] >= sum(json.loads(record["timings"]).values())
+    assert {"encode", "factorize", "evaluate"} <= set(json.loads(record["timings"]))  # download: cached
+    assert json.loads(record["choices"])["index_engine"] == config.index.engine
+    # the forced run has the same config hash as the first: forcing is no setting of what a run makes
+    assert len(record["config_hash"]) == 64 and record["config_hash"] == rows[first.run_id]["config_hash"]
+    assert json.loads(record["config"])["storage"]["db"] == config.storage.db
+    assert set(stability) == {"related_overlap", "user_overlap"} and all(0.5 < v <= 1 for v in stability.values())
 
 
 def test_published_lists_come_from_models_fitted_on_every_pair(two_runs, hetrec_encoded):
@@ -185,6 +211,35 @@ def test_download_and_parse_are_cached_across_runs(two_runs):
     assert names[1]["download"] == "Cached"
     assert names[1]["parse"] == "Cached"
     assert names[1]["encode"] == "Completed"  # large values are never cached
+
+
+def test_unchanged_run_ends_before_fitting_and_changes_nothing(two_runs):
+    from flows.retrain import retrain
+
+    tmp, config, states = two_runs
+    before = _current_run(tmp / "recs.db")
+    with sqlite3.connect(tmp / "recs.db") as con:
+        views = con.execute("SELECT * FROM current_user_recommendations ORDER BY user_key, rank").fetchall()
+
+    state = retrain(config, return_state=True)
+
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.status == "unchanged" and result.metrics == []
+    assert result.message == (
+        f"run {result.run_id} unchanged: same data, config and code as current run {before[0]} of lastfm-2k"
+    )
+    _, tasks, logs = _read(state.state_details.flow_run_id)
+    assert {t.name.split("-")[0] for t in tasks} == {"download", "parse", "unchanged"}  # nothing fitted
+    assert any(log.message.startswith(result.message) for log in logs)
+    with sqlite3.connect(tmp / "recs.db") as con:
+        status, message, flow_run_id = con.execute(
+            "SELECT status, message, flow_run_id FROM runs WHERE run_id = ?", (result.run_id,)
+        ).fetchone()
+        assert con.execute("SELECT * FROM current_user_recommendations ORDER BY user_key, rank").fetchall() == views
+    assert (status, flow_run_id) == ("unchanged", str(state.state_details.flow_run_id))
+    assert message == f"same data, config and code as current run {before[0]}; nothing retrained"
+    assert _current_run(tmp / "recs.db") == before
 
 
 def test_failing_stage_fails_the_run_and_keeps_the_previous_one(two_runs):

@@ -56,6 +56,7 @@ def make_outputs(
     n: int = 5,
     precision: float = 0.2,
     names: list[str] | None = None,
+    dataset: str = "synthetic",
 ) -> RunOutputs:
     """A small, fully random run; different seeds give different lists and scores."""
     rng = np.random.default_rng(seed)
@@ -85,7 +86,7 @@ def make_outputs(
             Metric("als", "rmse_binary", None, 0.9),
         ],
         config={"seed": seed, "note": 'it\'s "json"'},
-        dataset="synthetic",
+        dataset=dataset,
         source="generated",
         data_sha256=f"{seed:064x}",
         related_model="als",
@@ -130,9 +131,19 @@ def read_views(conn: sa.Connection) -> tuple[set[tuple], set[tuple]]:
     return related, users
 
 
-def views_of(engine: sa.Engine) -> tuple[set[tuple], set[tuple]]:
+def views_of(engine: sa.Engine, dataset: str | None = None) -> tuple[set[tuple], set[tuple]]:
+    """Both views (only ``dataset``'s rows when given)."""
     with engine.connect() as conn:
-        return read_views(conn)
+        if dataset is None:
+            return read_views(conn)
+        related, users = (
+            {
+                (*row[1:-1], np.float32(row[-1]))
+                for row in conn.execute(sa.text(f"SELECT * FROM {view} WHERE dataset = :d"), {"d": dataset})
+            }
+            for view in ("current_related_artists", "current_user_recommendations")
+        )
+        return related, users
 
 
 def expected_views(o: RunOutputs) -> tuple[set[tuple], set[tuple]]:
@@ -520,7 +531,7 @@ def test_cli_related_recommend_runs(db_url, engine):
     app, runner = _cli_app(), CliRunner()
     result = runner.invoke(app, ["related", "motörhead", "--n", "2", "--db", db_url])
     assert result.exit_code == 0, result.output
-    assert f"key-{outputs.related.ids[1, 0]}" in result.stdout and "(run 1)" in result.stdout
+    assert f"key-{outputs.related.ids[1, 0]}" in result.stdout and "(run 1," in result.stdout
     result = runner.invoke(app, ["related", "Sigur Ros", "--db", db_url])
     assert result.exit_code == 1 and "did you mean: Sigur Rós" in result.stderr
     result = runner.invoke(app, ["recommend", "user-3", "--db", db_url])
@@ -529,3 +540,232 @@ def test_cli_related_recommend_runs(db_url, engine):
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
     result = runner.invoke(app, ["runs", "--db", db_url])
     assert result.exit_code == 0 and "published" in result.stdout and "0.2000" in result.stdout
+
+
+# -- the current run per dataset, promote, stability, unchanged runs --------------------------
+
+
+def _current_runs(engine: sa.Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return dict(conn.exec_driver_sql("SELECT dataset, run_id FROM current_runs").all())
+
+
+def test_two_datasets_in_one_database_each_stay_served(engine, hetrec_encoded):
+    hetrec = make_outputs(80, dataset="lastfm-2k")
+    rng = np.random.default_rng(0)
+    ids = np.argsort(rng.random((hetrec_encoded.n_artists, 200)), axis=1)[:, :10].astype(np.int32)
+    users = rng.integers(0, hetrec_encoded.n_artists, (hetrec_encoded.n_users, 10)).astype(np.int32)
+    scores = np.sort(rng.random(ids.shape, dtype=np.float32), axis=1)[:, ::-1].copy()
+    hetrec = RunOutputs(
+        **{
+            **hetrec.__dict__,
+            "encoded": hetrec_encoded,
+            "related": TopN(ids, scores),
+            "recommendations": TopN(users, scores[: hetrec_encoded.n_users]),
+        }
+    )
+    synthetic = make_outputs(81)
+    assert publish(engine, hetrec) == 1
+    assert publish(engine, synthetic, max_regression=0.1) == 2
+    assert _current_runs(engine) == {"lastfm-2k": 1, "synthetic": 2}
+    assert views_of(engine, "lastfm-2k") == expected_views(hetrec)
+    assert views_of(engine, "synthetic") == expected_views(synthetic)
+    # the read queries default to the dataset published last, and take either one by name
+    assert related_artists(engine, "Artist 3").dataset == "synthetic"
+    found = related_artists(engine, "radiohead", n=3, dataset="lastfm-2k")
+    assert (found.run_id, found.artist_name) == (1, "Radiohead")
+    code = int(np.flatnonzero(hetrec_encoded.artist_keys == found.artist_key)[0])
+    assert [r.artist_key for r in found.rows] == [hetrec_encoded.artist_keys[i] for i in ids[code, :3]]
+    assert recommendations(engine, "2", dataset="lastfm-2k").run_id == 1
+    with pytest.raises(RecsError) as err:
+        related_artists(engine, "radiohead", dataset="lastfm-360k")
+    assert str(err.value).endswith("--dataset takes one of: lastfm-2k, synthetic") and "\n" not in str(err.value)
+    # a later synthetic run, and retention, never touch lastfm-2k's current run
+    for seed in (82, 83, 84):
+        publish(engine, make_outputs(seed), retention=1)
+    assert statuses(engine) == {1: "published", 2: "pruned", 3: "pruned", 4: "pruned", 5: "published"}
+    assert views_of(engine, "lastfm-2k") == expected_views(hetrec)
+
+
+def test_quality_gate_compares_with_the_same_dataset_and_records_both_figures(engine):
+    publish(engine, make_outputs(90, precision=0.30, dataset="lastfm-2k"))
+    # far below lastfm-2k's 0.30, but the first synthetic run: nothing of its own to compare with
+    assert publish(engine, make_outputs(91, precision=0.10), max_regression=0.1) == 2
+    kept = make_outputs(92, precision=0.095)
+    assert publish(engine, kept, max_regression=0.1) == 3
+    with pytest.raises(RunRejected) as err:
+        publish(engine, make_outputs(93, precision=0.05), max_regression=0.1)
+    assert "precision@10 of als is 0.0500, below 0.0855 (current run 3: 0.0950, max regression 10.0%)" in str(err.value)
+    publish(engine, make_outputs(94, precision=0.2))  # gate off: figures still recorded
+    messages = {r.run_id: r.message for r in list_runs(engine)}
+    assert messages[1] is None
+    assert messages[2] == "quality gate passed: first run of synthetic"
+    assert messages[3] == (
+        "quality gate passed: precision@10 of als is 0.0950, at least 0.0900 "
+        "(current run 2: 0.1000, max regression 10.0%)"
+    )
+    assert messages[5] == "quality gate off: precision@10 of als is 0.2000 (current run 3: 0.0950)"
+    assert _current_runs(engine) == {"lastfm-2k": 1, "synthetic": 5}
+
+
+def test_promote_makes_an_earlier_run_current_again_and_retention_keeps_it(engine):
+    runs = [make_outputs(seed) for seed in (100, 101, 102)]
+    for outputs in runs:
+        publish(engine, outputs)
+    other = make_outputs(103, dataset="lastfm-2k")
+    publish(engine, other)
+    assert publish_module.promote(engine, 1) == "synthetic"
+    assert views_of(engine, "synthetic") == expected_views(runs[0])
+    assert views_of(engine, "lastfm-2k") == expected_views(other)
+    listed = {r.run_id: r.current for r in list_runs(engine)}
+    assert listed == {1: True, 2: False, 3: False, 4: True}
+    with engine.connect() as conn:
+        promoted = conn.exec_driver_sql("SELECT run_id FROM runs WHERE promoted_at IS NOT NULL").scalars().all()
+    assert promoted == [1]
+    # retention 1 keeps the newest run and every dataset's current one (run 1, promoted)
+    publish(engine, make_outputs(104, dataset="lastfm-2k"), retention=1)
+    assert statuses(engine) == {1: "published", 2: "pruned", 3: "pruned", 4: "pruned", 5: "published"}
+    assert views_of(engine, "synthetic") == expected_views(runs[0])
+    before = views_of(engine)
+    for run_id, message in (
+        (2, "run 2 is pruned, so it has no rows to serve; promote a published run (`recs runs`)"),
+        (99, "there is no run 99 in "),
+    ):
+        with pytest.raises(RecsError) as err:
+            publish_module.promote(engine, run_id)
+        assert message in str(err.value) and "\n" not in str(err.value)
+    assert views_of(engine) == before
+
+
+def _expected_overlap(new: TopN, old: TopN, new_keys, old_keys, new_items, old_items, k: int = 10) -> float:
+    """overlap@k by the definition, with Python sets over source keys (the slow, obvious way)."""
+    old_lists = {old_keys[i]: {old_items[a] for a in row[:k] if a >= 0} for i, row in enumerate(old.ids) if old_keys[i]}
+    hits = total = 0
+    for i, row in enumerate(new.ids):
+        if new_keys[i] not in old_lists:
+            continue
+        entries = [new_items[a] for a in row[:k] if a >= 0]
+        hits += sum(key in old_lists[new_keys[i]] for key in entries)
+        total += len(entries)
+    return hits / total
+
+
+def test_stability_against_the_current_run_of_the_dataset(engine):
+    first = make_outputs(110, n=12)
+    publish(engine, first)
+    publish(engine, make_outputs(111, dataset="lastfm-2k"))  # another dataset: not compared with
+    same = make_outputs(110, n=12)
+    publish(engine, same)
+    # the next run lost some users and artists and renumbered the rest (reversed codes)
+    second = make_outputs(112, n=12)
+    enc = second.encoded
+    renamed = Encoded(
+        enc.plays[::-1, ::-1].tocsr(),
+        np.array([f"user-{i}" for i in range(49, -1, -1)][:45] + [f"new-{i}" for i in range(5)], dtype=object),
+        np.array([f"key-{i}" for i in range(39, -1, -1)][:36] + [f"fresh-{i}" for i in range(4)], dtype=object),
+        enc.artist_names,
+    )
+    second = RunOutputs(**{**second.__dict__, "encoded": renamed})
+    publish(engine, second)
+    with engine.connect() as conn:
+        stability = conn.exec_driver_sql(
+            "SELECT run_id, metric, k, value FROM run_metrics WHERE model = 'stability' ORDER BY run_id, metric"
+        ).all()
+    old = first.encoded
+    expected = {
+        "related_overlap": _expected_overlap(
+            second.related, first.related, renamed.artist_keys, old.artist_keys, renamed.artist_keys, old.artist_keys
+        ),
+        "user_overlap": _expected_overlap(
+            second.recommendations,
+            first.recommendations,
+            renamed.user_keys,
+            old.user_keys,
+            renamed.artist_keys,
+            old.artist_keys,
+        ),
+    }
+    assert [row[:3] for row in stability] == [
+        (3, "related_overlap", 10),
+        (3, "user_overlap", 10),
+        (4, "related_overlap", 10),
+        (4, "user_overlap", 10),
+    ]
+    assert [row[3] for row in stability[:2]] == [1.0, 1.0]  # the same lists
+    assert {row[1]: row[3] for row in stability[2:]} == pytest.approx(expected)
+    assert min(expected.values()) > 0 and max(expected.values()) < 1
+
+
+def test_unchanged_run_is_recorded_and_changes_nothing(engine):
+    outputs = make_outputs(120)
+    publish(engine, outputs)
+    identity = publish_module.RunIdentity(
+        dataset="synthetic",
+        source="generated",
+        data_sha256=outputs.data_sha256,
+        config=outputs.config,
+        code_version="test",
+        flow_run_id="abc",
+    )
+    for changed in (
+        {"data_sha256": "f" * 64},
+        {"config": {**outputs.config, "seed": 0}},
+        {"code_version": "other"},
+        {"dataset": "lastfm-2k"},
+    ):
+        assert (
+            publish_module.skip_if_unchanged(engine, publish_module.RunIdentity(**{**identity.__dict__, **changed}))
+            is None
+        )
+    assert statuses(engine) == {1: "published"}
+    # the same config with its keys in another order is the same config
+    reordered = publish_module.RunIdentity(**{**identity.__dict__, "config": dict(reversed(outputs.config.items()))})
+    assert publish_module.skip_if_unchanged(engine, reordered) == (2, 1)
+    assert statuses(engine) == {1: "published", 2: "unchanged"}
+    assert views_of(engine) == expected_views(outputs) and _current_runs(engine) == {"synthetic": 1}
+    [summary, _] = list_runs(engine)
+    assert (summary.message, summary.flow_run_id) == (
+        "same data, config and code as current run 1; nothing retrained",
+        "abc",
+    )
+    assert publish(engine, make_outputs(121)) == 3  # an unchanged run is no current run and no gate reference
+
+
+def test_cli_dataset_and_runs_show_diff_promote(db_url, engine):
+    first = make_outputs(130, precision=0.25)
+    publish(engine, first)
+    second = make_outputs(131)
+    publish(engine, RunOutputs(**{**second.__dict__, "config": {**second.config, "n": 20}}))
+    publish(engine, make_outputs(132, dataset="lastfm-2k"))
+    app, runner = _cli_app(), CliRunner()
+    result = runner.invoke(app, ["recommend", "user-3", "--db", db_url, "--dataset", "synthetic"])
+    assert result.exit_code == 0 and "(run 2," in result.stdout
+    result = runner.invoke(app, ["recommend", "user-3", "--db", db_url])  # lastfm-2k was published last
+    assert result.exit_code == 0 and "(run 3," in result.stdout
+    result = runner.invoke(app, ["related", "Artist 1", "--db", db_url, "--dataset", "nope"])
+    assert result.exit_code == 1 and result.stderr.strip().splitlines() == [
+        f"error: no published run of dataset 'nope' in {db_url}; --dataset takes one of: lastfm-2k, synthetic"
+    ]
+    hashes = {r.run_id: r.config_hash for r in list_runs(engine)}
+    assert len(set(hashes.values())) == 3 and all(len(h) == 64 for h in hashes.values())
+    result = runner.invoke(app, ["runs", "--db", db_url])
+    assert result.exit_code == 0, result.output
+    assert "3 *" in result.stdout and "2 *" in result.stdout and hashes[1][:8] in result.stdout
+    result = runner.invoke(app, ["runs", "show", "2", "--db", db_url])
+    assert result.exit_code == 0, result.output
+    for needle in ("(current)", "config_hash", hashes[2], "precision@10", "timings", "seed: 131", "n: 20"):
+        assert needle in result.stdout, needle
+    result = runner.invoke(app, ["runs", "diff", "1", "2", "--db", db_url])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any("seed" in line and "130" in line and "131" in line for line in lines)
+    assert any(line.split() == ["│", "n", "│", "null", "│", "20", "│"] for line in lines)
+    assert any("precision@10" in line and "0.2500" in line and "0.2000" in line and "-0.0500" in line for line in lines)
+    assert "note" not in result.stdout  # unchanged keys are not listed
+    result = runner.invoke(app, ["runs", "promote", "1", "--db", db_url])
+    assert result.exit_code == 0 and "run 1 is the current run of synthetic again" in result.stdout
+    assert views_of(engine, "synthetic") == expected_views(first)
+    result = runner.invoke(app, ["runs", "promote", "7", "--db", db_url])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("error: there is no run 7 in ")
+    assert views_of(engine, "synthetic") == expected_views(first)

@@ -156,7 +156,7 @@ def test_fresh_database_gets_the_full_schema_at_head(new_db):
     url = new_db()
     engine = make_engine(url)
     assert revisions(url) == [HEAD_REVISION]
-    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", *BULK}
+    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", "current_runs", *BULK}
     assert views_of(engine) == (set(), set())
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
@@ -266,7 +266,7 @@ def test_concurrent_starts_on_a_fresh_database_upgrade_once(new_db, start):
     url = new_db()
     start(url, 4)
     assert revisions(url) == [HEAD_REVISION]
-    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", *BULK}
+    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", "current_runs", *BULK}
 
 
 FAST = r"""
@@ -351,3 +351,53 @@ def test_databases_it_cannot_upgrade_are_one_line_errors_and_left_alone(new_db, 
         make_engine(url)
     assert str(err.value).endswith(message) and "\n" not in str(err.value)
     assert schema_of(url) == before
+
+
+def test_0002_database_with_published_runs_gets_a_current_run_per_dataset(new_db):
+    """0002 showed only the newest published run of any dataset; 0003 makes each dataset's newest
+    published run current, keeps every run and its rows, and adds the status ``unchanged``."""
+    url = new_db()
+    load_pre_alembic(url)  # run 1: synthetic, published, with rows
+    engine = plain_engine(url)
+    with write_transaction(engine) as conn:
+        command.stamp(alembic_config(conn), BASELINE_REVISION)
+        command.upgrade(alembic_config(conn), "0002")
+        # a later run of another dataset (no rows of its own), which hid run 1 from the 0002 views
+        conn.exec_driver_sql(
+            "INSERT INTO runs (status, started_at, finished_at, dataset, source, data_sha256, config, "
+            "code_version, related_model, user_model, n_artists, n_users, n_related, n_recommendations) "
+            "VALUES ('published', '2026-12-02 00:00:00', '2026-12-02 00:01:00', 'lastfm-2k', 'x', 'ab', '{}', "
+            "'old', 'als', 'als', 0, 0, 0, 0)"
+        )
+    assert views_of(engine) == (set(), set())  # what readers of 0002 saw: run 2's (empty) lists
+    engine.dispose()
+    engine = make_engine(url)
+    assert revisions(url) == [HEAD_REVISION]
+    with engine.connect() as conn:
+        assert dict(conn.exec_driver_sql("SELECT dataset, run_id FROM current_runs").all()) == {
+            "synthetic": 1,
+            "lastfm-2k": 2,
+        }
+        assert (
+            conn.exec_driver_sql(
+                "SELECT count(*) FROM current_related_artists WHERE dataset = 'synthetic'"
+            ).scalar_one()
+            == FIXTURE_ROWS[0]
+        )
+        assert conn.exec_driver_sql("SELECT config_hash, seconds, choices FROM runs WHERE run_id = 1").one() == (
+            None,
+            None,
+            None,
+        )
+    assert statuses(engine) == {1: "published", 2: "published"}
+    assert related_artists(engine, "o'brien", dataset="synthetic").artist_name == "O'Brien"
+    outputs = make_outputs(8)
+    assert publish(engine, outputs) == 3
+    assert statuses(engine) == {1: "published", 2: "published", 3: "published"}
+    with engine.connect() as conn:
+        conn.exec_driver_sql("UPDATE runs SET status = 'unchanged' WHERE run_id = 2")  # the new status is allowed
+        conn.rollback()
+    engine.dispose()
+    fresh = new_db()
+    make_engine(fresh).dispose()
+    assert schema_of(url) == schema_of(fresh)  # the upgrade builds what a new database gets
