@@ -46,21 +46,20 @@ def encode(interactions: Interactions, min_listeners: int = 1, min_artists: int 
     artist_names = np.empty(len(artist_keys), dtype=object)
     artist_names[first_row.to_numpy()] = name_values[names[first_row.index.to_numpy()]]
 
-    matrix = sp.csr_matrix(
-        (plays, (users, artists)), shape=(len(user_keys), len(artist_keys)), dtype=np.float32
-    )
+    matrix = sp.csr_matrix((plays, (users, artists)), shape=(len(user_keys), len(artist_keys)), dtype=np.float32)
     matrix.sum_duplicates()
     matrix.eliminate_zeros()
-    return Encoded(
-        plays=matrix, user_keys=user_keys, artist_keys=artist_keys, artist_names=artist_names
-    )
+    return Encoded(plays=matrix, user_keys=user_keys, artist_keys=artist_keys, artist_names=artist_names)
 
 
 def encode_parsed(parsed: Parsed, min_listeners: int = 1, min_artists: int = 1) -> Encoded:
     """``encode`` the Parquet file a parse wrote (``tasks.data.parse.parse_to_parquet``)."""
     frame = pd.read_parquet(parsed.path)
-    return encode(Interactions(frame=frame, bad_rows=parsed.bad_rows, dataset=parsed.dataset),
-                  min_listeners=min_listeners, min_artists=min_artists)
+    return encode(
+        Interactions(frame=frame, bad_rows=parsed.bad_rows, dataset=parsed.dataset),
+        min_listeners=min_listeners,
+        min_artists=min_artists,
+    )
 
 
 def _codes(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -150,6 +150,14 @@ def detect(path: Path) -> tuple[str, Path]:
     )
 
 
+def inputs(path: Path) -> list[Path]:
+    """The files ``parse(path)`` reads, and no others: the play file ``detect`` picks and, for
+    HetRec 2K, the ``artists.dat`` beside it. Raises ``RecsError`` as ``detect`` does."""
+    fmt, file = detect(Path(path))
+    names = file.with_name(HETREC_ARTISTS)
+    return [file, names] if fmt == "lastfm-2k" and names.is_file() else [file]
+
+
 def _detect_dir(folder: Path) -> tuple[str, Path]:
     # An archive may hold its files at the root or under one top folder.
     for name, fmt in ((HETREC_PLAYS, "lastfm-2k"), (LASTFM_360K_PLAYS, "lastfm-360k")):
