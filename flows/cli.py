@@ -104,6 +104,7 @@ def run(
     source: str = typer.Option(None, help="A path or URL overriding the dataset's own location."),
     db: str = typer.Option(None, help="SQLAlchemy URL to publish into (default sqlite:///data/recs.db)."),
     model: str = typer.Option(None, help="Model for both related artists and user recommendations."),
+    refresh: bool = typer.Option(False, "--refresh", help="Download a URL again even if the cached copy is current."),
 ) -> None:
     """Retrain once (the `retrain` Prefect flow) and publish the run; prints a summary.
 
@@ -123,6 +124,8 @@ def run(
     from flows.retrain import retrain
 
     config = _run_config(config_file, dataset, source, db, model)
+    if refresh:
+        config = config.model_copy(update={"data": config.data.model_copy(update={"refresh": True})})
     try:
         result = retrain(config)
     except RecsError:
@@ -298,6 +301,7 @@ def data(
     sha256: str = typer.Option(None, help="Expected SHA-256 of the download; a mismatch is an error."),
     min_listeners: int = typer.Option(1, min=1, help="Drop artists with fewer listeners."),
     min_artists: int = typer.Option(1, min=1, help="Drop users with fewer artists."),
+    refresh: bool = typer.Option(False, "--refresh", help="Download a URL again even if the cached copy is current."),
 ) -> None:
     """Download (or reuse the cache), parse and encode a dataset; print what it holds."""
     from pydantic import ValidationError
@@ -313,6 +317,7 @@ def data(
         "cache_dir": cache_dir,
         "min_listeners": min_listeners,
         "min_artists": min_artists,
+        "refresh": refresh,
     }
     try:
         config = DataConfig.model_validate({k: v for k, v in fields.items() if v is not None})

@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 from tasks.contracts import DownloadCheck, Downloaded, StageConfig
 from tasks.data.parse import inputs
+from tasks.data.records import file_sha256, read_recorded, record, record_path
 from tasks.errors import RecsError
 from tasks.files import UMASK, temp_path, write_text_atomic
 from tasks.transient import is_transient
@@ -124,30 +125,10 @@ def fetch(
     return _fetch_local(source, local.resolve(), Path(cache_dir), expected, expect, limits)
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cache_entry(cache_dir: Path, key: str, name: str) -> Path:
     """The cache folder for ``key`` (a URL or other unique source string) named after ``name``."""
     tag = hashlib.sha256(key.encode()).hexdigest()[:12]
     return Path(cache_dir) / f"{_safe(name)}-{tag}"
-
-
-def read_recorded(file: Path) -> str | None:
-    """The SHA-256 recorded beside ``file`` (``<file>.sha256``), or None."""
-    record = _record_path(file)
-    return record.read_text().split()[0] if record.is_file() else None
-
-
-def record(file: Path, digest: str) -> None:
-    """Write ``<file>.sha256`` atomically (the marker that ``file`` is complete)."""
-    write_text_atomic(_record_path(file), f"{digest}  {file.name}\n")
 
 
 # --- remote ---------------------------------------------------------------------------------
@@ -360,7 +341,7 @@ def _install(
 ) -> Path:
     """Extract (if an archive) and move the verified download into place. The old record goes
     first and the new one last, so an interruption in between leaves an entry that is refetched."""
-    _record_path(final).unlink(missing_ok=True)
+    record_path(final).unlink(missing_ok=True)
     path = final
     if _is_archive(final.name):
         path = _extract(part, final.name, _extract_dir(final), expect, source, limits)
@@ -555,10 +536,6 @@ def _safe(name: str) -> str:
     return cleaned[:80] or "download"
 
 
-def _record_path(file: Path) -> Path:
-    return file.with_name(file.name + ".sha256")
-
-
 def _members_path(file: Path) -> Path:
     return file.with_name(file.name + ".members")
 
@@ -612,7 +589,7 @@ def _locked(entry: Path) -> Iterator[None]:
 
 def _discard(final: Path) -> None:
     """Remove a stale or broken cache entry's files before fetching again."""
-    _record_path(final).unlink(missing_ok=True)
+    record_path(final).unlink(missing_ok=True)
     _members_path(final).unlink(missing_ok=True)
     final.with_name(final.name + ".http").unlink(missing_ok=True)
     final.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import scipy.sparse as sp
 
 from tasks.contracts import Encoded, Interactions, Parsed
@@ -54,7 +55,13 @@ def encode(interactions: Interactions, min_listeners: int = 1, min_artists: int 
 
 def encode_parsed(parsed: Parsed, min_listeners: int = 1, min_artists: int = 1) -> Encoded:
     """``encode`` the Parquet file a parse wrote (``tasks.data.parse.parse_to_parquet``)."""
-    frame = pd.read_parquet(parsed.path)
+    try:
+        frame = pd.read_parquet(parsed.path)
+    except (OSError, pa.ArrowException) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RecsError(
+            f"cannot read the cached parse {parsed.path} ({reason}); delete it and run again to rebuild it"
+        ) from exc
     return encode(
         Interactions(frame=frame, bad_rows=parsed.bad_rows, dataset=parsed.dataset),
         min_listeners=min_listeners,

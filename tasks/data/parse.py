@@ -55,6 +55,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from tasks.contracts import BadRows, Downloaded, Interactions, Parsed
+from tasks.data.records import file_sha256, matches_record, record, record_path
 from tasks.errors import RecsError
 from tasks.files import atomic_path
 
@@ -115,14 +116,33 @@ def parse(path: Path, dataset: str | None = None) -> Interactions:
     return Interactions(frame=frame, bad_rows=bad_rows, dataset=dataset or fmt)
 
 
-def parse_to_parquet(downloaded: Downloaded, dataset: str | None, out_dir: Path) -> Parsed:
+def parse_to_parquet(downloaded: Downloaded, dataset: str | None, out_dir: Path, keep: int | None = None) -> Parsed:
     """``parse`` the download and write its tidy frame as Parquet into ``out_dir``, named by the
-    download's digest and the dataset, so a cached parse is a path and the bad-row counts."""
+    download's digest and the dataset, so a cached parse is a path and the bad-row counts. The
+    file's SHA-256 is recorded beside it (``cached_parse_intact`` checks it on reuse). ``keep``:
+    how many parses to keep in ``out_dir``, newest first (this one always); None keeps all."""
     interactions = parse(downloaded.path, dataset)
     path = Path(out_dir) / f"parsed-{downloaded.sha256[:16]}-{interactions.dataset}.parquet"
     with atomic_path(path) as temp:
         interactions.frame.to_parquet(temp, index=False)
+        digest = file_sha256(temp)
+    record(path, digest)
+    if keep is not None:
+        _prune_parsed(Path(out_dir), keep, path)
     return Parsed(path=path, bad_rows=interactions.bad_rows, dataset=interactions.dataset)
+
+
+def cached_parse_intact(parsed: Parsed) -> bool:
+    """Whether a (cached) parse's Parquet file is still there with the bytes recorded for it."""
+    return matches_record(parsed.path)
+
+
+def _prune_parsed(out_dir: Path, keep: int, current: Path) -> None:
+    """Remove all but the ``keep`` newest parses (by mtime) in ``out_dir``, never ``current``."""
+    parses = sorted(out_dir.glob("parsed-*.parquet"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in [p for p in parses if p != current][max(keep - 1, 0) :]:
+        record_path(old).unlink(missing_ok=True)  # the record first: a half-pruned parse is not reused
+        old.unlink(missing_ok=True)
 
 
 def detect(path: Path) -> tuple[str, Path]:
