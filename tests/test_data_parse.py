@@ -244,3 +244,23 @@ def test_invalid_utf8_in_parquet_binary_is_counted_as_undecodable(tmp_path: Path
     pq.write_table(table, path)
     parsed = parse(path)
     assert parsed.bad_rows.counts == {"undecodable_bytes": 1} and len(parsed.frame) == 10
+
+
+def test_parsed_cache_keeps_the_newest_and_verifies_its_files(tmp_path: Path):
+    import os
+
+    from tasks.contracts import Downloaded
+    from tasks.data.parse import cached_parse_intact, parse_to_parquet
+
+    out = tmp_path / "parsed"
+    made = []
+    for i in range(4):
+        plays = _write_lines(
+            tmp_path / f"plays{i}.csv", ["user,artist,plays", *[f"u{j},a{j},{i + 1}" for j in range(5)]]
+        )
+        made.append(parse_to_parquet(Downloaded(str(plays), plays, str(i) * 64, False, "local"), None, out, keep=2))
+        os.utime(made[-1].path, ns=(i * 10**9, i * 10**9))  # distinct ages, oldest first
+    assert sorted(p.name for p in out.glob("*.parquet")) == sorted(p.path.name for p in made[2:])
+    assert cached_parse_intact(made[3])
+    made[3].path.write_bytes(made[3].path.read_bytes()[:50])
+    assert not cached_parse_intact(made[3]) and not cached_parse_intact(made[0])
