@@ -277,7 +277,8 @@ def test_a_weekly_rolling_export_publishes_the_new_data_and_heals_a_corrupt_pars
         artifacts, tasks, logs = _read(state.state_details.flow_run_id)
         report = {a.key: a for a in artifacts}[REPORT_KEY].data
         checks.append(report.split("- data check: **")[1].split("**")[0])
-        caching.append({t.name.split("-")[0]: sorted(u.state.name for u in tasks if u.name == t.name) for t in tasks})
+        stage = {t.name.split("-")[0] for t in tasks}
+        caching.append({name: sorted(t.state.name for t in tasks if t.name.split("-")[0] == name) for name in stage})
         assert any(log.message.startswith(f"data {url}: {checks[-1]}, sha256 ") for log in logs)
     assert checks == ["downloaded", "downloaded", "last-modified"]
     assert [c["download"] for c in caching] == [["Completed"], ["Completed"], ["Cached"]]
