@@ -156,6 +156,7 @@ def run(
     force: bool = typer.Option(
         False, "--force", help="Retrain even when data, config and code equal the dataset's current run."
     ),
+    refresh: bool = typer.Option(False, "--refresh", help="Download a URL again even if the cached copy is current."),
 ) -> None:
     """Retrain once (the `retrain` Prefect flow) and publish the run; prints a summary.
 
@@ -180,6 +181,8 @@ def run(
         _no_tracebacks_on_terminal()
     if force:
         config = config.model_copy(update={"storage": config.storage.model_copy(update={"skip_unchanged": False})})
+    if refresh:
+        config = config.model_copy(update={"data": config.data.model_copy(update={"refresh": True})})
     try:
         result = retrain(config)
     except RecsError:
@@ -537,6 +540,7 @@ def data(
     sha256: str = typer.Option(None, help="Expected SHA-256 of the download; a mismatch is an error."),
     min_listeners: int = typer.Option(1, min=1, help="Drop artists with fewer listeners."),
     min_artists: int = typer.Option(1, min=1, help="Drop users with fewer artists."),
+    refresh: bool = typer.Option(False, "--refresh", help="Download a URL again even if the cached copy is current."),
 ) -> None:
     """Download (or reuse the cache), parse and encode a dataset; print what it holds."""
     from pydantic import ValidationError
@@ -552,6 +556,7 @@ def data(
         "cache_dir": cache_dir,
         "min_listeners": min_listeners,
         "min_artists": min_artists,
+        "refresh": refresh,
     }
     try:
         config = DataConfig.model_validate({k: v for k, v in fields.items() if v is not None})

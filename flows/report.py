@@ -56,6 +56,7 @@ class RunReport:
     timings: dict[str, float] = field(default_factory=dict)
     gate: str | None = None
     stability: dict[str, float] = field(default_factory=dict)
+    data_check: str = ""  # Downloaded.check: how the data was known to be current
 
 
 def _label(metric: Metric) -> str:
@@ -205,6 +206,7 @@ def render_report(report: RunReport) -> str:
         "## Dataset",
         "",
         f"- **{report.dataset}** from `{report.source}` (sha256 `{report.sha256[:12]}…`)",
+        f"- data check: **{report.data_check}** (`tasks.contracts.Downloaded.check`)",
         f"- {enc.n_users:,} users × {enc.n_artists:,} artists, {nnz:,} pairs "
         f"(density {density:.2e}), {float(enc.plays.sum()):,.0f} plays",
         f"- split: {report.split_rule}; {report.test_pairs:,} held-out pairs",

@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -43,9 +43,10 @@ from storage.preflight import check_database
 from storage.publish import STABILITY_MODEL, RunIdentity, RunOutputs, publish, skip_if_unchanged
 from storage.queries import run_details
 from tasks.contracts import Downloaded, Encoded, Factors, Metric, Parsed, Recommended, Scorer, Split
-from tasks.data.datasets import DataConfig, fingerprint, obtain, resolve
+from tasks.data.datasets import DataConfig, check_of_cached, fingerprint, obtain, resolve
+from tasks.data.download import intact
 from tasks.data.encode import encode_parsed
-from tasks.data.parse import parse_to_parquet
+from tasks.data.parse import cached_parse_intact, parse_to_parquet
 from tasks.errors import RecsError
 from tasks.evaluate import describe_fits, evaluate_models, fit_metrics
 from tasks.index import ArtistIndex, build_index
@@ -133,7 +134,9 @@ def _digest(*parts: object) -> str:
 
 
 def download_key(context, parameters: dict) -> str:
-    """Cache key of a download: the source's fingerprint (``tasks.data.datasets.fingerprint``)."""
+    """Cache key of a download: the source's fingerprint (``tasks.data.datasets.fingerprint``),
+    which for a URL holds the server's current ETag / Last-Modified (or is new each run), so
+    changed content always misses the cache and is fetched."""
     return "download-" + _digest(*fingerprint(resolve(parameters["data"])))
 
 
@@ -172,9 +175,10 @@ def download_task(data: DataConfig) -> tuple[Downloaded, str | None]:
 
 
 @stage("parse", cache_key_fn=parse_key, persist_result=True, timeout_seconds=3 * 3600)
-def parse_task(downloaded: Downloaded, dataset: str | None, out_dir: Path) -> Parsed:
-    """The tidy frame as Parquet next to the download; cached by the downloaded bytes."""
-    return parse_to_parquet(downloaded, dataset, out_dir)
+def parse_task(downloaded: Downloaded, dataset: str | None, out_dir: Path, keep: int) -> Parsed:
+    """The tidy frame as Parquet next to the download, the ``keep`` newest kept; cached by the
+    downloaded bytes."""
+    return parse_to_parquet(downloaded, dataset, out_dir, keep)
 
 
 @stage("unchanged", retry_jitter_factor=0.5, retry_condition_fn=_retry_transient, **IN_MEMORY)
@@ -272,9 +276,10 @@ def _safe_url(url: str) -> str:
 
 def recorded_config(config: RetrainConfig) -> dict:
     """The config as ``runs.config`` keeps it and ``runs.config_hash`` hashes it: JSON values, the
-    database password masked, and without ``storage.skip_unchanged`` (an instruction to this one
-    run, not a setting of what it makes: a forced run and the next scheduled one compare equal)."""
-    recorded = config.model_dump(mode="json", exclude={"storage": {"skip_unchanged"}})
+    database password masked, and without ``storage.skip_unchanged`` and ``data.refresh``
+    (instructions to this one run, not settings of what it makes: a forced or refreshed run and
+    the next scheduled one compare equal)."""
+    recorded = config.model_dump(mode="json", exclude={"storage": {"skip_unchanged"}, "data": {"refresh"}})
     recorded["storage"]["db"] = _safe_url(config.storage.db)
     return recorded
 
@@ -361,12 +366,17 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
     flow_run_id, flow_run_url = _flow_run()
     data, parsed_dir = config.data, Path(config.data.cache_dir) / "parsed"
     download = _retrying(download_task, config)
-    downloaded, dataset = download(data)
-    if not Path(downloaded.path).exists():  # a cached result whose file was deleted since
+    fetched = download(data, return_state=True)
+    downloaded, dataset = fetched.result()
+    if not intact(downloaded):  # a cached result whose files were deleted or edited since
         downloaded, dataset = download.with_options(refresh_cache=True)(data)
-    parsed = parse_task(downloaded, dataset, parsed_dir)
-    if not parsed.path.exists():
-        parsed = parse_task.with_options(refresh_cache=True)(downloaded, dataset, parsed_dir)
+    elif fetched.name == "Cached":
+        downloaded = replace(downloaded, from_cache=True, check=check_of_cached(resolve(data)))
+    logger.info("data %s: %s, sha256 %s", downloaded.source, downloaded.check, downloaded.sha256)
+    keep = config.storage.retention
+    parsed = parse_task(downloaded, dataset, parsed_dir, keep)
+    if not cached_parse_intact(parsed):  # deleted, truncated or edited since it was cached
+        parsed = parse_task.with_options(refresh_cache=True)(downloaded, dataset, parsed_dir, keep)
     identity = RunIdentity(
         dataset=parsed.dataset,
         source=downloaded.source,
@@ -464,6 +474,7 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         dataset=parsed.dataset,
         source=downloaded.source,
         sha256=downloaded.sha256,
+        data_check=downloaded.check,
         encoded=encoded,
         bad_rows=parsed.bad_rows,
         split_rule=split.rule,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -30,18 +30,27 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# How a run knows its downloaded data is current (``Downloaded.check``).
+DownloadCheck = Literal["etag", "last-modified", "sha256-pinned", "downloaded", "local"]
+
+
 @dataclass(frozen=True)
 class Downloaded:
     """A dataset on local disk.
 
     ``path`` is the downloaded file, or the directory an archive was extracted into.
     ``sha256`` is the hex digest of the downloaded bytes (the archive, not its members).
+    ``check`` says how this run knows the content is current: ``etag`` / ``last-modified`` (the
+    server answered a conditional request with 304 Not Modified), ``sha256-pinned`` (the cached
+    copy matches the expected SHA-256, no request made), ``downloaded`` (fetched in full this
+    run), ``local`` (a local file or folder, or generated data, read as it is now).
     """
 
     source: str
     path: Path
     sha256: str
     from_cache: bool
+    check: DownloadCheck = "downloaded"
 
 
 @dataclass(frozen=True)

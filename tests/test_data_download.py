@@ -9,6 +9,7 @@ import socket
 import stat
 import tarfile
 import threading
+import time
 import zipfile
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,6 +36,9 @@ class _Server(ThreadingHTTPServer):
         self.failures = 0
         self.failure_code = 503
         self.short = False
+        self.etag = False  # send an ETag (the file's sha256) and answer If-None-Match
+        self.plain = False  # send no validator at all
+        self.drip = 0.0  # seconds between 64-byte pieces of the body
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.server_port}/{name}"
@@ -56,6 +60,9 @@ class _Handler(SimpleHTTPRequestHandler):
             self.send_error(self.server.failure_code)
             return
         file = self.server.root / self.path.lstrip("/")
+        if (self.server.etag or self.server.plain or self.server.drip) and file.is_file():
+            self._send(file.read_bytes())
+            return
         if self.server.short and file.is_file():
             body = file.read_bytes()
             self.send_response(200)
@@ -65,6 +72,29 @@ class _Handler(SimpleHTTPRequestHandler):
             self.close_connection = True
             return
         super().do_GET()
+
+    def do_HEAD(self):
+        self.server.requests.append("HEAD " + self.path)
+        super().do_HEAD()
+
+    def _send(self, body: bytes):
+        tag = '"' + hashlib.sha256(body).hexdigest() + '"'
+        if self.server.etag and self.headers.get("If-None-Match") == tag:
+            self.send_response(304)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        if self.server.etag:
+            self.send_header("ETag", tag)
+        self.end_headers()
+        if not self.server.drip:
+            self.wfile.write(body)
+            return
+        for start in range(0, len(body), 64):
+            self.wfile.write(body[start : start + 64])
+            self.wfile.flush()
+            time.sleep(self.server.drip)
 
 
 @pytest.fixture
@@ -342,3 +372,245 @@ def test_expected_file_found_in_a_repacked_mirror(server: _Server, tmp_path: Pat
     assert len(parse(got.path).frame) == 200
     folder = fetch(str(got.path), cache, expect=DATASETS["lastfm-360k"].expect)
     assert folder.path == got.path
+
+
+# --- issue 17: fresh data every run, caches that heal, bounded downloads and archives -------------
+
+
+def _serve(server: _Server, name: str, body: bytes, age: float = 0) -> str:
+    file = server.root / name
+    file.write_bytes(body)
+    stamp = time.time() - age
+    os.utime(file, (stamp, stamp))
+    return server.url(name)
+
+
+def _plays(rows: int, plays: int = 3) -> bytes:
+    return ("user,artist,plays\n" + "".join(f"u{i},a{i % 7},{plays}\n" for i in range(rows))).encode()
+
+
+def test_a_changed_url_is_fetched_again_by_last_modified(server: _Server, cache: Path):
+    url = _serve(server, "plays.csv", _plays(20), age=100)
+    first = fetch(url, cache, **FAST)
+    assert (first.check, first.from_cache) == ("downloaded", False)
+    again = fetch(url, cache, **FAST)
+    assert (again.check, again.from_cache, again.sha256) == ("last-modified", True, first.sha256)
+    _serve(server, "plays.csv", _plays(30), age=0)  # next week's export, a new Last-Modified
+    changed = fetch(url, cache, **FAST)
+    assert (changed.check, changed.from_cache) == ("downloaded", False)
+    assert changed.sha256 == hashlib.sha256(_plays(30)).hexdigest() != first.sha256
+    assert len(parse(changed.path).frame) == 30
+
+
+def test_a_changed_url_is_fetched_again_by_etag_and_without_validators(server: _Server, cache: Path):
+    server.etag = True
+    url = _serve(server, "plays.csv", _plays(20))
+    assert fetch(url, cache, **FAST).check == "downloaded"
+    assert fetch(url, cache, **FAST).check == "etag"
+    _serve(server, "plays.csv", _plays(25))
+    assert fetch(url, cache, **FAST).sha256 == hashlib.sha256(_plays(25)).hexdigest()
+    server.etag, server.plain = False, True  # neither ETag nor Last-Modified: downloaded each time
+    plain = server.url("plays.csv")
+    server.requests.clear()
+    assert [fetch(plain, cache, **FAST).check for _ in range(2)] == ["downloaded", "downloaded"]
+    assert len(server.requests) == 2
+
+
+def test_sha256_pins_the_content_and_refresh_forces_a_download(server: _Server, cache: Path):
+    url = _serve(server, "plays.csv", _plays(20), age=100)
+    digest = hashlib.sha256(_plays(20)).hexdigest()
+    fetch(url, cache, digest, **FAST)
+    server.requests.clear()
+    pinned = fetch(url, cache, digest, **FAST)
+    assert (pinned.check, pinned.from_cache, server.requests) == ("sha256-pinned", True, [])
+    forced = fetch(url, cache, digest, refresh=True, **FAST)
+    assert (forced.check, len(server.requests)) == ("downloaded", 1)
+
+
+def test_a_wrong_sha256_keeps_the_valid_cached_copy(server: _Server, cache: Path):
+    url = _serve(server, "plays.csv", _plays(20), age=100)
+    good = fetch(url, cache, **FAST)
+    before = {p: p.read_bytes() for p in files_in(cache)}
+    message = refused(lambda: fetch(url, cache, "ab" * 32, **FAST))
+    assert message.startswith(f"checksum mismatch for {url}: expected sha256 {'ab' * 32}, got {good.sha256}")
+    assert {p: p.read_bytes() for p in files_in(cache)} == before
+    assert fetch(url, cache, good.sha256, **FAST).check == "sha256-pinned"
+
+
+def test_a_malformed_sha256_is_refused_before_downloading(server: _Server, cache: Path):
+    from pydantic import ValidationError
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    url = _serve(server, "plays.csv", _plays(20))
+    for bad in ("xyz", "ab" * 31, "g" * 64):
+        with pytest.raises(ValidationError, match="is not a SHA-256"):
+            DataConfig(source=url, sha256=bad)
+    assert DataConfig(sha256=" " + "AB" * 32 + " ").sha256 == "ab" * 32
+    result = CliRunner().invoke(app, ["data", "--source", url, "--sha256", "nothex", "--cache-dir", str(cache)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "error: invalid option --sha256: Value error, 'nothex' is not a SHA-256 (64 hex digits)"
+    )
+    assert server.requests == [] and files_in(cache) == []
+
+
+def test_recs_data_refresh_downloads_again(server: _Server, cache: Path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    url = _serve(server, "plays.csv", _plays(20), age=100)
+    args = ["data", "--source", url, "--cache-dir", str(cache)]
+    for extra in ([], [], ["--refresh"]):
+        assert CliRunner().invoke(app, args + extra).exit_code == 0
+    assert server.requests == ["/plays.csv"] * 3
+    assert [p for p in files_in(cache) if p.name.endswith(".http")]  # the validators are recorded
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [
+        ({"min_rate": 10_000, "rate_window_seconds": 0.3}, "too slow: "),
+        ({"deadline_seconds": 0.5, "min_rate": 0}, "too slow: not done after 0.5 s (data.limits.deadline_seconds)"),
+    ],
+)
+def test_a_slow_drip_download_times_out(server: _Server, cache: Path, limits: dict, reason: str):
+    from tasks.data.download import Limits
+
+    server.drip = 0.05  # ~1.3 KB/s, each piece well inside the per-read timeout
+    url = _serve(server, "plays.csv", _plays(400))
+    started = time.monotonic()
+    message = refused(lambda: fetch(url, cache, attempts=1, timeout=10, limits=Limits(**limits)))
+    assert message.startswith(f"cannot download {url}: {reason}") and time.monotonic() - started < 5
+    assert files_in(cache) == []
+
+
+def test_a_killed_downloads_part_file_is_removed_on_the_next_fetch(server: _Server, cache: Path):
+    import multiprocessing
+    import signal
+
+    server.drip = 0.05
+    url = _serve(server, "plays.csv", _plays(2_000))  # ~25 s at this drip: killed long before
+    child = multiprocessing.get_context("fork").Process(target=fetch, args=(url, cache), kwargs=FAST)
+    child.start()
+    deadline = time.monotonic() + 10
+    while not [p for p in files_in(cache) if p.name.endswith(".part") and p.stat().st_size] and child.is_alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert child.is_alive(), child.exitcode
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert [p for p in files_in(cache) if p.name.endswith(".part")]  # what the kill left behind
+    server.drip = 0
+    got = fetch(url, cache, **FAST)
+    assert got.check == "downloaded" and not [p for p in files_in(cache) if p.name.endswith(".part")]
+
+
+def _zip_of(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, body in members.items():
+            zf.writestr(name, body)
+    return buffer.getvalue()
+
+
+def test_an_archive_past_its_expansion_or_size_limit_is_refused(server: _Server, cache: Path):
+    from tasks.data.download import Limits
+
+    bomb = _zip_of({"plays.csv": _plays(10), "padding.bin": bytes(20 << 20)})  # ~20 KB -> 20 MB
+    url = _serve(server, "bomb.zip", bomb)
+    message = refused(lambda: fetch(url, cache, **FAST))
+    assert message.startswith(f"{url} expands to over 20,")
+    assert message.endswith("refusing it (raise data.limits if it is genuine)")
+    assert files_in(cache) == []
+    small = Limits(max_extract_bytes=1 << 20, max_expansion=1e6)
+    assert "at most 1,048,576" in refused(lambda: fetch(url, cache, limits=small, **FAST))
+    assert files_in(cache) == []
+
+
+def test_an_archive_larger_than_the_free_space_is_refused_first(server: _Server, cache: Path):
+    from tasks.data.download import Limits
+
+    archive = bytearray(_zip_of({f"part{i}.csv": b"x" for i in range(4_000)}))
+    # declare each member 4 GB in the central directory: 16 TB in all, more than this disk has
+    at = archive.find(b"PK\x01\x02")
+    while at >= 0:
+        archive[at + 24 : at + 28] = (0xFFFF_FFF0).to_bytes(4, "little")
+        at = archive.find(b"PK\x01\x02", at + 4)
+    url = _serve(server, "huge.zip", bytes(archive))
+    unlimited = Limits(max_extract_bytes=1 << 60, max_expansion=1e12)
+    message = refused(lambda: fetch(url, cache, limits=unlimited, **FAST))
+    assert message.startswith(f"no space left on {cache}") and "are free; free some space" in message
+    assert files_in(cache) == []
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A real 1 MB filesystem (tmpfs), to fill; skipped where mounting is not allowed."""
+    import subprocess
+
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_reported_as_a_full_disk(server: _Server, tiny_disk: Path):
+    cache = tiny_disk / "cache"
+    url = _serve(server, "big.csv", _plays(100_000))  # ~1.4 MB: the download fills the disk
+    message = refused(lambda: fetch(url, cache, **FAST))
+    assert message.startswith("no space left on ") and str(cache) in message and "corrupt" not in message
+    assert files_in(cache) == []
+    # an archive whose download fits but whose extraction would not: refused before extracting
+    body = _zip_of({"user_artists.dat": b"userID\tartistID\tweight\r\n" + os.urandom(600_000)})
+    url = _serve(server, "fills.zip", body)
+    message = refused(lambda: fetch(url, cache, **FAST))
+    assert message.startswith(f"no space left on {cache}") and "needs 600,0" in message, message
+    assert files_in(cache) == []
+
+
+def test_an_edited_or_deleted_extracted_file_is_extracted_again(
+    server: _Server, hetrec_zip: Path, hetrec_dir: Path, cache: Path
+):
+    url = _serve(server, hetrec_zip.name, hetrec_zip.read_bytes(), age=100)
+    got = fetch(url, cache, expect="user_artists.dat", **FAST)
+    original = (hetrec_dir / "user_artists.dat").read_bytes()
+    (got.path / "user_artists.dat").write_bytes(b"userID\tartistID\tweight\r\n2\t51\t1\r\n")
+    (got.path / "tags.dat").unlink()
+    server.requests.clear()
+    again = fetch(url, cache, expect="user_artists.dat", **FAST)
+    assert again.check == "last-modified" and server.requests == [f"/{hetrec_zip.name}"]  # a 304: no download
+    assert (again.path / "user_artists.dat").read_bytes() == original and (again.path / "tags.dat").is_file()
+    assert len(parse(again.path).frame) == 92_834
+
+
+def test_a_local_folders_key_sees_nested_play_files_and_skips_other_trees(tmp_path: Path):
+    from tasks.data.datasets import fingerprint
+
+    root = tmp_path / "export"
+    nested = root / "hetrec"
+    nested.mkdir(parents=True)
+    plays = nested / "user_artists.dat"
+    plays.write_text("userID\tartistID\tweight\n2\t51\t10\n")
+    (nested / "artists.dat").write_text("id\tname\turl\tpictureURL\n51\tDuran Duran\t\t\n")
+    venv = root / ".venv" / "lib"
+    venv.mkdir(parents=True)
+    (venv / "big.bin").write_bytes(bytes(1 << 20))
+    source = resolve(DataConfig(source=str(root), cache_dir=tmp_path / "cache"))
+    key = fingerprint(source)
+    assert fingerprint(source) == key
+    (venv / "big.bin").write_bytes(bytes(2 << 20))  # not read by the parser: not in the key
+    assert fingerprint(source) == key
+    stamp = plays.stat()
+    plays.write_text("userID\tartistID\tweight\n2\t51\t99\n")  # same size, one level down
+    os.utime(plays, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # and the same mtime (a racy edit)
+    assert fingerprint(source) != key
+    # the folder's digest covers the parser's inputs only, so the .venv is never read
+    got = fetch(str(root), tmp_path / "cache")
+    assert got.check == "local" and got.sha256 == fetch(str(root), tmp_path / "cache").sha256
+    (venv / "big.bin").write_bytes(b"changed")
+    assert fetch(str(root), tmp_path / "cache").sha256 == got.sha256

@@ -185,3 +185,82 @@ def test_missing_path_and_unrecognised_folder(tmp_path: Path):
     (tmp_path / "b.csv").write_text("user,artist,plays\n")
     with pytest.raises(RecsError, match="not exactly one .csv/.tsv/.parquet table"):
         parse(tmp_path)
+
+
+# --- issue 17: sizes and values the database and the matrix cannot hold ------------------------
+
+
+def test_oversized_keys_are_counted_and_long_names_cut_with_the_key_intact(tmp_path: Path):
+    from tasks.data.parse import MAX_KEY_BYTES, MAX_NAME_CHARS
+
+    long_name = "Ä" * 8_000  # 16 KB of UTF-8: one such row used to break every PostgreSQL publish
+    lines = [
+        "user,artist,artist_name,plays",
+        *[f"u{i},a{i % 3},Name {i % 3},2" for i in range(20)],
+        f"{'u' * (MAX_KEY_BYTES + 1)},a1,x,3",
+        f"u1,{'é' * (MAX_KEY_BYTES // 2 + 1)},x,3",
+        f"u1,big,{long_name},5",
+    ]
+    parsed = parse(_write_lines(tmp_path / "plays.csv", lines))
+    assert parsed.bad_rows.counts == {"oversized_key": 2}
+    frame = parsed.frame
+    names = dict(zip(frame["artist"].astype(str), frame["artist_name"].astype(str)))
+    assert names["big"] == "Ä" * MAX_NAME_CHARS
+    assert frame["user"].astype(str).str.len().max() <= MAX_KEY_BYTES
+
+
+def test_plays_that_overflow_float32_are_counted_not_infinite(tmp_path: Path):
+    lines = ["user,artist,plays", *[f"u{i},a{i % 4},3" for i in range(20)]]
+    lines += ["u1,a9,1e300", "u2,dup,3e38", "u2,dup,3e38", "u3,a1,3.4e38"]
+    parsed = parse(_write_lines(tmp_path / "plays.csv", lines))
+    bad = parsed.bad_rows
+    # 1e300 alone; the duplicate pair whose sum (6e38) overflows counts once, its repeat as a duplicate
+    assert bad.counts == {"overflowing_plays": 2, "duplicate_pairs": 1}
+    assert bad.rows_read == bad.rows_kept + bad.total == 24
+    plays = parsed.frame["plays"].to_numpy()
+    assert np.isfinite(plays).all() and plays.max() == np.float32(3.4e38)
+    assert "dup" not in set(parsed.frame["artist"].cat.categories)
+
+
+def test_malformed_parquet_columns_give_one_line(tmp_path: Path):
+    nested = tmp_path / "nested.parquet"
+    pq.write_table(pa.table({"user": [["u1"], ["u2"]], "artist": ["a", "b"], "plays": [1, 2]}), nested)
+    with pytest.raises(RecsError) as info:
+        parse(nested)
+    assert str(info.value).startswith(f"{nested}: column user is of type list<element: string>, not text")
+    assert "\n" not in str(info.value)
+    struct = tmp_path / "struct.parquet"
+    pq.write_table(pa.table({"user": ["u1"], "artist": [{"id": 1}], "plays": [1]}), struct)
+    with pytest.raises(RecsError, match=r"column artist is of type struct<id: int64>, not text or a number"):
+        parse(struct)
+
+
+def test_invalid_utf8_in_parquet_binary_is_counted_as_undecodable(tmp_path: Path):
+    users = [f"u{i}".encode() for i in range(10)] + [b"caf\xe9"]
+    table = pa.table(
+        {"user": pa.array(users, pa.binary()), "artist": ["a"] * 11, "plays": pa.array(range(1, 12), pa.int64())}
+    )
+    path = tmp_path / "plays.parquet"
+    pq.write_table(table, path)
+    parsed = parse(path)
+    assert parsed.bad_rows.counts == {"undecodable_bytes": 1} and len(parsed.frame) == 10
+
+
+def test_parsed_cache_keeps_the_newest_and_verifies_its_files(tmp_path: Path):
+    import os
+
+    from tasks.contracts import Downloaded
+    from tasks.data.parse import cached_parse_intact, parse_to_parquet
+
+    out = tmp_path / "parsed"
+    made = []
+    for i in range(4):
+        plays = _write_lines(
+            tmp_path / f"plays{i}.csv", ["user,artist,plays", *[f"u{j},a{j},{i + 1}" for j in range(5)]]
+        )
+        made.append(parse_to_parquet(Downloaded(str(plays), plays, str(i) * 64, False, "local"), None, out, keep=2))
+        os.utime(made[-1].path, ns=(i * 10**9, i * 10**9))  # distinct ages, oldest first
+    assert sorted(p.name for p in out.glob("*.parquet")) == sorted(p.path.name for p in made[2:])
+    assert cached_parse_intact(made[3])
+    made[3].path.write_bytes(made[3].path.read_bytes()[:50])
+    assert not cached_parse_intact(made[3]) and not cached_parse_intact(made[0])

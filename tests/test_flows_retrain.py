@@ -431,3 +431,67 @@ def test_stage_log_lines_and_the_final_published_line(two_runs):
     assert any(
         re.fullmatch(rf"published run {run_id} \(lastfm-2k\) to sqlite:///\S+ in \d+\.\d s", m) for m in messages
     )
+
+
+def test_a_weekly_rolling_export_publishes_the_new_data_and_heals_a_corrupt_parse(harness, tmp_path):
+    """Issue 17: the same URL with new content is fetched and published with its new data_sha256;
+    unchanged content is revalidated (304) and cached; a corrupt cached Parquet is rebuilt."""
+    import functools
+    import hashlib
+    import os
+    import threading
+    import time
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from flows.retrain import retrain
+    from tasks.data.synthetic import generate
+
+    served = tmp_path / "served"
+    served.mkdir()
+    export = served / "usersha1-artmbid-artname-plays.tsv"
+
+    def week(seed: int, age: float) -> str:
+        generate(export, users=150, artists=300, rows=4_000, genres=4, seed=seed)
+        os.utime(export, (time.time() - age, time.time() - age))
+        return hashlib.sha256(export.read_bytes()).hexdigest()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{export.name}"
+        config = _one_model(_config(tmp_path, url)).model_copy(
+            update={"data": _config(tmp_path, url).data.model_copy(update={"dataset": "synthetic"})}
+        )
+        digests = [week(1, age=3600)]
+        states = [retrain(config, return_state=True)]
+        digests.append(week(2, age=0))  # next week's export at the same URL
+        states.append(retrain(config, return_state=True))
+        [parsed] = (tmp_path / "cache" / "parsed").glob(f"parsed-{digests[1][:16]}-*.parquet")
+        parsed.write_bytes(parsed.read_bytes()[:100])  # a truncated cached parse
+        states.append(retrain(config, return_state=True))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert all(s.is_completed() for s in states), [s.message for s in states]
+    with sqlite3.connect(tmp_path / "recs.db") as con:
+        published = [
+            r[0] for r in con.execute("SELECT data_sha256 FROM runs WHERE status = 'published' ORDER BY run_id")
+        ]
+    assert published == [digests[0], digests[1], digests[1]]
+    checks, caching = [], []
+    for state in states:
+        artifacts, tasks, logs = _read(state.state_details.flow_run_id)
+        report = {a.key: a for a in artifacts}[REPORT_KEY].data
+        checks.append(report.split("- data check: **")[1].split("**")[0])
+        stage = {t.name.split("-")[0] for t in tasks}
+        caching.append({name: sorted(t.state.name for t in tasks if t.name.split("-")[0] == name) for name in stage})
+        assert any(log.message.startswith(f"data {url}: {checks[-1]}, sha256 ") for log in logs)
+    assert checks == ["downloaded", "downloaded", "last-modified"]
+    assert [c["download"] for c in caching] == [["Completed"], ["Completed"], ["Cached"]]
+    assert caching[2]["parse"] == ["Cached", "Completed"]  # the cached file was corrupt: rebuilt
+    assert parsed.stat().st_size > 100

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import scipy.sparse as sp
 
 from tasks.contracts import Encoded, Interactions, Parsed
@@ -46,21 +47,26 @@ def encode(interactions: Interactions, min_listeners: int = 1, min_artists: int 
     artist_names = np.empty(len(artist_keys), dtype=object)
     artist_names[first_row.to_numpy()] = name_values[names[first_row.index.to_numpy()]]
 
-    matrix = sp.csr_matrix(
-        (plays, (users, artists)), shape=(len(user_keys), len(artist_keys)), dtype=np.float32
-    )
+    matrix = sp.csr_matrix((plays, (users, artists)), shape=(len(user_keys), len(artist_keys)), dtype=np.float32)
     matrix.sum_duplicates()
     matrix.eliminate_zeros()
-    return Encoded(
-        plays=matrix, user_keys=user_keys, artist_keys=artist_keys, artist_names=artist_names
-    )
+    return Encoded(plays=matrix, user_keys=user_keys, artist_keys=artist_keys, artist_names=artist_names)
 
 
 def encode_parsed(parsed: Parsed, min_listeners: int = 1, min_artists: int = 1) -> Encoded:
     """``encode`` the Parquet file a parse wrote (``tasks.data.parse.parse_to_parquet``)."""
-    frame = pd.read_parquet(parsed.path)
-    return encode(Interactions(frame=frame, bad_rows=parsed.bad_rows, dataset=parsed.dataset),
-                  min_listeners=min_listeners, min_artists=min_artists)
+    try:
+        frame = pd.read_parquet(parsed.path)
+    except (OSError, pa.ArrowException) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RecsError(
+            f"cannot read the cached parse {parsed.path} ({reason}); delete it and run again to rebuild it"
+        ) from exc
+    return encode(
+        Interactions(frame=frame, bad_rows=parsed.bad_rows, dataset=parsed.dataset),
+        min_listeners=min_listeners,
+        min_artists=min_artists,
+    )
 
 
 def _codes(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:

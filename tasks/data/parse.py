@@ -20,13 +20,19 @@ under the first rule it breaks, in this order:
 - ``extra_fields``: more fields than the format has (cannot tell which one is the name);
 - ``undecodable_bytes``: a field that is not valid UTF-8;
 - ``empty_artist``: no artist key (no id, or in 360K neither mbid nor name);
+- ``oversized_key``: a user or artist key longer than ``MAX_KEY_BYTES`` (1,024) bytes of UTF-8;
+  keys are indexed in the database, and PostgreSQL refuses a btree row over ~2.7 KB;
 - ``non_numeric_plays``: plays that is not a finite number (``"12x"``, ``"1e999"``);
 - ``nan_plays``: plays that is ``NaN``;
-- ``non_positive_plays``: plays of zero or less.
+- ``non_positive_plays``: plays of zero or less;
+- ``overflowing_plays``: plays above the float32 maximum (~3.4e38, e.g. ``"1e300"``), which
+  would become infinity in the matrix.
 
 Rows repeating a (user, artist) pair are merged into the first: plays summed, the first display
-name kept; ``duplicate_pairs`` counts the rows merged away. So ``rows_read == rows_kept +
-bad_rows.total``. A missing display name falls back to the artist key. A file in which more than
+name kept; ``duplicate_pairs`` counts the rows merged away. A pair whose sum overflows float32 is
+dropped and counted once under ``overflowing_plays``. So ``rows_read == rows_kept +
+bad_rows.total``. Display names longer than ``MAX_NAME_CHARS`` (500) characters are cut to that
+length (the key, which identifies the artist, is never cut). A missing display name falls back to the artist key. A file in which more than
 half of the rows are dropped is refused with a ``RecsError`` (probably the wrong file or format).
 
 Files are read in blocks by pyarrow's streaming CSV reader and cleaned with vectorised pyarrow
@@ -49,6 +55,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from tasks.contracts import BadRows, Downloaded, Interactions, Parsed
+from tasks.data.records import file_sha256, matches_record, record, record_path
 from tasks.errors import RecsError
 from tasks.files import atomic_path
 
@@ -62,11 +69,18 @@ BAD_ROW_KINDS = (
     "extra_fields",
     "undecodable_bytes",
     "empty_artist",
+    "oversized_key",
     "non_numeric_plays",
     "nan_plays",
     "non_positive_plays",
+    "overflowing_plays",
     "duplicate_pairs",
 )
+# Keys go into unique btree indexes (and names into one on lower(name)); PostgreSQL refuses an
+# index row over ~2,704 bytes, so both stay well below it (500 characters are at most 2,000 bytes).
+MAX_KEY_BYTES = 1024
+MAX_NAME_CHARS = 500
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_BAD_SHARE = 0.5
 # ~160K rows of the 360K file per block: big enough for pyarrow to be fast, small enough that
 # the per-block dictionaries and the rare pure-Python fallback for undecodable bytes stay cheap.
@@ -93,22 +107,42 @@ def parse(path: Path, dataset: str | None = None) -> Interactions:
         batches = _table_batches(file, bad)
     frame, rows_read = _collect(batches, bad)
     _refuse_mostly_bad(file, rows_read, bad)
-    frame, merged = _merge_duplicates(frame)
+    frame, merged, overflowed = _merge_duplicates(frame)
     if merged:
         bad["duplicate_pairs"] = merged
+    bad["overflowing_plays"] += overflowed
     counts = {kind: bad[kind] for kind in BAD_ROW_KINDS if bad[kind]}
     bad_rows = BadRows(rows_read=rows_read, rows_kept=len(frame), counts=counts)
     return Interactions(frame=frame, bad_rows=bad_rows, dataset=dataset or fmt)
 
 
-def parse_to_parquet(downloaded: Downloaded, dataset: str | None, out_dir: Path) -> Parsed:
+def parse_to_parquet(downloaded: Downloaded, dataset: str | None, out_dir: Path, keep: int | None = None) -> Parsed:
     """``parse`` the download and write its tidy frame as Parquet into ``out_dir``, named by the
-    download's digest and the dataset, so a cached parse is a path and the bad-row counts."""
+    download's digest and the dataset, so a cached parse is a path and the bad-row counts. The
+    file's SHA-256 is recorded beside it (``cached_parse_intact`` checks it on reuse). ``keep``:
+    how many parses to keep in ``out_dir``, newest first (this one always); None keeps all."""
     interactions = parse(downloaded.path, dataset)
     path = Path(out_dir) / f"parsed-{downloaded.sha256[:16]}-{interactions.dataset}.parquet"
     with atomic_path(path) as temp:
         interactions.frame.to_parquet(temp, index=False)
+        digest = file_sha256(temp)
+    record(path, digest)
+    if keep is not None:
+        _prune_parsed(Path(out_dir), keep, path)
     return Parsed(path=path, bad_rows=interactions.bad_rows, dataset=interactions.dataset)
+
+
+def cached_parse_intact(parsed: Parsed) -> bool:
+    """Whether a (cached) parse's Parquet file is still there with the bytes recorded for it."""
+    return matches_record(parsed.path)
+
+
+def _prune_parsed(out_dir: Path, keep: int, current: Path) -> None:
+    """Remove all but the ``keep`` newest parses (by mtime) in ``out_dir``, never ``current``."""
+    parses = sorted(out_dir.glob("parsed-*.parquet"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in [p for p in parses if p != current][max(keep - 1, 0) :]:
+        record_path(old).unlink(missing_ok=True)  # the record first: a half-pruned parse is not reused
+        old.unlink(missing_ok=True)
 
 
 def detect(path: Path) -> tuple[str, Path]:
@@ -134,6 +168,14 @@ def detect(path: Path) -> tuple[str, Path]:
         f"cannot tell the format of {path}: expected a header with columns user, artist, plays, "
         "or the Last.fm 360K layout (user, mbid, name, plays; tab-separated, no header)"
     )
+
+
+def inputs(path: Path) -> list[Path]:
+    """The files ``parse(path)`` reads, and no others: the play file ``detect`` picks and, for
+    HetRec 2K, the ``artists.dat`` beside it. Raises ``RecsError`` as ``detect`` does."""
+    fmt, file = detect(Path(path))
+    names = file.with_name(HETREC_ARTISTS)
+    return [file, names] if fmt == "lastfm-2k" and names.is_file() else [file]
 
 
 def _detect_dir(folder: Path) -> tuple[str, Path]:
@@ -187,9 +229,7 @@ def _delimited(
     try:
         reader = pacsv.open_csv(
             path,
-            read_options=pacsv.ReadOptions(
-                column_names=names, skip_rows=1 if header else 0, block_size=BLOCK_SIZE
-            ),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if header else 0, block_size=BLOCK_SIZE),
             parse_options=pacsv.ParseOptions(
                 delimiter=delimiter,
                 quote_char='"' if quoted else False,
@@ -214,9 +254,7 @@ def _lastfm360k_batches(path: Path, bad: Counter[str]) -> Iterator[pa.RecordBatc
 def _hetrec_batches(path: Path, bad: Counter[str]) -> Iterator[pa.RecordBatch]:
     artists_file = path.with_name(HETREC_ARTISTS)
     if not artists_file.is_file():
-        raise RecsError(
-            f"{artists_file} is missing beside {path.name}; extract the whole HetRec 2K archive"
-        )
+        raise RecsError(f"{artists_file} is missing beside {path.name}; extract the whole HetRec 2K archive")
     # 17,632 lines of metadata: pandas is simplest, and a bad name here must not cost plays.
     artists = pd.read_csv(
         artists_file,
@@ -260,16 +298,40 @@ def _parquet_batches(path: Path, bad: Counter[str]) -> Iterator[pa.RecordBatch]:
     if missing:
         raise RecsError(f"{path} lacks column(s) {', '.join(sorted(missing))}; needs user, artist, plays")
     wanted = [columns[c] for c in ("user", "artist", "artist_name", "plays") if c in columns]
+    schema = table_file.schema_arrow
+    for name in wanted:
+        kind = schema.field(name).type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if not (
+            pa.types.is_string(kind)
+            or pa.types.is_large_string(kind)
+            or _is_binary(kind)
+            or pa.types.is_integer(kind)
+            or pa.types.is_floating(kind)
+            or pa.types.is_decimal(kind)
+        ):
+            raise RecsError(
+                f"{path}: column {name} is of type {kind}, not text or a number; "
+                "write user, artist, artist_name and plays as plain columns"
+            )
     for batch in table_file.iter_batches(batch_size=1 << 20, columns=wanted):
-        col = {name.lower(): batch[name] for name in batch.schema.names}
-        plays = col["plays"]
-        if not pa.types.is_string(plays.type) and not pa.types.is_binary(plays.type):
-            plays = plays.cast(pa.string())
-        as_bytes = [
-            None if col.get(c) is None else col[c].cast(pa.string()).cast(pa.binary())
-            for c in ("user", "artist", "artist_name")
-        ]
-        yield _cleaned(as_bytes[0], as_bytes[1], as_bytes[2], plays.cast(pa.binary()), bad, False)
+        col = {name.lower(): _as_bytes(batch[name]) for name in batch.schema.names}
+        yield _cleaned(col["user"], col["artist"], col.get("artist_name"), col["plays"], bad, False)
+
+
+def _is_binary(kind: pa.DataType) -> bool:
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind)
+
+
+def _as_bytes(column: pa.Array) -> pa.Array:
+    """A Parquet column (text, bytes or numbers) as raw bytes; binary is passed through undecoded,
+    so a row of invalid UTF-8 counts as ``undecodable_bytes`` instead of failing the file."""
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if _is_binary(column.type):
+        return column.cast(pa.binary())
+    return column.cast(pa.string()).cast(pa.binary())
 
 
 # --- cleaning --------------------------------------------------------------------------------
@@ -335,15 +397,26 @@ def _cleaned(
         if pc.any(no_id).as_py():  # normalise only the names that become keys (few rows)
             artist = pc.replace_with_mask(artist, no_id, _normalised(pc.filter(name, no_id)))
     name = pc.if_else(pc.equal(name, ""), artist, name)
+    if n and pc.max(pc.utf8_length(name)).as_py() > MAX_NAME_CHARS:
+        name = pc.utf8_slice_codeunits(name, 0, MAX_NAME_CHARS)
 
     values, non_numeric, is_nan = _plays(plays)
+    with np.errstate(over="ignore"):
+        overflowing = np.isfinite(values) & np.isinf(values.astype(np.float32))
     rules: list[tuple[str, np.ndarray]] = [
-        ("missing_fields", _mask(pc.equal(user, "")) | _mask(pc.equal(plays, ""))),
+        # an undecodable field reads as "", but it was there: it counts as undecodable below
+        ("missing_fields", _mask(pc.equal(user, "")) & ~bad_user | _mask(pc.equal(plays, "")) & ~bad_plays),
         ("undecodable_bytes", bad_user | bad_artist | bad_plays | bad_name),
         ("empty_artist", _mask(pc.equal(artist, ""))),
+        (
+            "oversized_key",
+            _mask(pc.greater(pc.binary_length(user), MAX_KEY_BYTES))
+            | _mask(pc.greater(pc.binary_length(artist), MAX_KEY_BYTES)),
+        ),
         ("non_numeric_plays", non_numeric),
         ("nan_plays", is_nan),
         ("non_positive_plays", values <= 0),
+        ("overflowing_plays", overflowing),
     ]
     keep = np.ones(n, dtype=bool)
     for kind, broken in rules:
@@ -413,19 +486,26 @@ def _refuse_mostly_bad(path: Path, rows_read: int, bad: Counter[str]) -> None:
         )
 
 
-def _merge_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Sum plays of repeated (user, artist) pairs into their first row; returns rows merged away."""
+def _merge_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """Sum plays of repeated (user, artist) pairs into their first row; returns the frame, the rows
+    merged away, and the pairs dropped because their sum overflows float32."""
     users = frame["user"].cat.codes.to_numpy().astype(np.int64)
     artists = frame["artist"].cat.codes.to_numpy().astype(np.int64)
     pair = users * max(len(frame["artist"].cat.categories), 1) + artists
     ordered = np.sort(pair)
     if not (ordered[1:] == ordered[:-1]).any():  # the usual case, and a sort beats hashing here
-        return frame, 0
+        return frame, 0, 0
     del ordered
     repeated = pd.Series(pair).duplicated().to_numpy()
     merged = int(repeated.sum())
     totals = pd.Series(frame["plays"].to_numpy(np.float64)).groupby(pair, sort=False).sum()
     first = frame.loc[~repeated].reset_index(drop=True)
-    first["plays"] = totals.reindex(pair[~repeated]).to_numpy().astype(np.float32)
-    return first, merged
-
+    summed = totals.reindex(pair[~repeated]).to_numpy()
+    fits = summed <= _FLOAT32_MAX
+    overflowed = int((~fits).sum())
+    if overflowed:  # rare: drop the pairs, and the users and artists only they had
+        first = first.loc[fits].reset_index(drop=True)
+        for column in ("user", "artist", "artist_name"):
+            first[column] = first[column].cat.remove_unused_categories()
+    first["plays"] = summed[fits].astype(np.float32)
+    return first, merged, overflowed
