@@ -198,7 +198,11 @@ def publish_task(config: RetrainConfig, outputs: RunOutputs) -> int:
     engine = make_engine(config.storage.db)
     try:
         return publish(
-            engine, outputs, retention=config.storage.retention, max_regression=config.storage.max_regression
+            engine,
+            outputs,
+            retention=config.storage.retention,
+            max_regression=config.storage.max_regression,
+            lock_timeout_seconds=config.storage.lock_timeout_seconds,
         )
     finally:
         engine.dispose()

@@ -310,10 +310,9 @@ def test_exception_mid_load_marks_run_failed(engine, monkeypatch):
     assert publish(engine, third) == 3 and views_of(engine) == expected_views(third)
 
 
-def test_second_publisher_waits_then_fails_in_one_line(engine, monkeypatch):
-    monkeypatch.setattr(publish_module, "LOCK_WAIT_SECONDS", 0.5)
+def test_second_publisher_waits_then_fails_in_one_line(engine):
     with publish_module.publish_lock(engine), pytest.raises(RecsError, match="another publish") as err:
-        publish(engine, make_outputs(70))
+        publish(engine, make_outputs(70), lock_timeout_seconds=0.5)
     assert "\n" not in str(err.value) and statuses(engine) == {}
     assert publish(engine, make_outputs(70)) == 1  # released on exit
 
