@@ -4,20 +4,18 @@ process (a configurable wait, then an error naming the holder)."""
 
 from __future__ import annotations
 
-import os
 import string
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from test_storage import PG_URL, ROOT, make_outputs, statuses, views_of
 
 from storage.engine import make_engine, scratch_schema
 from storage.publish import publish
 from tasks.errors import RecsError
-from test_storage import PG_URL, ROOT, make_outputs, statuses, views_of
 
 HOLDER = r"""
 import sys, time
