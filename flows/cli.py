@@ -233,8 +233,9 @@ def related(
 ) -> None:
     """Related artists of ARTIST in the latest published run."""
     from storage.queries import related_artists
+    from tasks.evaluate import MAX_N
 
-    result = related_artists(_read_engine(db), artist, n)
+    result = related_artists(_read_engine(db), artist, min(n, MAX_N))  # no published list is longer
     _top_table(f"related to {result.artist_name} (run {result.run_id})", result.rows)
 
 
@@ -247,8 +248,9 @@ def recommend(
 ) -> None:
     """New artists for USER from the latest published run."""
     from storage.queries import recommendations
+    from tasks.evaluate import MAX_N
 
-    result = recommendations(_read_engine(db), user, n)
+    result = recommendations(_read_engine(db), user, min(n, MAX_N))  # no published list is longer
     _top_table(f"for user {result.user_key} (run {result.run_id})", result.rows)
 
 

@@ -94,7 +94,19 @@ def test_recs_run_unreachable_source_fails_with_one_line(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("data:\n  datset: lastfm-2k\n", "data.datset"), ("n: 0\n", "n:"), ("data: [\n", "cannot read config")],
+    [
+        ("data:\n  datset: lastfm-2k\n", "data.datset"),
+        ("n: 0\n", "n:"),
+        ("data: [\n", "cannot read config"),
+        ("eval:\n  k: []\n", "eval.k:"),
+        ("eval:\n  k: [10, 0]\n", "eval.k.1:"),
+        ("eval:\n  k: [501]\n", "eval.k.0:"),
+        ("related_model:\n  name: als\n  regularization: -0.1\n", "related_model.als.regularization:"),
+        ("user_model:\n  name: blend\n  factor:\n    name: bpr\n    regularization: -1\n", ".regularization:"),
+        ("index:\n  search_k: -2\n", "index.search_k:"),
+        ("storage:\n  db: 'sqlite://'\n", "in-memory SQLite"),
+        ("storage:\n  db: 'sqlite:///:memory:'\n", "in-memory SQLite"),
+    ],
 )
 def test_recs_run_bad_config_is_one_line_before_any_work(tmp_path, text, expected):
     config = tmp_path / "bad.yaml"

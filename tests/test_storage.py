@@ -528,3 +528,13 @@ def test_cli_related_recommend_runs(db_url, engine):
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
     result = runner.invoke(app, ["runs", "--db", db_url])
     assert result.exit_code == 0 and "published" in result.stdout and "0.2000" in result.stdout
+
+
+def test_cli_n_beyond_the_catalogue_is_clipped(db_url, engine):
+    outputs = make_outputs(61)
+    publish(engine, outputs)
+    app, runner = _cli_app(), CliRunner()
+    for command in (["related", "Artist 1"], ["recommend", "user-3"]):
+        result = runner.invoke(app, [*command, "--n", str(10**20), "--db", db_url])
+        assert result.exit_code == 0, result.output  # no OverflowError from the LIMIT
+        assert result.stdout.count("key-") == 5  # every published entry (lists of 5)
