@@ -14,9 +14,11 @@ lengths, user idf) of the matrix the models are fitted on.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -34,6 +36,7 @@ from sqlalchemy.engine import make_url
 
 from flows.config import RetrainConfig
 from flows.report import RunReport, publish_artifacts
+from storage.config import StorageConfig, masked_url
 from storage.engine import make_engine
 from storage.publish import RunOutputs, publish
 from tasks.contracts import Downloaded, Encoded, Factors, Metric, Parsed, Recommended, Scorer, Split
@@ -95,9 +98,34 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def unmasked(data: DataConfig) -> DataConfig:
+    """``data`` with the real source URL when ``recs run`` moved it into ``RECS_SOURCE`` because
+    it carries a token or password (the flow parameter holds its masked form only)."""
+    real = os.environ.get("RECS_SOURCE")
+    if real and data.source and masked_url(real) == data.source:
+        return data.model_copy(update={"source": real})
+    return data
+
+
+def database_url(storage: StorageConfig) -> str:
+    """The URL to publish into: the Prefect Secret block ``storage.db_secret`` when named, else
+    ``storage.db`` (its password, if any, comes from PGPASSWORD)."""
+    if storage.db_secret is None:
+        return storage.db
+    from prefect.blocks.system import Secret
+
+    try:
+        return str(cast(Secret, Secret.load(storage.db_secret)).get())
+    except ValueError as exc:  # Prefect's "unable to find block document named ..."
+        raise RecsError(
+            f"cannot load the Prefect Secret block {storage.db_secret!r} ({exc}); create it "
+            "(prefect block create secret) or fix storage.db_secret"
+        ) from None
+
+
 def download_key(context, parameters: dict) -> str:
     """Cache key of a download: the source's fingerprint (``tasks.data.datasets.fingerprint``)."""
-    return "download-" + _digest(*fingerprint(resolve(parameters["data"])))
+    return "download-" + _digest(*fingerprint(resolve(unmasked(parameters["data"]))))
 
 
 def parse_key(context, parameters: dict) -> str:
@@ -120,9 +148,11 @@ def parse_key(context, parameters: dict) -> str:
 def download_task(data: DataConfig) -> tuple[Downloaded, str | None]:
     """Fetch (or generate) the dataset into ``data.cache_dir``; returns the download and the
     dataset name to record (None: the user's own file). One attempt per task attempt, so the
-    retries are Prefect's alone."""
-    plan = resolve(data)
-    return obtain(plan, attempts=1), plan.dataset
+    retries are Prefect's alone. The download's ``source`` is masked (``masked_url``): it is
+    persisted as the task's result, stored in ``runs.source`` and shown in the report."""
+    plan = resolve(unmasked(data))
+    got = obtain(plan, attempts=1)
+    return dataclasses.replace(got, source=masked_url(got.source)), plan.dataset
 
 
 @stage("parse", cache_key_fn=parse_key, persist_result=True, timeout_seconds=3 * 3600)
@@ -195,7 +225,7 @@ def evaluate_task(fitted: list[Fitted], split: Split, config: RetrainConfig) -> 
 @stage("publish", retry_jitter_factor=0.5, retry_condition_fn=_retry_transient, timeout_seconds=3 * 3600, **IN_MEMORY)
 def publish_task(config: RetrainConfig, outputs: RunOutputs) -> int:
     """Load the run's rows and make them visible in one transaction; returns the new run_id."""
-    engine = make_engine(config.storage.db)
+    engine = make_engine(database_url(config.storage))
     try:
         return publish(
             engine,
@@ -211,6 +241,16 @@ def publish_task(config: RetrainConfig, outputs: RunOutputs) -> int:
 def _safe_url(url: str) -> str:
     """The database URL with any password masked, for logs and summaries."""
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _masked_config(config: RetrainConfig) -> dict:
+    """The run's config as JSON values for ``runs.config``, with the URLs' secrets masked (a
+    password given straight as a flow parameter, e.g. in the UI, is still never stored)."""
+    raw = config.model_dump(mode="json")
+    raw["storage"]["db"] = masked_url(raw["storage"]["db"])
+    if raw["data"]["source"]:
+        raw["data"]["source"] = masked_url(raw["data"]["source"])
+    return raw
 
 
 # -- the flow ----------------------------------------------------------------------------------
@@ -309,7 +349,7 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         related=recommended.related,
         recommendations=recommended.users,
         metrics=metrics,
-        config=config.model_dump(mode="json"),
+        config=_masked_config(config),
         dataset=parsed.dataset,
         source=downloaded.source,
         data_sha256=downloaded.sha256,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import sqlite3
 import subprocess
@@ -57,7 +58,7 @@ def test_recs_run_publishes_and_prints_a_summary(hetrec_url, tmp_path):
     query = next(line for line in out.splitlines() if line.startswith("try: sqlite3 "))
     answer = subprocess.run(query.removeprefix("try: "), shell=True, capture_output=True, text=True, timeout=30)
     if answer.returncode == 127:  # no sqlite3 shell here: run its SQL through Python instead
-        sql = query.split(' "', 1)[1].rstrip('"')
+        sql = shlex.split(query.removeprefix("try: "))[-1]
         with sqlite3.connect(db) as con:
             rows = con.execute(sql).fetchall()
     else:
