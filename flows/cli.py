@@ -6,8 +6,11 @@ Each command is a thin shell over plain functions in tasks/, storage/ and flows/
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +84,31 @@ def _switched(model: dict, name: str) -> dict:
     return {k: v for k, v in model.items() if k in fields} | {"name": name}
 
 
+def _die_with_parent() -> None:
+    """``preexec_fn``: the kernel sends this child SIGKILL when its parent dies (even by SIGKILL)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _tethered_server() -> None:
+    """Register Prefect's temporary API server (started on first use) as one that cannot outlive
+    this process: the server is a singleton per port, so Prefect's own lookups get this one."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class Tethered(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            popen = subprocess.Popen
+            subprocess.Popen = functools.partial(popen, preexec_fn=_die_with_parent)  # type: ignore[misc,assignment]
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                subprocess.Popen = popen  # type: ignore[misc]
+
+    if sys.platform == "linux":
+        Tethered()
+
+
 def _without_secrets(config):
     """``config`` with no secret in it, so none becomes a flow-run parameter value: a ``--db``
     password moves into ``PGPASSWORD`` (libpq reads it), a ``--source`` URL with a token or a
@@ -152,6 +180,10 @@ def run(
     from flows.retrain import retrain
 
     config = _without_secrets(_run_config(config_file, dataset, source, db, model))
+    # a scheduler's timeout (SIGTERM) stops the run as Ctrl-C does: the flow ends, the server stops
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if not os.environ.get("PREFECT_API_URL"):
+        _tethered_server()
     try:
         result = retrain(config)
     except RecsError:
