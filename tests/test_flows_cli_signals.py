@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_flows_cli import RECS, ROOT
 
 pytestmark = pytest.mark.slow
