@@ -6,9 +6,12 @@ Each command is a thin shell over plain functions in tasks/, storage/ and flows/
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tasks.errors import RecsError
 
@@ -40,7 +44,7 @@ def one_line_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RecsError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
@@ -124,18 +128,71 @@ def _switched(model: dict, name: str) -> dict:
     return {k: v for k, v in model.items() if k in fields} | {"name": name}
 
 
+def _die_with_parent() -> None:
+    """``preexec_fn``: the kernel sends this child SIGKILL when its parent dies (even by SIGKILL)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _tethered_server() -> None:
+    """Register Prefect's temporary API server (started on first use) as one that cannot outlive
+    this process: the server is a singleton per port, so Prefect's own lookups get this one."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class Tethered(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            popen = subprocess.Popen
+            subprocess.Popen = functools.partial(popen, preexec_fn=_die_with_parent)  # type: ignore[misc,assignment]
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                subprocess.Popen = popen  # type: ignore[misc]
+
+    if sys.platform == "linux":
+        Tethered()
+
+
+def _without_secrets(config):
+    """``config`` with no secret in it, so none becomes a flow-run parameter value: a ``--db``
+    password moves into ``PGPASSWORD`` (libpq reads it), a ``--source`` URL with a token or a
+    password into ``RECS_SOURCE`` (the flow takes it from there, flows.retrain.unmasked), and the
+    config keeps their masked forms."""
+    from storage.config import masked_url, without_password
+
+    db, password = without_password(config.storage.db)
+    if password is not None:
+        os.environ["PGPASSWORD"] = password
+    source = config.data.source
+    if source and masked_url(source) != source:
+        os.environ["RECS_SOURCE"] = source
+        source = masked_url(source)
+    return config.model_copy(
+        update={
+            "storage": config.storage.model_copy(update={"db": db}),
+            "data": config.data.model_copy(update={"source": source}),
+        }
+    )
+
+
 def _example_query(db: str, artist: str) -> str:
+    """A shell command that shows ``artist``'s related artists; every word is ``shlex.quote``d so
+    a name such as ``$(touch x)`` stays data when the line is pasted."""
+    import shlex
+
     from sqlalchemy.engine import make_url
 
     url = make_url(db)
+    sqlite = url.get_backend_name() == "sqlite"
+    score = "score" if sqlite else "score::numeric"  # PostgreSQL has no round(real, integer)
     sql = (
-        "SELECT rank, related_artist_name, round(score, 3) FROM current_related_artists "
+        f"SELECT rank, related_artist_name, round({score}, 3) FROM current_related_artists "
         f"WHERE lower(artist_name) = lower('{artist.replace(chr(39), chr(39) * 2)}') ORDER BY rank;"
     )
-    if url.get_backend_name() == "sqlite":
-        return f'sqlite3 {url.database} "{sql}"'
+    if sqlite:
+        return f"sqlite3 {shlex.quote(str(url.database))} {shlex.quote(sql)}"
     plain = url.set(drivername="postgresql").render_as_string(hide_password=True)
-    return f'psql "{plain}" -c "{sql}"'
+    return f"psql {shlex.quote(plain)} -c {shlex.quote(sql)}"
 
 
 @app.command()
@@ -175,7 +232,7 @@ def run(
     from flows.report import metrics_rows
     from flows.retrain import ORIGIN_ENV, retrain
 
-    config = _run_config(config_file, dataset, source, db, model)
+    config = _without_secrets(_run_config(config_file, dataset, source, db, model))
     os.environ[ORIGIN_ENV] = "cli"  # failure messages name the fix as a flag of this command
     if not verbose:
         _no_tracebacks_on_terminal()
@@ -183,6 +240,10 @@ def run(
         config = config.model_copy(update={"storage": config.storage.model_copy(update={"skip_unchanged": False})})
     if refresh:
         config = config.model_copy(update={"data": config.data.model_copy(update={"refresh": True})})
+    # a scheduler's timeout (SIGTERM) stops the run as Ctrl-C does: the flow ends, the server stops
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if not os.environ.get("PREFECT_API_URL"):
+        _tethered_server()
     try:
         result = retrain(config)
     except RecsError:
@@ -198,7 +259,7 @@ def run(
     table = Table("model", "metric", "value", "popularity", "× popularity", title=f"run {result.run_id}")
     for row in metrics_rows(result.metrics):
         table.add_row(
-            row["model"],
+            escape(row["model"]),
             row["metric"],
             f"{row['value']:.4f}",
             "" if row["popularity"] is None else f"{row['popularity']:.4f}",
@@ -208,13 +269,15 @@ def run(
     if result.message:
         console.print(result.message, highlight=False, soft_wrap=True)
     console.print(
-        f"published run [bold]{result.run_id}[/bold] to {result.db} "
-        f"in {sum(result.timings.values()):.1f} s (related artists: {result.related_model}, "
-        f"user recommendations: {result.user_model})",
+        f"published run [bold]{result.run_id}[/bold] to {escape(result.db)} "
+        f"in {sum(result.timings.values()):.1f} s (related artists: {escape(result.related_model)}, "
+        f"user recommendations: {escape(result.user_model)})",
         highlight=False,
         soft_wrap=True,
     )
-    console.print("try: " + _example_query(config.storage.db, result.example_artist), highlight=False, soft_wrap=True)
+    console.print(
+        "try: " + escape(_example_query(config.storage.db, result.example_artist)), highlight=False, soft_wrap=True
+    )
 
 
 class _NoTraceback(logging.Formatter):
@@ -281,13 +344,15 @@ def deploy(
             done = prefect("work-pool", "create", pool, "--type", "process")
             if done.returncode != 0:
                 raise RecsError(f"cannot create work pool {pool}: {_last_line(done)}; is {api} up?")
-            console.print(f"created process work pool [bold]{pool}[/bold]")
+            console.print(f"created process work pool [bold]{escape(pool)}[/bold]")
     done = prefect("--no-prompt", "deploy", "--prefect-file", str(spec.relative_to(project)), "--all")
     if done.returncode != 0:
         raise RecsError(f"prefect deploy failed: {_last_line(done)}; run it by hand to see the details")
     console.print(
-        f"registered the deployments of {spec.relative_to(project)}; start a worker with: "
-        f"prefect worker start --pool {' / '.join(sorted(pools))}",
+        escape(
+            f"registered the deployments of {spec.relative_to(project)}; start a worker with: "
+            f"prefect worker start --pool {' / '.join(sorted(pools))}"
+        ),
         highlight=False,
         soft_wrap=True,
     )
@@ -376,8 +441,9 @@ def related(
 ) -> None:
     """Related artists of ARTIST in the current run of a dataset."""
     from storage.queries import related_artists
+    from tasks.evaluate import MAX_N
 
-    result = related_artists(_read_engine(db), artist, n, dataset)
+    result = related_artists(_read_engine(db), artist, min(n, MAX_N), dataset)  # no published list is longer
     _top_table(f"related to {result.artist_name} (run {result.run_id}, {result.dataset})", result.rows)
 
 
@@ -391,8 +457,9 @@ def recommend(
 ) -> None:
     """New artists for USER from the current run of a dataset."""
     from storage.queries import recommendations
+    from tasks.evaluate import MAX_N
 
-    result = recommendations(_read_engine(db), user, n, dataset)
+    result = recommendations(_read_engine(db), user, min(n, MAX_N), dataset)  # no published list is longer
     _top_table(f"for user {result.user_key} (run {result.run_id}, {result.dataset})", result.rows)
 
 
@@ -613,17 +680,17 @@ def tune(
 
     def progress(t) -> None:
         what = f"error: {t.error}" if t.error else f"{t.model['name']} {describe_params(t.model)}"
-        err_console.print(f"trial {t.number}: {what}", highlight=False, soft_wrap=True)
+        err_console.print(f"trial {t.number}: {escape(what)}", highlight=False, soft_wrap=True)
 
     result, out_dir = run_tune(config, trials, seed, workers, objective, out, on_trial=progress)
-    console.print(format_table(result), highlight=False, soft_wrap=True)
+    console.print(escape(format_table(result)), highlight=False, soft_wrap=True)
     console.print(
         f"best by validation {result.objective}: trial {result.best_trial} ({result.validation_rule})",
         highlight=False,
         soft_wrap=True,
     )
     console.print(
-        f"records: {out_dir / 'trials.json'}, {out_dir / 'trials.csv'}; config: {out_dir / 'best.yaml'}",
+        escape(f"records: {out_dir / 'trials.json'}, {out_dir / 'trials.csv'}; config: {out_dir / 'best.yaml'}"),
         highlight=False,
         soft_wrap=True,
     )

@@ -16,7 +16,7 @@ from pydantic import Field
 from storage.config import StorageConfig
 from tasks.contracts import StageConfig
 from tasks.data.datasets import DataConfig
-from tasks.evaluate import EvalConfig
+from tasks.evaluate import MAX_N, EvalConfig
 from tasks.files import DATA_DIR
 from tasks.index import IndexConfig
 from tasks.models.blend import BlendConfig
@@ -52,7 +52,7 @@ class RetrainConfig(StageConfig):
         description="the model per-user recommendations come from",
     )
     index: IndexConfig = IndexConfig()
-    n: int = Field(10, ge=1, le=500, description="length of related-artist and user top-N lists")
+    n: int = Field(10, ge=1, le=MAX_N, description="length of related-artist and user top-N lists")
     eval: EvalConfig = EvalConfig()
     storage: StorageConfig = StorageConfig()
     work_dir: Path = DATA_DIR / "runs"

@@ -14,6 +14,7 @@ lengths, user idf) of the matrix the models are fitted on.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -38,6 +39,7 @@ from sqlalchemy.engine import make_url
 
 from flows.config import RetrainConfig
 from flows.report import RunReport, publish_artifacts, publish_failure_report
+from storage.config import StorageConfig, masked_url
 from storage.engine import make_engine
 from storage.preflight import check_database
 from storage.publish import STABILITY_MODEL, RunIdentity, RunOutputs, publish, skip_if_unchanged
@@ -133,11 +135,36 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def unmasked(data: DataConfig) -> DataConfig:
+    """``data`` with the real source URL when ``recs run`` moved it into ``RECS_SOURCE`` because
+    it carries a token or password (the flow parameter holds its masked form only)."""
+    real = os.environ.get("RECS_SOURCE")
+    if real and data.source and masked_url(real) == data.source:
+        return data.model_copy(update={"source": real})
+    return data
+
+
+def database_url(storage: StorageConfig) -> str:
+    """The URL to publish into: the Prefect Secret block ``storage.db_secret`` when named, else
+    ``storage.db`` (its password, if any, comes from PGPASSWORD)."""
+    if storage.db_secret is None:
+        return storage.db
+    from prefect.blocks.system import Secret
+
+    try:
+        return str(cast(Secret, Secret.load(storage.db_secret)).get())
+    except ValueError as exc:  # Prefect's "unable to find block document named ..."
+        raise RecsError(
+            f"cannot load the Prefect Secret block {storage.db_secret!r} ({exc}); create it "
+            "(prefect block create secret) or fix storage.db_secret"
+        ) from None
+
+
 def download_key(context, parameters: dict) -> str:
     """Cache key of a download: the source's fingerprint (``tasks.data.datasets.fingerprint``),
     which for a URL holds the server's current ETag / Last-Modified (or is new each run), so
     changed content always misses the cache and is fetched."""
-    return "download-" + _digest(*fingerprint(resolve(parameters["data"])))
+    return "download-" + _digest(*fingerprint(resolve(unmasked(parameters["data"]))))
 
 
 def parse_key(context, parameters: dict) -> str:
@@ -154,8 +181,8 @@ def preflight_task(config: RetrainConfig) -> None:
     """Before any download or training: the work and cache folders are writable, the source is
     there, and the database accepts a publish (reachable, writable, publish lock free)."""
     check_folders({"work_dir": config.work_dir, "data.cache_dir": config.data.cache_dir})
-    check_database(config.storage.db)
-    check_source(resolve(config.data))
+    check_database(database_url(config.storage))
+    check_source(resolve(unmasked(config.data)))
 
 
 @stage(
@@ -169,9 +196,11 @@ def preflight_task(config: RetrainConfig) -> None:
 def download_task(data: DataConfig) -> tuple[Downloaded, str | None]:
     """Fetch (or generate) the dataset into ``data.cache_dir``; returns the download and the
     dataset name to record (None: the user's own file). One attempt per task attempt, so the
-    retries are Prefect's alone."""
-    plan = resolve(data)
-    return obtain(plan, attempts=1), plan.dataset
+    retries are Prefect's alone. The download's ``source`` is masked (``masked_url``): it is
+    persisted as the task's result, stored in ``runs.source`` and shown in the report."""
+    plan = resolve(unmasked(data))
+    got = obtain(plan, attempts=1)
+    return dataclasses.replace(got, source=masked_url(got.source)), plan.dataset
 
 
 @stage("parse", cache_key_fn=parse_key, persist_result=True, timeout_seconds=3 * 3600)
@@ -185,7 +214,7 @@ def parse_task(downloaded: Downloaded, dataset: str | None, out_dir: Path, keep:
 def unchanged_task(config: RetrainConfig, identity: RunIdentity) -> tuple[int, int] | None:
     """``(unchanged run_id, current run_id)`` when this run would repeat its dataset's current
     run (then recorded as ``unchanged``), else None."""
-    engine = make_engine(config.storage.db)
+    engine = make_engine(database_url(config.storage))
     try:
         return skip_if_unchanged(engine, identity)
     finally:
@@ -257,10 +286,14 @@ def evaluate_task(fitted: list[Fitted], split: Split, config: RetrainConfig) -> 
 def publish_task(config: RetrainConfig, outputs: RunOutputs) -> tuple[int, str | None, dict[str, float]]:
     """Load the run's rows and make them visible in one transaction; returns the new run_id, the
     quality gate's decision and the stability figures (metric -> overlap@10) it recorded."""
-    engine = make_engine(config.storage.db)
+    engine = make_engine(database_url(config.storage))
     try:
         run_id = publish(
-            engine, outputs, retention=config.storage.retention, max_regression=config.storage.max_regression
+            engine,
+            outputs,
+            retention=config.storage.retention,
+            max_regression=config.storage.max_regression,
+            lock_timeout_seconds=config.storage.lock_timeout_seconds,
         )
         details = run_details(engine, run_id)
     finally:
@@ -280,7 +313,10 @@ def recorded_config(config: RetrainConfig) -> dict:
     (instructions to this one run, not settings of what it makes: a forced or refreshed run and
     the next scheduled one compare equal)."""
     recorded = config.model_dump(mode="json", exclude={"storage": {"skip_unchanged"}, "data": {"refresh"}})
-    recorded["storage"]["db"] = _safe_url(config.storage.db)
+    # a password given straight as a flow parameter (e.g. in the UI) is still never stored
+    recorded["storage"]["db"] = masked_url(recorded["storage"]["db"])
+    if recorded["data"]["source"]:
+        recorded["data"]["source"] = masked_url(recorded["data"]["source"])
     return recorded
 
 
@@ -371,7 +407,7 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
     if not intact(downloaded):  # a cached result whose files were deleted or edited since
         downloaded, dataset = download.with_options(refresh_cache=True)(data)
     elif fetched.name == "Cached":
-        downloaded = replace(downloaded, from_cache=True, check=check_of_cached(resolve(data)))
+        downloaded = replace(downloaded, from_cache=True, check=check_of_cached(resolve(unmasked(data))))
     logger.info("data %s: %s, sha256 %s", downloaded.source, downloaded.check, downloaded.sha256)
     keep = config.storage.retention
     parsed = parse_task(downloaded, dataset, parsed_dir, keep)

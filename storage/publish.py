@@ -32,6 +32,8 @@ import fcntl
 import itertools
 import json
 import logging
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -48,13 +50,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from storage.bulk import column_batches, drop_run_rows, topn_batches, write_run_rows
+from storage.config import LOCK_TIMEOUT_SECONDS
 from storage.engine import database_errors, write_transaction
 from storage.runs import GATE_K, GATE_METRIC, config_hash, current_run_id
 from storage.schema import Artist, CurrentRun, RelatedArtist, Run, RunMetric, User, UserRecommendation
 from tasks.contracts import Encoded, Metric, TopN
 from tasks.errors import RecsError
+from tasks.transient import data_error
 
-LOCK_WAIT_SECONDS = 30.0
 PRUNE_LOCK_TIMEOUT = "5s"
 # the per-run tables as Core tables (the declarative ``__table__`` is typed as a plain FromClause)
 ARTISTS, USERS, RELATED, RECOMMENDATIONS = (
@@ -118,6 +121,7 @@ def publish(
     retention: int = 5,
     max_regression: float | None = None,
     batch_rows: int = 100_000,
+    lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS,
 ) -> int:
     """Load and publish ``outputs``; returns the new run_id, now what the views show.
 
@@ -125,7 +129,9 @@ def publish(
     ``max_regression``: refuse the run (raise RunRejected) when the user model's precision@10 is
     below the current run's times ``1 - max_regression``; None disables the gate.
     ``batch_rows``: rows per batch sent to the database, which bounds the extra memory used.
-    Raises RecsError (one line) for invalid outputs or an unreachable database.
+    ``lock_timeout_seconds``: how long to wait for another publisher's lock (``publish_lock``).
+    Raises RecsError (one line) for invalid outputs, an unreachable database, values the
+    database cannot store (a name or key over PostgreSQL's index row limit) or a lock held too long.
     """
     if retention < 1:
         raise RecsError(f"retention must be at least 1 published run, got {retention}; fix storage.retention")
@@ -134,7 +140,7 @@ def publish(
     if max_regression is not None and max_regression < 0:
         raise RecsError(f"max_regression must be at least 0, got {max_regression}; fix storage.max_regression")
     _validate(outputs, gate=max_regression is not None)
-    with database_errors(engine), publish_lock(engine):
+    with database_errors(engine), publish_lock(engine, lock_timeout_seconds):
         _fail_leftovers(engine)
         run_id, rejection = _start_run(engine, outputs, max_regression)
         if rejection:
@@ -143,6 +149,13 @@ def publish(
             _load_and_publish(engine, run_id, outputs, batch_rows)
         except BaseException as exc:
             _mark_failed(engine, run_id, exc)
+            refused = data_error(exc)
+            if refused is not None:
+                reason = (str(refused).strip().splitlines() or [type(refused).__name__])[0]
+                raise RecsError(
+                    f"cannot publish run {run_id}: the database refused its rows ({reason}); nothing "
+                    "readers see changed — fix the data (e.g. an artist name or key too long to index)"
+                ) from exc
             raise
         _prune(engine, retention)
     return run_id
@@ -196,24 +209,29 @@ def _gate_value(outputs: RunOutputs) -> float | None:
 
 
 @contextmanager
-def publish_lock(engine: Engine, wait_seconds: float | None = None) -> Iterator[None]:
+def publish_lock(engine: Engine, wait_seconds: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
     """Hold the database's publish lock: a PostgreSQL advisory lock (per schema) or an flock on
     ``<db file>.publish-lock`` beside a SQLite file. Released by the server or the kernel when the
-    holder dies. Waits up to ``wait_seconds`` (default ``LOCK_WAIT_SECONDS``) for another
-    publisher, then RecsError."""
-    wait_seconds = LOCK_WAIT_SECONDS if wait_seconds is None else wait_seconds
+    holder dies. Waits up to ``wait_seconds`` for another publisher, then RecsError naming the
+    holder (``lock_holder``)."""
     deadline = time.monotonic() + wait_seconds
-    busy = RecsError(
-        f"another publish into {engine.url.render_as_string(hide_password=True)} has held the "
-        f"lock for over {wait_seconds:.0f} s; one writer at a time — wait for it to finish"
-    )
+    shown = engine.url.render_as_string(hide_password=True)
+
+    def busy(holder: str) -> RecsError:
+        return RecsError(
+            f"another publish into {shown} holds the lock ({holder}) and has not released it in "
+            f"{wait_seconds:g} s; wait for it to finish, or raise storage.lock_timeout_seconds"
+        )
+
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
             while not conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({_LOCK_KEY_SQL})").scalar_one():
                 if time.monotonic() > deadline:
-                    raise busy
+                    raise busy(_pg_lock_holder(conn))
                 time.sleep(0.1)
+            # names this session in pg_stat_activity for a waiting publisher's message
+            conn.exec_driver_sql("SELECT set_config('application_name', %s, false)", (_holder_name(),))
             try:
                 yield
             finally:
@@ -223,19 +241,46 @@ def publish_lock(engine: Engine, wait_seconds: float | None = None) -> Iterator[
     if not database or database == ":memory:":
         yield  # a private in-memory database has one writer by construction
         return
-    with open(Path(database).with_name(Path(database).name + ".publish-lock"), "a") as handle:
+    with open(Path(database).with_name(Path(database).name + ".publish-lock"), "a+") as handle:
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise busy from None
+                    handle.seek(0)
+                    raise busy(handle.read().strip() or "holder unknown") from None
                 time.sleep(0.1)
+        # who holds it, for a waiting publisher's message; stale text is harmless (the flock decides)
+        handle.truncate(0)
+        handle.write(f"{_holder_name()}, since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC\n")
+        handle.flush()
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _holder_name() -> str:
+    return f"recs publish pid {os.getpid()} on {socket.gethostname()}"
+
+
+def _pg_lock_holder(conn: Connection) -> str:
+    """Who holds this schema's publish lock: pid, application name, client and since when."""
+    row = conn.exec_driver_sql(
+        "SELECT a.pid, a.application_name, coalesce(host(a.client_addr), 'local'), a.state_change "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+        f"AND l.classid::bigint = (({_LOCK_KEY_SQL})::bigint >> 32) & 4294967295 "
+        f"AND l.objid::bigint = ({_LOCK_KEY_SQL})::bigint & 4294967295 AND l.objsubid = 1"
+    ).first()
+    if row is None:
+        return "holder unknown"
+    pid, app, client, since = row
+    return (
+        f"server pid {pid}, application_name {app or '(none)'!r}, client {client}, since {since:%Y-%m-%d %H:%M:%S %Z}"
+    )
 
 
 def _fail_leftovers(engine: Engine) -> None:

@@ -38,7 +38,7 @@ RMSE always uses every held-out pair.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -50,13 +50,18 @@ from tasks.models.roles import Fitted
 from tasks.recommend import MAX_BLOCK_CELLS, contains, first_unheard, hits, pair_keys, top_n, user_top_n
 from tasks.weight import weight
 
+# the longest top-N list a run computes, evaluates (eval.k) or publishes (RetrainConfig.n)
+MAX_N = 500
+
 
 class EvalConfig(StageConfig):
     """Holdout evaluation."""
 
     holdout: float = Field(0.2, gt=0, lt=1)
     min_artists: int = Field(5, ge=2, description="users with fewer artists are never held out")
-    k: list[int] = [10]
+    k: list[Annotated[int, Field(ge=1, le=MAX_N)]] = Field(
+        [10], min_length=1, description="cutoffs K of the @K metrics"
+    )
     seed: int = 0
     max_users: int | None = Field(
         10_000, ge=100, description="rank a seeded sample of at most this many test users (None: all)"

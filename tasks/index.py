@@ -45,7 +45,7 @@ class IndexConfig(StageConfig):
     # 100 trees: on a 300K-artist synthetic catalogue 50 trees reached recall@10 0.93 at Annoy's
     # default search_k, 100 trees 0.98 (docs/models.md "Exact search vs Annoy and faiss", benchmarks/related.py).
     n_trees: int = Field(100, ge=1, description="annoy: trees")
-    search_k: int = Field(-1, description="annoy: nodes a query inspects; -1: Annoy's default (n_trees * k)")
+    search_k: int = Field(-1, ge=-1, description="annoy: nodes a query inspects; -1: Annoy's default (n_trees * k)")
     n_lists: int | None = Field(None, ge=1, description="faiss: k-means lists; None: about 3 sqrt(artists)")
     # 24 and 96 of 1,643 lists: recall@10 0.97 (related) and 0.96 (users) on 64-d ALS factors of
     # 300K synthetic artists (a sweep of 16-24 and 64-96 on 2,000 artists / 20,000 users)

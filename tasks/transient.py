@@ -5,7 +5,9 @@ for the flow's download and publish tasks, the download's own loop when it runs 
 (``recs data``, tuning), and nothing else retries. Transient: refused/reset/aborted connections,
 timeouts, temporary name-resolution failures, HTTP 5xx, a dropped PostgreSQL connection, a
 locked SQLite database. Everything else (a 404, an unknown host, a checksum mismatch, bad data,
-a missing database) fails at once.
+a missing database) fails at once, and so does any database error of SQLSTATE class 22 (data
+exception), 23 (integrity violation) or 54 (program limit exceeded, e.g. an index row over the
+btree limit) wherever it sits in the chain: the same rows fail the same way on every attempt.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ _TRANSIENT_ERRNOS = {
 # down) are the ones a later attempt can get past. A connection that never got as far as a
 # SQLSTATE (refused, timed out) has none.
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03", "40001", "40P01")
+# the rows themselves are at fault: a value too long or malformed (22), a broken constraint (23),
+# a server limit such as the btree index row size (54)
+_PERMANENT_SQLSTATE_CLASSES = ("22", "23", "54")
 _PERMANENT_CONNECT_TEXT = ("does not exist", "authentication failed", "password", "no pg_hba.conf entry", "role ")
 
 
@@ -51,7 +56,10 @@ class RetryConfig(StageConfig):
 
 
 def is_transient(exc: BaseException | None) -> bool:
-    """True if ``exc`` or anything in its cause/context chain is a failure worth retrying."""
+    """True if ``exc`` or anything in its cause/context chain is a failure worth retrying, and
+    nothing in that chain is a permanent data error (``data_error``)."""
+    if data_error(exc) is not None:
+        return False
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -88,3 +96,15 @@ def _psycopg_transient(exc: psycopg.Error) -> bool:
         return state.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
     text = str(exc).lower()
     return not any(marker in text for marker in _PERMANENT_CONNECT_TEXT)
+
+
+def data_error(exc: BaseException | None) -> psycopg.Error | None:
+    """The PostgreSQL error of SQLSTATE class 22, 23 or 54 in ``exc``'s cause/context chain (the
+    data cannot be stored as it is, on any attempt), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, psycopg.Error) and (exc.sqlstate or "")[:2] in _PERMANENT_SQLSTATE_CLASSES:
+            return exc
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import sqlite3
 import subprocess
@@ -58,7 +59,7 @@ def test_recs_run_publishes_and_prints_a_summary(hetrec_url, tmp_path):
     query = next(line for line in out.splitlines() if line.startswith("try: sqlite3 "))
     answer = subprocess.run(query.removeprefix("try: "), shell=True, capture_output=True, text=True, timeout=30)
     if answer.returncode == 127:  # no sqlite3 shell here: run its SQL through Python instead
-        sql = query.split(' "', 1)[1].rstrip('"')
+        sql = shlex.split(query.removeprefix("try: "))[-1]
         with sqlite3.connect(db) as con:
             rows = con.execute(sql).fetchall()
     else:
@@ -97,7 +98,19 @@ def test_recs_run_unreachable_source_fails_with_one_line(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("data:\n  datset: lastfm-2k\n", "data.datset"), ("n: 0\n", "n:"), ("data: [\n", "cannot read config")],
+    [
+        ("data:\n  datset: lastfm-2k\n", "data.datset"),
+        ("n: 0\n", "n:"),
+        ("data: [\n", "cannot read config"),
+        ("eval:\n  k: []\n", "eval.k:"),
+        ("eval:\n  k: [10, 0]\n", "eval.k.1:"),
+        ("eval:\n  k: [501]\n", "eval.k.0:"),
+        ("related_model:\n  name: als\n  regularization: -0.1\n", "related_model.als.regularization:"),
+        ("user_model:\n  name: blend\n  factor:\n    name: bpr\n    regularization: -1\n", ".regularization:"),
+        ("index:\n  search_k: -2\n", "index.search_k:"),
+        ("storage:\n  db: 'sqlite://'\n", "in-memory SQLite"),
+        ("storage:\n  db: 'sqlite:///:memory:'\n", "in-memory SQLite"),
+    ],
 )
 def test_recs_run_bad_config_is_one_line_before_any_work(tmp_path, text, expected):
     config = tmp_path / "bad.yaml"

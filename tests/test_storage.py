@@ -321,10 +321,9 @@ def test_exception_mid_load_marks_run_failed(engine, monkeypatch):
     assert publish(engine, third) == 3 and views_of(engine) == expected_views(third)
 
 
-def test_second_publisher_waits_then_fails_in_one_line(engine, monkeypatch):
-    monkeypatch.setattr(publish_module, "LOCK_WAIT_SECONDS", 0.5)
+def test_second_publisher_waits_then_fails_in_one_line(engine):
     with publish_module.publish_lock(engine), pytest.raises(RecsError, match="another publish") as err:
-        publish(engine, make_outputs(70))
+        publish(engine, make_outputs(70), lock_timeout_seconds=0.5)
     assert "\n" not in str(err.value) and statuses(engine) == {}
     assert publish(engine, make_outputs(70)) == 1  # released on exit
 
@@ -769,3 +768,13 @@ def test_cli_dataset_and_runs_show_diff_promote(db_url, engine):
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith("error: there is no run 7 in ")
     assert views_of(engine, "synthetic") == expected_views(first)
+
+
+def test_cli_n_beyond_the_catalogue_is_clipped(db_url, engine):
+    outputs = make_outputs(61)
+    publish(engine, outputs)
+    app, runner = _cli_app(), CliRunner()
+    for command in (["related", "Artist 1"], ["recommend", "user-3"]):
+        result = runner.invoke(app, [*command, "--n", str(10**20), "--db", db_url])
+        assert result.exit_code == 0, result.output  # no OverflowError from the LIMIT
+        assert result.stdout.count("key-") == 5  # every published entry (lists of 5)

@@ -66,3 +66,25 @@ def test_postgres_refused_is_transient_missing_database_is_not():
     with pytest.raises(psycopg.OperationalError) as refused:
         psycopg.connect(base.set(port=_free_port()).render_as_string(hide_password=False), connect_timeout=5)
     assert is_transient(_wrapped(refused.value))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        psycopg.errors.ProgramLimitExceeded("index row requires 9016 bytes, maximum size is 8191"),
+        psycopg.errors.StringDataRightTruncation("value too long for type character varying(10)"),
+        psycopg.errors.UniqueViolation("duplicate key value violates unique constraint"),
+    ],
+)
+def test_data_errors_of_classes_22_23_54_are_permanent(error):
+    wrapped = OperationalError("COPY", {}, error)
+    assert not is_transient(_wrapped(wrapped))
+    # also when a dropped connection follows it in the chain (the cleanup after the failed COPY)
+    try:
+        try:
+            raise error
+        except psycopg.Error:
+            raise ConnectionResetError("reset while rolling back") from None
+    except ConnectionResetError as reset:
+        reset.__context__ = error
+        assert not is_transient(reset)

@@ -25,7 +25,7 @@ class FactorParams(BaseModelConfig):
     """Fields every latent-factor model has."""
 
     factors: int = Field(64, ge=1, description="latent dimensions")
-    regularization: float = Field(0.01, description="L2 penalty on the factors")
+    regularization: float = Field(0.01, ge=0, description="L2 penalty on the factors")
     iterations: int = Field(15, ge=1, description="passes over the data")
 
 
