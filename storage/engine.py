@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,12 +65,11 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # alembic.context and alembic.op are module-level proxies: one migration run per process at a time.
 _MIGRATING = threading.Lock()
 
-# WAL: readers keep reading the last committed run while a publish writes. synchronous=NORMAL is
+# WAL (``_wal_mode``): readers keep reading the last committed run while a publish writes. synchronous=NORMAL is
 # crash-safe in WAL mode (a power cut may lose the last commit, never corrupt). Bigger page cache
 # and in-memory temp b-trees speed up the bulk load. journal_size_limit: a publish grows the WAL
 # to the size of its run; after the next checkpoint it shrinks back to 64 MB instead of staying.
 SQLITE_PRAGMAS = (
-    "journal_mode=WAL",
     "synchronous=NORMAL",
     "temp_store=MEMORY",
     "cache_size=-65536",
@@ -125,6 +125,23 @@ def _parse(url: str) -> URL:
     return parsed
 
 
+def _wal_mode(cursor) -> None:
+    """Put the database file in WAL mode (it stays so): a no-op once it is. Switching needs the
+    file to itself, and SQLite answers "database is locked" at once, without waiting out the busy
+    timeout, when another process connects at the same moment (seen with four starting together
+    on a new file), so the switch is tried again for up to ``SQLITE_BUSY_SECONDS``."""
+    deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")  # an in-memory database answers "memory"
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:
@@ -132,6 +149,7 @@ def _configure_sqlite(engine: Engine) -> None:
         # read-then-write transaction see two different snapshots.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
+        _wal_mode(cursor)
         for pragma in SQLITE_PRAGMAS:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
