@@ -50,7 +50,9 @@ FactorPart = Annotated[
 ]
 
 ItemPart = Annotated[
-    Annotated[ItemKNNConfig, Tag("itemknn")] | Annotated[EASEConfig, Tag("ease")] | Annotated[RP3betaConfig, Tag("rp3beta")],
+    Annotated[ItemKNNConfig, Tag("itemknn")]
+    | Annotated[EASEConfig, Tag("ease")]
+    | Annotated[RP3betaConfig, Tag("rp3beta")],
     Discriminator(_part_name("itemknn")),
 ]
 
