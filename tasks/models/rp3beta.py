@@ -105,13 +105,17 @@ def rp3beta_weights(train: sp.csr_matrix, alpha: float, beta: float, k: int) -> 
     before = np.cumsum(work) - work
     cuts = np.flatnonzero(np.diff(before // BLOCK_PRODUCTS)) + 1
     bounds = np.concatenate([[0], cuts, [n]]).astype(np.int64)
-    parts = []
+    counts, cols, vals = [], [], []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         block = (to_user[lo:hi] @ to_artist).tocsr()
         block.data *= discount[block.indices]
-        parts.append(top_k_rows(block, int(lo), k))
-    rows, cols, vals = (np.concatenate(p) for p in zip(*parts))
-    out = sp.csr_matrix((vals.astype(np.float32), (rows, cols)), shape=(n, n))
+        rows, c, v = top_k_rows(block, int(lo), k)
+        # kept compact (int32 / float32) and in row order, so CSR is built without a COO copy
+        counts.append(np.bincount(rows - lo, minlength=hi - lo))
+        cols.append(c.astype(np.int32))
+        vals.append(v.astype(np.float32))
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))])
+    out = sp.csr_matrix((np.concatenate(vals), np.concatenate(cols), indptr), shape=(n, n))
     out.sort_indices()
     return out
 
