@@ -101,7 +101,8 @@ def rp3beta_weights(train: sp.csr_matrix, alpha: float, beta: float, k: int) -> 
     discount = np.where(listeners > 0, np.maximum(listeners, 1.0) ** -beta, 0.0)
     # a row's multiplications: the summed history lengths of its listeners; blocks cut where
     # their running total crosses a multiple of BLOCK_PRODUCTS
-    work = to_user @ np.diff(x.indptr).astype(np.float64)
+    history = np.diff(x.indptr).astype(np.float64)
+    work = np.bincount(np.repeat(np.arange(n), np.diff(to_user.indptr)), history[to_user.indices], minlength=n)
     before = np.cumsum(work) - work
     cuts = np.flatnonzero(np.diff(before // BLOCK_PRODUCTS)) + 1
     bounds = np.concatenate([[0], cuts, [n]]).astype(np.int64)
