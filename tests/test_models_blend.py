@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from pydantic import ValidationError
 
 from tasks.contracts import Factors, Scorer
 from tasks.models.blend import Blend, BlendConfig, standardise
+from tasks.models.ease import EASEConfig
 from tasks.models.implicit_mf import ALSConfig
 from tasks.models.itemknn import ItemKNN, ItemKNNConfig
 from tasks.models.registry import fit
+from tasks.models.rp3beta import RP3betaConfig
 
 
 def test_standardise_uses_only_unheard_artists():
@@ -20,6 +23,31 @@ def test_standardise_uses_only_unheard_artists():
     unheard = np.array([1.0, 2.0, 3.0])
     assert np.allclose(out[0, 1:], (unheard - unheard.mean()) / unheard.std(), atol=1e-6)
     assert np.allclose(out[1], 0.0)  # a constant row carries no preference
+
+
+def test_standardise_leaves_minus_inf_out_of_the_statistics_and_keeps_it():
+    scores = np.array([[-np.inf, 1.0, 2.0, 3.0, -np.inf], [4.0, -np.inf, 6.0, 0.0, 2.0]], dtype=np.float32)
+    heard = sp.csr_matrix(np.array([[0, 0, 0, 1, 1], [0, 1, 0, 0, 1]], dtype=np.float32))
+    out = standardise(scores.copy(), heard)
+    assert np.isneginf(out[0, [0, 4]]).all() and np.isneginf(out[1, 1])
+    first, second = np.array([1.0, 2.0]), np.array([4.0, 6.0, 0.0])
+    assert np.allclose(out[0, 1:3], (first - first.mean()) / first.std(), atol=1e-6)
+    assert np.allclose(out[1, [0, 2, 3]], (second - second.mean()) / second.std(), atol=1e-6)
+    assert not np.isnan(out).any()
+
+
+def test_blend_item_part_defaults_to_itemknn_and_takes_ease_or_rp3beta():
+    assert type(BlendConfig().knn) is ItemKNNConfig
+    assert type(BlendConfig.model_validate({"knn": {"neighbours": 50}}).knn) is ItemKNNConfig
+    assert type(BlendConfig.model_validate({"knn": {"name": "ease", "l2": 10}}).knn) is EASEConfig
+    assert type(BlendConfig.model_validate({"knn": {"name": "rp3beta", "beta": 0.1}}).knn) is RP3betaConfig
+    # a part's seed and weighting follow the blend, whichever model it is
+    cfg = BlendConfig.model_validate({"random_state": 7, "knn": {"name": "rp3beta"}})
+    assert cfg.knn.random_state == 7 and cfg.knn.weight == cfg.weight
+    with pytest.raises(ValidationError, match="neighbours"):
+        BlendConfig.model_validate({"knn": {"name": "ease", "neighbours": 50}})
+    with pytest.raises(ValidationError):
+        BlendConfig.model_validate({"knn": {"name": "als"}})
 
 
 def test_itemknn_scores_are_summed_similarity_to_heard_artists_whatever_the_values():

@@ -7,7 +7,9 @@ Prefect UI form) for ``name: als`` accepts, and shows, only ALS's fields:
 - ``lsa`` (``tasks.models.lsa``): truncated SVD;
 - ``explicit`` (``tasks.models.explicit``): biased MF of the observed values (ALS-WR);
 - ``itemknn`` (``tasks.models.itemknn``): implicit's item-item similarities;
-- ``blend`` (``tasks.models.blend``): a factor model and item-kNN, standardised and mixed;
+- ``ease`` (``tasks.models.ease``): Steck's closed-form item-item weights, on up to ``max_artists``;
+- ``rp3beta`` (``tasks.models.rp3beta``): popularity-discounted random-walk item-item weights;
+- ``blend`` (``tasks.models.blend``): a factor model and an item model, standardised and mixed;
 - ``spark_als`` (``tasks.models.spark_als``): Spark MLlib's ALS.
 
 ``fit(train, cfg)`` (``tasks.models.base``) fits any of them.
@@ -21,14 +23,25 @@ from pydantic import Field, TypeAdapter
 
 from tasks.models.base import BaseModelConfig, fit
 from tasks.models.blend import BlendConfig
+from tasks.models.ease import EASEConfig
 from tasks.models.explicit import ExplicitConfig
 from tasks.models.implicit_mf import ALSConfig, BPRConfig, LMFConfig
 from tasks.models.itemknn import ItemKNNConfig
 from tasks.models.lsa import LSAConfig
+from tasks.models.rp3beta import RP3betaConfig
 from tasks.models.spark_als import SparkALSConfig
 
 ModelConfig = Annotated[
-    ALSConfig | BPRConfig | LMFConfig | LSAConfig | ExplicitConfig | ItemKNNConfig | BlendConfig | SparkALSConfig,
+    ALSConfig
+    | BPRConfig
+    | LMFConfig
+    | LSAConfig
+    | ExplicitConfig
+    | ItemKNNConfig
+    | EASEConfig
+    | RP3betaConfig
+    | BlendConfig
+    | SparkALSConfig,
     Field(discriminator="name"),
 ]
 
