@@ -240,10 +240,13 @@ def run(
         config = config.model_copy(update={"storage": config.storage.model_copy(update={"skip_unchanged": False})})
     if refresh:
         config = config.model_copy(update={"data": config.data.model_copy(update={"refresh": True})})
-    # a scheduler's timeout (SIGTERM) stops the run as Ctrl-C does: the flow ends, the server stops
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    if not os.environ.get("PREFECT_API_URL"):
+    from prefect.settings import PREFECT_API_URL
+
+    # no API configured (environment, profile or a test harness): Prefect starts a temporary one
+    if not PREFECT_API_URL.value():
         _tethered_server()
+    # a scheduler's timeout (SIGTERM) stops the run as Ctrl-C does: the flow ends, the server stops
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         result = retrain(config)
     except RecsError:
@@ -252,6 +255,8 @@ def run(
         reason = " ".join(str(exc).split())
         where = "the log above" if verbose else "the traceback with --verbose or in the Prefect log"
         raise RecsError(f"retrain failed: {type(exc).__name__}: {reason}; see {where}") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if result.status == "unchanged":
         console.print(f"{result.message} in {result.db}; nothing retrained (--force retrains)", highlight=False)
         return

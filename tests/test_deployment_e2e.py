@@ -31,6 +31,17 @@ DEPLOYMENT = "retrain/weekly-retrain"
 pytestmark = pytest.mark.slow
 
 
+def _drain_prefect_workers() -> None:
+    """Send what this process's Prefect log and event workers hold to the server of this module
+    while it is up: workers left holding items for a stopped server make a later module's
+    ``prefect_test_harness`` teardown (and the interpreter's exit) wait on them for good."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    EventsWorker.drain_all()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -208,6 +219,7 @@ def test_scheduled_deployment_runs_with_a_process_worker(prefect_env, hetrec_url
 
     with temporary_settings({PREFECT_API_URL: prefect_env["PREFECT_API_URL"]}):
         artifacts, pools = asyncio.run(scenario())
+        _drain_prefect_workers()
     assert pools.count(POOL) == 1
 
     by_key = {a.key: a for a in artifacts}
@@ -279,6 +291,7 @@ def test_a_failed_retrain_fires_the_alert_automation(prefect_env, tmp_path):
 
             assert len(asyncio.run(automations())) == 1
             state = retrain(config, return_state=True)
+            _drain_prefect_workers()
         assert state.is_failed()
         deadline = time.monotonic() + 120
         while not received and time.monotonic() < deadline:
