@@ -233,6 +233,7 @@ def run(
     from flows.retrain import ORIGIN_ENV, retrain
 
     config = _without_secrets(_run_config(config_file, dataset, source, db, model))
+    origin = os.environ.get(ORIGIN_ENV)
     os.environ[ORIGIN_ENV] = "cli"  # failure messages name the fix as a flag of this command
     if not verbose:
         _no_tracebacks_on_terminal()
@@ -257,6 +258,11 @@ def run(
         raise RecsError(f"retrain failed: {type(exc).__name__}: {reason}; see {where}") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        # `recs run` called in-process (tests, notebooks) leaves the caller's origin as it was
+        if origin is None:
+            os.environ.pop(ORIGIN_ENV, None)
+        else:
+            os.environ[ORIGIN_ENV] = origin
     if result.status == "unchanged":
         console.print(f"{result.message} in {result.db}; nothing retrained (--force retrains)", highlight=False)
         return
