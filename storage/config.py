@@ -9,16 +9,16 @@ through ``masked_url``.
 
 from __future__ import annotations
 
-import urllib.parse
-
 from pydantic import Field, field_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from tasks.contracts import StageConfig
 from tasks.files import DATA_DIR
+from tasks.urls import masked_url
 
-MASK = "***"
+__all__ = ["StorageConfig", "masked_url", "without_password"]
+
 LOCK_TIMEOUT_SECONDS = 1800.0  # a publish of Last.fm 360K takes minutes; a stuck one is named in the error
 
 
@@ -64,23 +64,6 @@ class StorageConfig(StageConfig):
                 "give a file, e.g. sqlite:///data/recs.db"
             )
         return db
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its secrets replaced by ``***``: the password of ``user:password@``, and for an
-    http(s) or file URL every query-string value (signed URLs carry their tokens there). Anything
-    that is not a URL comes back unchanged."""
-    parts = urllib.parse.urlsplit(url)
-    if not parts.scheme or not parts.netloc and not parts.query:
-        return url
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:{MASK}@{netloc.rpartition('@')[2]}"
-    query = parts.query
-    if query and parts.scheme in ("http", "https", "file"):
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        query = "&".join(f"{urllib.parse.quote(k, safe='')}={MASK}" for k, _ in pairs) if pairs else MASK
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def without_password(db: str) -> tuple[str, str | None]:

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from tasks.data.datasets import Source
 from tasks.data.download import USER_AGENT, cache_entry, read_recorded
 from tasks.errors import RecsError
+from tasks.urls import with_masked_source
 
 SOURCE_TIMEOUT_SECONDS = 10.0
 
@@ -36,7 +37,12 @@ def check_folders(folders: dict[str, Path]) -> None:
 def check_source(source: Source, timeout: float = SOURCE_TIMEOUT_SECONDS) -> None:
     """The source exists (a local path) or answers (an http(s) URL, HEAD with a ``timeout`` in
     seconds, a one-byte GET where HEAD is not allowed), unless a complete copy is already cached.
-    Generated data needs nothing."""
+    Generated data needs nothing. A failure's message shows the source with its secrets masked."""
+    if source.location is not None:
+        with_masked_source(source.location, lambda: _check_location(source, timeout))
+
+
+def _check_location(source: Source, timeout: float) -> None:
     location = source.location
     if location is None:
         return
@@ -66,6 +72,6 @@ def check_source(source: Source, timeout: float = SOURCE_TIMEOUT_SECONDS) -> Non
     except (urllib.error.URLError, OSError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise RecsError(
-            f"cannot reach {location}: {reason}; check the network and that {url.netloc} is reachable, "
+            f"cannot reach {location}: {reason}; check the network and that {url.netloc.rpartition('@')[2]} is reachable, "
             "or pass a local copy with --source"
         ) from exc

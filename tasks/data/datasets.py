@@ -37,6 +37,7 @@ from tasks.data.parse import HETREC_PLAYS, LASTFM_360K_PLAYS, inputs, parse
 from tasks.data.synthetic import GENERATOR_VERSION, SyntheticConfig, generate
 from tasks.errors import RecsError
 from tasks.files import DATA_DIR
+from tasks.urls import with_masked_source
 
 
 class DataConfig(StageConfig):
@@ -154,15 +155,19 @@ def obtain(source: Source, attempts: int = 4) -> Downloaded:
     task retries instead, so the retries show in the Prefect UI and are not multiplied.
     """
     if source.synthetic is None:
-        assert source.location is not None
-        return fetch(
-            source.location,
-            source.cache_dir,
-            source.sha256,
-            expect=source.expect,
-            attempts=attempts,
-            refresh=source.refresh,
-            limits=source.limits,
+        location = source.location
+        assert location is not None
+        return with_masked_source(
+            location,
+            lambda: fetch(
+                location,
+                source.cache_dir,
+                source.sha256,
+                expect=source.expect,
+                attempts=attempts,
+                refresh=source.refresh,
+                limits=source.limits,
+            ),
         )
     return _synthetic(source.synthetic, source.cache_dir)
 

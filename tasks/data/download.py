@@ -289,7 +289,7 @@ def intact(downloaded: Downloaded) -> bool:
 def _retrying(call: Callable[[], T], url: str, attempts: int, backoff: float) -> T:
     """``call()``, tried up to ``attempts`` times with doubling back-off while its failure is
     transient (``tasks.transient``); a permanent failure ends it at once."""
-    host = urllib.parse.urlparse(url).netloc
+    host = urllib.parse.urlparse(url).netloc.rpartition("@")[2]  # never the user:password part
     attempt = 1
     while True:
         try:
