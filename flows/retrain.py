@@ -35,7 +35,6 @@ from prefect.cache_policies import NONE
 from prefect.context import FlowRunContext
 from prefect.tasks import exponential_backoff
 from prefect.utilities.urls import url_for
-from sqlalchemy.engine import make_url
 
 from flows.config import RetrainConfig
 from flows.report import RunReport, publish_artifacts, publish_failure_report
@@ -302,11 +301,6 @@ def publish_task(config: RetrainConfig, outputs: RunOutputs) -> tuple[int, str |
     return run_id, details.row["message"], stability
 
 
-def _safe_url(url: str) -> str:
-    """The database URL with any password masked, for logs and summaries."""
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def recorded_config(config: RetrainConfig) -> dict:
     """The config as ``runs.config`` keeps it and ``runs.config_hash`` hashes it: JSON values, the
     database password masked, and without ``storage.skip_unchanged`` and ``data.refresh``
@@ -431,7 +425,7 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         logger.info("%s; nothing retrained (storage.skip_unchanged: false or --force retrains)", message)
         return RetrainResult(
             run_id=skipped[0],
-            db=_safe_url(config.storage.db),
+            db=masked_url(config.storage.db),
             metrics=[],
             timings=dict(timings),
             seconds=time.perf_counter() - started,
@@ -527,10 +521,10 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
     prune_run_dirs(config.work_dir, keep=config.storage.retention, current=folder)
     top = str(encoded.artist_names[int(np.argmax(encoded.listeners))])
     seconds = time.perf_counter() - started
-    logger.info("published run %d (%s) to %s in %.1f s", run_id, parsed.dataset, _safe_url(config.storage.db), seconds)
+    logger.info("published run %d (%s) to %s in %.1f s", run_id, parsed.dataset, masked_url(config.storage.db), seconds)
     return RetrainResult(
         run_id=run_id,
-        db=_safe_url(config.storage.db),
+        db=masked_url(config.storage.db),
         metrics=metrics,
         timings=dict(timings),
         seconds=seconds,

@@ -60,3 +60,19 @@ def hetrec_encoded(hetrec_dir: Path):
     from tasks.data.parse import parse
 
     return encode(parse(hetrec_dir))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    """A fresh, empty database: a SQLite file, or a new PostgreSQL schema (from
+    ``RECS_TEST_POSTGRES_URL``) dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'recs.db'}"
+        return
+    url = os.environ.get("RECS_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("RECS_TEST_POSTGRES_URL is not set")
+    from storage.engine import scratch_schema
+
+    with scratch_schema(url, "recs_test") as scratch:
+        yield scratch

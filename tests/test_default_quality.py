@@ -13,6 +13,7 @@ EASE and RP3beta; each must beat popularity, nothing more is asserted about them
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from threadpoolctl import threadpool_limits
 
 from flows.config import RetrainConfig
@@ -23,6 +24,9 @@ from tasks.models.registry import fit
 from tasks.models.rp3beta import RP3betaConfig
 from tasks.split import per_user_holdout
 from tasks.weight import weight
+
+# every model on HetRec 2K over three seeds (~90 s): a quality check, not a unit test
+pytestmark = pytest.mark.slow
 
 SEEDS = (0, 1, 2)
 

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 import storage.publish as publish_module
-from storage.engine import HEAD_REVISION, make_engine, scratch_schema
+from storage.engine import HEAD_REVISION, make_engine
 from storage.publish import RunOutputs, RunRejected, publish
 from storage.queries import list_runs, recommendations, related_artists
 from tasks.contracts import Encoded, Metric, TopN
@@ -158,18 +158,6 @@ def statuses(engine: sa.Engine) -> dict[int, str]:
 def bulk_run_ids(engine: sa.Engine) -> set[int]:
     with engine.connect() as conn:
         return {rid for table in BULK for (rid,) in conn.exec_driver_sql(f"SELECT DISTINCT run_id FROM {table}")}
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request, tmp_path):
-    """A fresh, empty database: a SQLite file, or a new PostgreSQL schema dropped afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'recs.db'}"
-        return
-    if not PG_URL:
-        pytest.skip("RECS_TEST_POSTGRES_URL is not set")
-    with scratch_schema(PG_URL, "recs_test") as url:
-        yield url
 
 
 @pytest.fixture

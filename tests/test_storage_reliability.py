@@ -28,17 +28,6 @@ with publish_lock(make_engine(sys.argv[1])):
 """
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'recs.db'}"
-        return
-    if not PG_URL:
-        pytest.skip("RECS_TEST_POSTGRES_URL is not set")
-    with scratch_schema(PG_URL, "recs_test") as url:
-        yield url
-
-
 def _hold_lock(db_url: str, seconds: float) -> subprocess.Popen:
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, db_url, str(ROOT), str(seconds)], stdout=subprocess.PIPE, text=True
