@@ -530,7 +530,7 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         models={"related artists": related.scorer.params, "user recommendations": users.scorer.params},
         metrics=metrics,
         related=recommended.related,
-        artist_factors=related_factors.similarity_factors,
+        artist_factors=related_factors.artist_factors,
         timings=dict(timings),
         gate=gate,
         stability=stability,

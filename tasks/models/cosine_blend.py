@@ -113,9 +113,7 @@ def fit_cosine_blend(plays: sp.csr_matrix, cfg: CosineBlendConfig) -> CosineBlen
         if not isinstance(fitted, Factors):  # FactorPart only admits factor models
             raise RecsError(f"cosine_blend part {part.name!r} has no artist factors; use als, bpr, lmf or lsa")
         parts.append(fitted)
-    shares = np.asarray(cfg.shares, dtype=np.float64) / sum(cfg.shares)
-    scale = np.sqrt(shares).astype(np.float32)
-    blended = np.hstack([s * normalise(p.artist_factors) for s, p in zip(scale, parts)])
+    scale = _scale(cfg.shares)
 
     def joined(side: str) -> np.ndarray:
         return np.ascontiguousarray(np.hstack([s * getattr(p, side) for s, p in zip(scale, parts)]), np.float32)
@@ -127,5 +125,17 @@ def fit_cosine_blend(plays: sp.csr_matrix, cfg: CosineBlendConfig) -> CosineBlen
         artist_factors=joined("artist_factors"),
         fit_seconds=time.perf_counter() - start,
         parts=tuple(parts),
-        blended=np.ascontiguousarray(blended, dtype=np.float32),
+        blended=blend_rows(parts, cfg.shares),
     )
+
+
+def _scale(shares: list[float]) -> np.ndarray:
+    """``sqrt(share)`` of each part, the shares normalised to sum 1 (float32)."""
+    return np.sqrt(np.asarray(shares, dtype=np.float64) / sum(shares)).astype(np.float32)
+
+
+def blend_rows(parts: list[Factors], shares: list[float]) -> np.ndarray:
+    """The rows related artists are compared by: each part's unit artist factors times
+    ``sqrt(share)``, joined (float32, n_artists x sum of the parts' factors, C-contiguous)."""
+    rows = np.hstack([s * normalise(p.artist_factors) for s, p in zip(_scale(shares), parts)])
+    return np.ascontiguousarray(rows, dtype=np.float32)
