@@ -35,12 +35,15 @@ PG_INDEX_BUILD_MEMORY = "256MB"
 PG_TYPE_NAMES = {"INTEGER": "int4", "SMALLINT": "int2", "REAL": "float4", "DOUBLE": "float8", "TEXT": "text"}
 
 
-def topn_batches(run_id: int, topn: TopN, owner: str, target: str, batch_rows: int) -> Iterator[Batch]:
-    """Rows ``(run_id, owner code, rank, target code, score)`` of a TopN, padding (-1) dropped.
+def topn_batches(
+    run_id: int, topn: TopN, owner: str, target: str, batch_rows: int, extra: Batch | None = None
+) -> Iterator[Batch]:
+    """Rows ``(run_id, owner code, rank, target code, score, *extra)`` of a TopN, padding (-1) dropped.
 
     ``owner`` / ``target`` name the code columns (``artist_id`` / ``related_artist_id`` for related
     artists, ``user_id`` / ``artist_id`` for recommendations). Ranks are 1-based. Dtypes match the
-    columns: int32 codes and run_id, int16 rank, float32 score.
+    columns: int32 codes and run_id, int16 rank, float32 score. ``extra``: more columns, each an
+    array of ``topn.ids``' shape (one value per list entry) in its column's dtype.
     """
     n_rows, n = topn.ids.shape
     step = max(1, batch_rows // max(n, 1))
@@ -56,6 +59,7 @@ def topn_batches(run_id: int, topn: TopN, owner: str, target: str, batch_rows: i
             "rank": np.broadcast_to(ranks, ids.shape)[keep],
             target: ids[keep].astype(np.int32, copy=False),
             "score": topn.scores[start : start + step][keep].astype(np.float32, copy=False),
+            **{name: values[start : start + step][keep] for name, values in (extra or {}).items()},
         }
 
 

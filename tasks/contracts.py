@@ -223,13 +223,16 @@ class Recommended:
 
     ``related``: artists x n; ``users``: users x n; ``recall``: the index's recall@n on a
     sample (``related_recall``, and ``user_recall`` when users went through the index);
-    ``seconds``: wall seconds of its parts (``related``, ``users``, ``recall_check``).
+    ``seconds``: wall seconds of its parts (``related``, ``users``, ``because``, ``recall_check``).
+    ``because``: int32, the shape of ``users.ids``: the heard artist code behind each
+    recommendation (-1: none; ``tasks.explain.because``).
     """
 
     related: TopN
     users: TopN
     recall: list[Metric]
     seconds: dict[str, float] = field(default_factory=dict)
+    because: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from tasks.contracts import Factors, Metric, Ranker, Recommended, Scorer, TopN
 from tasks.errors import RecsError
+from tasks.explain import because
 from tasks.index import ArtistIndex, IndexConfig, normalise
 
 MAX_BLOCK_CELLS = 1 << 24  # 16M float32 scores (64 MB) per block
@@ -300,7 +301,7 @@ def recommend(
     """The recommend stage: related artists from ``related_index`` for every artist, and the
     top ``n`` artists for every user with everything in ``heard`` (CSR, users x artists)
     excluded, through ``user_index`` when given (a factor model's inner-product index) or else
-    exactly. Each index's recall@n against exact search is measured on ``cfg.recall_sample``
+    exactly, each with the heard artist behind it (``tasks.explain.because``). Each index's recall@n against exact search is measured on ``cfg.recall_sample``
     rows drawn with ``seed``."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -321,6 +322,10 @@ def recommend(
     seconds["users"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    explained = because(user_model, heard, users.ids)
+    seconds["because"] = time.perf_counter() - start
+
+    start = time.perf_counter()
     rows = sample_rows(len(artist_factors), cfg.recall_sample, seed)
     recall = [
         Metric(cfg.engine, "related_recall", n, recall_at_n(related, related_exact(artist_factors, n, rows), rows))
@@ -330,7 +335,7 @@ def recommend(
         exact = user_top_n(user_model, heard, n, users=rows)
         recall.append(Metric(cfg.engine, "user_recall", n, recall_at_n(users, exact, rows)))
     seconds["recall_check"] = time.perf_counter() - start
-    return Recommended(related=related, users=users, recall=recall, seconds=seconds)
+    return Recommended(related=related, users=users, recall=recall, seconds=seconds, because=explained)
 
 
 # users x artists from which the HetRec-sized defaults get slow (Last.fm 360K is 1.1e11)

@@ -156,12 +156,16 @@ def test_fresh_database_gets_the_full_schema_at_head(new_db):
     url = new_db()
     engine = make_engine(url)
     assert revisions(url) == [HEAD_REVISION]
-    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", "current_runs", *BULK}
+    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", "current_runs", "fold_in_arrays", *BULK}
     assert views_of(engine) == (set(), set())
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             stats = conn.exec_driver_sql("SELECT tbl, idx, stat FROM sqlite_stat1").all()
-            assert sorted(stats) == sorted(SCRIPTS.get_revision(BASELINE_REVISION).module.SQLITE_STATS)
+            seeded = [
+                *SCRIPTS.get_revision(BASELINE_REVISION).module.SQLITE_STATS,
+                SCRIPTS.get_revision("0004").module.SEARCH_KEY_STAT,
+            ]
+            assert sorted(stats) == sorted(seeded)
         else:
             partitioned = dict(
                 conn.exec_driver_sql(
@@ -266,7 +270,7 @@ def test_concurrent_starts_on_a_fresh_database_upgrade_once(new_db, start):
     url = new_db()
     start(url, 4)
     assert revisions(url) == [HEAD_REVISION]
-    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", "current_runs", *BULK}
+    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", "current_runs", "fold_in_arrays", *BULK}
 
 
 FAST = r"""
