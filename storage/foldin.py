@@ -100,12 +100,15 @@ def listened_recommendations(
         raw = conn.execute(sa.select(Run.config).where(Run.run_id == run_id)).scalar_one()
         arrays = read_fold_in(conn, run_id)
         n_artists = conn.execute(sa.select(sa.func.count()).where(Artist.run_id == run_id)).scalar_one()
-        codes = np.array([matches[name].artist_id for name, _ in listened])  # type: ignore[union-attr]
+        plays_of: dict[int, float] = {}  # artist code -> summed plays, in the order first given
+        for name, plays in listened:
+            code = matches[name].artist_id  # type: ignore[union-attr]
+            plays_of[code] = plays_of.get(code, 0.0) + plays
+        codes = np.array(list(plays_of), dtype=np.int64)
         history = sp.csr_matrix(
-            (np.array([plays for _, plays in listened], dtype=np.float32), (np.zeros(len(codes), int), codes)),
+            (np.array(list(plays_of.values()), dtype=np.float32), (np.zeros(len(codes), dtype=np.int64), codes)),
             shape=(1, n_artists),
         )
-        history.sum_duplicates()
         folded = fold_in(model_config(raw["user_model"]), arrays, history, n)
         ids, because = folded.top.ids[0], folded.because[0]
         wanted = {int(code) for code in np.concatenate([ids, because, history.indices]) if code >= 0}
@@ -128,7 +131,5 @@ def listened_recommendations(
         for rank, (code, score, why) in enumerate(zip(ids, folded.top.scores[0], because))
         if code >= 0
     ]
-    heard = [
-        Heard(artists[int(c)].artist_key, artists[int(c)].name, float(p)) for c, p in zip(history.indices, history.data)
-    ]
+    heard = [Heard(artists[code].artist_key, artists[code].name, plays) for code, plays in plays_of.items()]
     return ListenerRecommendations(run_id, dataset, heard, rows)
