@@ -55,6 +55,7 @@ TARGETS = {
     "user_speedup": (">=", 3.0),
     "user_recall": (">=", 0.95),
     "flow_overhead": ("<=", 0.10),
+    "because_share": ("<=", 0.10),
 }
 
 
@@ -105,6 +106,7 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
     from tasks.data.encode import encode_parsed
     from tasks.data.parse import parse_to_parquet
     from tasks.evaluate import evaluate_models, fit_metrics
+    from tasks.foldin import fold_in_arrays
     from tasks.index import build_index
     from tasks.models.base import fit
     from tasks.models.roles import Fitted
@@ -167,6 +169,8 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
         related_model=factors.name,
         user_model=factors.name,
         code_version=code_version(),
+        because=recommended.because,
+        fold_in=fold_in_arrays(model, factors, encoded.artist_plays),
     )
     for name, url in [("sqlite", config.storage.db)] + ([("postgres", postgres)] if postgres else []):
         engine = make_engine(url)
@@ -183,6 +187,7 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
         "related": related,
         "users": users,
         "recommend_seconds": {k: round(v, 3) for k, v in recommended.seconds.items()},
+        "fold_in_mb": round(sum(a.nbytes for a in outputs.fold_in.values()) / 2**20, 1),
         # what publish writes in bulk: both top-N tables plus one row per artist and per user
         "published_rows": int((related.ids >= 0).sum() + (users.ids >= 0).sum()) + sum(heard.shape),
     }
@@ -238,6 +243,8 @@ def _ratios(plain: Stages, recommend_seconds: dict, raw_figures: dict, flow: dic
     related = s["index_related"] + recommend_seconds["related"]
     users = s["index_users"] + recommend_seconds["users"]
     ratios = {
+        # the "because" of every recommendation, as a share of the plain pipeline into SQLite
+        "because_share": recommend_seconds["because"] / (sum(s.values()) - s.get("publish_postgres", 0.0)),
         "fit_ratio": s["factorize"] / raw_figures["implicit_fit_seconds"],
         "related_speedup": raw_figures["exact_similar_all_seconds"] / related,
         "user_speedup": raw_figures["batch_recommend_all_seconds"] / users,
@@ -306,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
         with fresh_schema(args.postgres) as postgres:
             plain = run_plain(_config(tsv, work, f"sqlite:///{work / 'plain.db'}", args.seed), stages, postgres)
         raw_figures = run_raw(plain, _config(tsv, work, "", args.seed), sample, args.postgres)
-        recommend_seconds = plain["recommend_seconds"]
+        recommend_seconds, fold_in_mb = plain["recommend_seconds"], plain["fold_in_mb"]
         del plain
         flow = None if args.no_flow else run_flow(_config(tsv, work, f"sqlite:///{work / 'flow.db'}", args.seed))
 
@@ -326,7 +333,12 @@ def main(argv: list[str] | None = None) -> dict:
             "rss_per_stage": stages.rss_per_stage,
         },
         "generate_seconds": round(generate_seconds, 3),
-        "plain": {"stages": stages.figures, "recommend_parts": recommend_seconds, "total": total},
+        "plain": {
+            "stages": stages.figures,
+            "recommend_parts": recommend_seconds,
+            "total": total,
+            "fold_in_mb": fold_in_mb,
+        },
         "raw": raw_figures,
         "flow": flow,
         "ratios": ratios,

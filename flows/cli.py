@@ -7,6 +7,7 @@ Each command is a thin shell over plain functions in tasks/, storage/ and flows/
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import logging
 import os
@@ -21,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from flows.output import Format, Listing, emit
 from tasks.errors import RecsError
 
 app = typer.Typer(
@@ -435,47 +437,114 @@ def _read_engine(db: str | None):
     return make_engine(db or StorageConfig().db, create=False)
 
 
-def _top_table(title: str, rows) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table("rank", "artist", "key", "score", title=Text(title))
-    for row in rows:
-        table.add_row(str(row.rank), Text(row.artist_name), Text(row.artist_key), f"{row.score:.4f}")
-    console.print(table)
+_FORMAT = typer.Option(
+    Format.table, "--format", help="table (plain columns when stdout is not a terminal), json or csv."
+)
 
 
 @app.command()
 @one_line_errors
 def related(
-    artist: str = typer.Argument(..., help="Artist name (any letter case) or the source's artist key."),
+    artist: str = typer.Argument(..., help="Artist name (any letter case or Unicode form) or the source's artist key."),
     n: int = typer.Option(10, min=1, help="How many related artists to show."),
     db: str = _READ_DB,
     dataset: str = _READ_DATASET,
     model: str = typer.Option(None, help="Which of the run's factor models (default: the shipped related model)."),
+    fmt: Format = _FORMAT,
 ) -> None:
     """Related artists of ARTIST in the current run of a dataset."""
     from storage.queries import related_artists
     from tasks.evaluate import MAX_N
 
     result = related_artists(_read_engine(db), artist, min(n, MAX_N), dataset, model)  # no list is longer
-    _top_table(f"related to {result.artist_name} (run {result.run_id}, {result.dataset}, {result.model})", result.rows)
+    listing = Listing(
+        title=f"related to {result.artist_name} (run {result.run_id}, {result.dataset}, {result.model})",
+        columns=("rank", "artist", "key", "score"),
+        rows=[(r.rank, r.artist_name, r.artist_key, r.score) for r in result.rows],
+        document=result,
+    )
+    emit(listing, fmt, console)
 
 
 @app.command()
 @one_line_errors
 def recommend(
-    user: str = typer.Argument(..., help="The source's user id."),
+    user: str = typer.Argument(None, help="The source's user id (or give --listened / --listened-file)."),
     n: int = typer.Option(10, min=1, help="How many artists to show."),
+    listened: str = typer.Option(
+        None,
+        help="A listener who is not in the data: comma-separated artist names, each optionally "
+        "name:plays (e.g. 'radiohead:40,coldplay,muse'); scored by the current run, no retrain.",
+    ),
+    listened_file: Path = typer.Option(
+        None, exists=True, dir_okay=False, help="Like --listened, from a file of artist<TAB>plays lines."
+    ),
     db: str = _READ_DB,
     dataset: str = _READ_DATASET,
+    fmt: Format = _FORMAT,
 ) -> None:
-    """New artists for USER from the current run of a dataset."""
-    from storage.queries import recommendations
+    """New artists for USER (or for a new listener) from the current run of a dataset, each with
+    the heard artist that contributed most to it ("because")."""
     from tasks.evaluate import MAX_N
 
-    result = recommendations(_read_engine(db), user, min(n, MAX_N), dataset)  # no published list is longer
-    _top_table(f"for user {result.user_key} (run {result.run_id}, {result.dataset})", result.rows)
+    given = [what for what in (user, listened, listened_file) if what is not None]
+    if len(given) != 1:
+        raise RecsError(
+            "give one of USER, --listened or --listened-file; e.g. recs recommend --listened 'radiohead,muse'"
+        )
+    engine, n = _read_engine(db), min(n, MAX_N)  # no published list is longer
+    if user is not None:
+        from storage.queries import recommendations
+
+        result = recommendations(engine, user, n, dataset)
+        title, rows, document = f"for user {result.user_key}", result.rows, result
+    else:
+        from storage.foldin import listened_recommendations
+
+        history = parse_listened(listened) if listened is not None else read_listened(listened_file)
+        folded = listened_recommendations(engine, history, n, dataset)
+        title, rows, document, result = f"for a listener of {len(folded.heard)} artists", folded.rows, folded, folded
+    listing = Listing(
+        title=f"{title} (run {result.run_id}, {result.dataset})",
+        columns=("rank", "artist", "key", "score", "because you listened to"),
+        rows=[(r.rank, r.artist_name, r.artist_key, r.score, r.because_artist_name) for r in rows],
+        document=document,
+    )
+    emit(listing, fmt, console)
+
+
+def parse_listened(text: str) -> list[tuple[str, float]]:
+    """``name[:plays],...`` -> (name, plays) pairs; plays default to 1. A ``:`` followed by
+    something that is no number stays part of the name (e.g. ``Sunn O))):live``)."""
+    history = []
+    for item in text.split(","):
+        name, _, plays = item.rpartition(":")
+        try:
+            history.append((name.strip(), float(plays)) if name.strip() else (item.strip(), 1.0))
+        except ValueError:
+            history.append((item.strip(), 1.0))
+    return [(name, plays) for name, plays in history if name]
+
+
+def read_listened(path: Path) -> list[tuple[str, float]]:
+    """The ``artist<TAB>plays`` lines of ``path`` (plays may be left out: 1); RecsError naming the
+    first bad line."""
+    history = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecsError(f"cannot read {path}: {exc}; give a UTF-8 file of artist<TAB>plays lines") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        name, _, plays = line.partition("\t")
+        try:
+            history.append((name.strip(), float(plays) if plays.strip() else 1.0))
+        except ValueError:
+            raise RecsError(
+                f"{path} line {number}: {plays.strip()!r} is not a play count; write artist<TAB>plays"
+            ) from None
+    return history
 
 
 runs_app = typer.Typer(
@@ -491,6 +560,7 @@ def runs(
     ctx: typer.Context,
     limit: int = typer.Option(20, min=1, help="How many of the newest runs to list."),
     db: str = _READ_DB,
+    fmt: Format = _FORMAT,
 ) -> None:
     """Published, failed, rejected, pruned and unchanged runs, newest first (* = the current run
     of its dataset); `recs runs show RUN_ID` has row counts and everything else."""
@@ -500,12 +570,32 @@ def runs(
     from rich.table import Table
     from rich.text import Text
 
-    from storage.queries import list_runs
+    from storage.queries import RunSummary, list_runs
 
+    found = list_runs(_read_engine(db), limit)
+    notes = [f"run {r.run_id}: {text}" for r in found for text in (r.message, r.flow_run_url) if text]
+    if fmt is not Format.table or not console.is_terminal:
+        rows = [
+            (
+                f"{r.run_id}{' *' if r.current else ''}",
+                r.status,
+                f"{r.started_at:%Y-%m-%d %H:%M}",
+                r.dataset,
+                f"{r.related_model}/{r.user_model}",
+                (r.config_hash or "")[:CONFIG_HASH_SHOWN],
+                None if r.seconds is None else round(r.seconds),
+                r.precision_at_10,
+            )
+            for r in found
+        ]
+        if fmt is Format.csv:  # whole values for scripts
+            rows = [dataclasses.astuple(r) for r in found]
+        columns = [f.name for f in dataclasses.fields(RunSummary)] if fmt is Format.csv else RUN_COLUMNS
+        emit(Listing("runs (* = current run of its dataset)", columns, rows, found, notes), fmt, console)
+        return
     # compact (no rules between columns) so that an 80-column terminal shows every column whole
-    table = Table("run", "status", "started (UTC)", "dataset", "models", "config", "secs", "p@10", box=box.SIMPLE_HEAD)
-    notes = []
-    for r in list_runs(_read_engine(db), limit):
+    table = Table(*RUN_COLUMNS, box=box.SIMPLE_HEAD)
+    for r in found:
         table.add_row(
             f"{r.run_id}{' *' if r.current else ''}",
             r.status,
@@ -516,10 +606,12 @@ def runs(
             "" if r.seconds is None else f"{r.seconds:.0f}",
             "" if r.precision_at_10 is None else f"{r.precision_at_10:.4f}",
         )
-        notes += [Text(f"run {r.run_id}: {text}") for text in (r.message, r.flow_run_url) if text]
     console.print(table)
     for note in notes:
-        console.print(note, soft_wrap=True)
+        console.print(Text(note), soft_wrap=True)
+
+
+RUN_COLUMNS = ("run", "status", "started (UTC)", "dataset", "models", "config", "secs", "p@10")
 
 
 # hex digits of runs.config_hash shown in lists (the full hash is in `recs runs show`)

@@ -50,6 +50,7 @@ from tasks.data.encode import encode_parsed
 from tasks.data.parse import cached_parse_intact, parse_to_parquet
 from tasks.errors import RecsError
 from tasks.evaluate import describe_fits, evaluate_models, fit_metrics
+from tasks.foldin import fold_in_arrays
 from tasks.index import ArtistIndex, build_index
 from tasks.models import roles
 from tasks.models.base import fit
@@ -511,6 +512,8 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
             "published_fit": "refit on all pairs" if refit else "the evaluated fit",
             "scale_advice": advice or None,
         },
+        because=recommended.because,
+        fold_in=fold_in_arrays(users.model, users.scorer, encoded.artist_plays),
     )
     run_id, gate, stability = _retrying(publish_task, config)(config, outputs)
     if gate:

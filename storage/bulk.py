@@ -38,15 +38,23 @@ PG_TYPE_NAMES = {"INTEGER": "int4", "SMALLINT": "int2", "REAL": "float4", "DOUBL
 
 
 def topn_batches(
-    run_id: int, topn: TopN, owner: str, target: str, batch_rows: int, model: str | None = None
+    run_id: int,
+    topn: TopN,
+    owner: str,
+    target: str,
+    batch_rows: int,
+    model: str | None = None,
+    extra: Batch | None = None,
 ) -> Iterator[Batch]:
-    """Rows ``(run_id[, model], owner code, rank, target code, score)`` of a TopN, padding (-1)
-    dropped; the constant ``model`` column only when given (related artists of one model).
+    """Rows ``(run_id[, model], owner code, rank, target code, score, *extra)`` of a TopN, padding
+    (-1) dropped; the constant ``model`` column only when given (related artists of one model).
 
     ``owner`` / ``target`` name the code columns (``artist_id`` / ``related_artist_id`` for related
     artists, ``user_id`` / ``artist_id`` for recommendations). Ranks are 1-based. Dtypes match the
     columns: int32 codes and run_id, int16 rank, float32 score; ``model`` is fixed-width UTF-8
     bytes (every row the same length), which keeps the batch on PostgreSQL's binary COPY path.
+    ``extra``: more columns, each an array of ``topn.ids``' shape (one value per list entry) in its
+    column's dtype.
     """
     label = model.encode() if model is not None else b""
     n_rows, n = topn.ids.shape
@@ -68,6 +76,7 @@ def topn_batches(
                 target: ids[keep].astype(np.int32, copy=False),
                 "score": topn.scores[start : start + step][keep].astype(np.float32, copy=False),
             }
+            | {name: values[start : start + step][keep] for name, values in (extra or {}).items()}
         )
 
 

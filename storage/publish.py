@@ -53,10 +53,12 @@ from sqlalchemy.engine import Connection, Engine
 from storage.bulk import column_batches, drop_run_rows, topn_batches, write_run_rows
 from storage.config import LOCK_TIMEOUT_SECONDS
 from storage.engine import database_errors, write_transaction
+from storage.foldin import drop_fold_in, write_fold_in
 from storage.runs import GATE_K, GATE_METRIC, config_hash, current_run_id
 from storage.schema import Artist, CurrentRun, RelatedArtist, Run, RunMetric, User, UserRecommendation
 from tasks.contracts import Encoded, Metric, TopN
 from tasks.errors import RecsError
+from tasks.names import search_keys
 from tasks.transient import data_error
 
 PRUNE_LOCK_TIMEOUT = "5s"
@@ -90,6 +92,9 @@ class RunOutputs:
     ``started_at``: when the flow started (UTC; default: the publish's start), from which
     ``runs.seconds`` is measured. ``flow_run_id`` / ``flow_run_url``: the Prefect flow run and its
     UI page. ``timings``: wall seconds per stage. ``choices``: what the flow chose beyond the config.
+    ``because``: int32, the shape of ``recommendations.ids``: per recommendation the heard artist
+    code that contributed most (-1: none; ``tasks.explain``); None stores NULL. ``fold_in``: the
+    user model's arrays a reader folds new listeners in with (``tasks.foldin.fold_in_arrays``).
     """
 
     encoded: Encoded
@@ -109,6 +114,8 @@ class RunOutputs:
     flow_run_url: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     choices: dict = field(default_factory=dict)
+    because: np.ndarray | None = None
+    fold_in: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class RunRejected(RecsError):
@@ -199,6 +206,14 @@ def _validate(outputs: RunOutputs, *, gate: bool) -> None:
             problems.append(f"{label} has artist codes outside [-1, {enc.n_artists})")
         if not np.isfinite(scores[ids >= 0]).all():
             problems.append(f"{label} has NaN or infinite scores")
+    because = outputs.because
+    if because is not None and (
+        because.shape != outputs.recommendations.ids.shape
+        or (because.size and (because.min() < -1 or because.max() >= enc.n_artists))
+    ):
+        problems.append(
+            f"because is {because.shape} with codes outside [-1, {enc.n_artists}), expected {outputs.recommendations.ids.shape}"
+        )
     try:
         json.dumps(outputs.config, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -388,6 +403,7 @@ def _load_and_publish(engine: Engine, run_id: int, outputs: RunOutputs, batch_ro
         "name": enc.artist_names,
         "listeners": enc.listeners.astype(np.int32),
         "plays": enc.artist_plays.astype(np.float64),
+        "search_key": search_keys(enc.artist_names),
     }
     users = {
         "run_id": np.full(enc.n_users, run_id, dtype=np.int32),
@@ -406,8 +422,16 @@ def _load_and_publish(engine: Engine, run_id: int, outputs: RunOutputs, batch_ro
             conn,
             RECOMMENDATIONS,
             run_id,
-            topn_batches(run_id, outputs.recommendations, "user_id", "artist_id", batch_rows),
+            topn_batches(
+                run_id,
+                outputs.recommendations,
+                "user_id",
+                "artist_id",
+                batch_rows,
+                extra=None if outputs.because is None else {"because_artist_id": outputs.because},
+            ),
         )
+        write_fold_in(conn, run_id, outputs.fold_in)
         previous = current_run_id(conn, outputs.dataset)
         if previous is not None:
             _record_stability(conn, run_id, previous, outputs)
@@ -543,6 +567,7 @@ def _prune(engine: Engine, retention: int) -> None:
                 return
             for table in BULK_TABLES:
                 drop_run_rows(conn, table, list(old))
+            drop_fold_in(conn, old)
             conn.execute(sa.update(Run).where(Run.run_id.in_(old)).values(status="pruned"))
     except sa.exc.OperationalError as exc:
         if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):

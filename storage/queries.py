@@ -2,7 +2,9 @@
 
 All read the public views (the current run of each dataset) or ``runs``/``run_metrics``; every
 value from a user travels as a bound parameter. A lookup names its dataset, or takes the dataset
-whose run became current last.
+whose run became current last. Artist names are matched by their search key (``tasks.names``:
+NFKC + case folding, stored per artist at publish), so "die ärzte" finds "Die Ärzte" on SQLite
+and PostgreSQL alike; an exact artist_key matches too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from storage.schema import (
     current_user_recommendations,
 )
 from tasks.errors import RecsError
+from tasks.names import search_key
 
 SUGGESTIONS = 5
 # Close-name candidates: names sharing the first letter, most-listened first, capped so the
@@ -40,6 +43,28 @@ class RelatedRow:
     artist_key: str
     artist_name: str
     score: float
+
+
+@dataclass(frozen=True)
+class RecommendationRow:
+    """One recommended artist, with the heard artist that contributed most to it (None when no
+    heard artist did, or the run predates the column)."""
+
+    rank: int
+    artist_key: str
+    artist_name: str
+    score: float
+    because_artist_key: str | None
+    because_artist_name: str | None
+
+
+@dataclass(frozen=True)
+class ArtistMatch:
+    """An artist of a run that a typed name matched."""
+
+    artist_id: int
+    artist_key: str
+    artist_name: str
 
 
 @dataclass(frozen=True)
@@ -62,7 +87,7 @@ class Recommendations:
     run_id: int
     dataset: str
     user_key: str
-    rows: list[RelatedRow]
+    rows: list[RecommendationRow]
 
 
 @dataclass(frozen=True)
@@ -98,26 +123,16 @@ class RunDetails:
 def related_artists(
     engine: Engine, name: str, n: int | None = None, dataset: str | None = None, model: str | None = None
 ) -> Related:
-    """Related artists of the artist called ``name`` (case-insensitive; an exact artist_key also
-    matches) in the current run of ``dataset`` (default: the dataset whose run became current
-    last), from ``model`` (default: the run's shipped related model). When several artists share
-    the name, the most listened one. RecsError with close names when there is none, and with the
-    run's models when it has no lists of ``model``."""
+    """Related artists of the artist called ``name`` (any letter case, Unicode-aware; an exact
+    artist_key also matches) in the current run of ``dataset`` (default: the dataset whose run
+    became current last), from ``model`` (default: the run's shipped related model). When several
+    artists share the name, the most listened one. RecsError with close names when there is none,
+    and with the run's models when it has no lists of ``model``."""
     with database_errors(engine), engine.connect() as conn:
         run_id, dataset = _require_run(conn, engine, dataset)
-        match = conn.execute(
-            sa.select(Artist.artist_key, Artist.name)
-            .where(
-                Artist.run_id == run_id,
-                sa.or_(sa.func.lower(Artist.name) == sa.func.lower(name), Artist.artist_key == name),
-            )
-            .order_by(Artist.listeners.desc(), Artist.artist_id)
-            .limit(1)
-        ).first()
+        match = find_artists(conn, run_id, [name])[name]
         if match is None:
-            close = similar_names(conn, run_id, name)
-            hint = f"; did you mean: {', '.join(close)}?" if close else "; check the spelling"
-            raise RecsError(f"no artist named {name!r} in run {run_id} ({dataset}){hint}")
+            raise RecsError(_unknown_names(conn, run_id, dataset, [name]))
         shipped = conn.execute(sa.select(Run.related_model).where(Run.run_id == run_id)).scalar_one()
         if model is None or model == shipped:
             view, model = current_related_artists, shipped
@@ -132,7 +147,7 @@ def related_artists(
             .order_by(view.c.rank)
         )
         rows = conn.execute(query.limit(n) if n else query).all()
-    return Related(run_id, dataset, match.artist_key, match.name, [RelatedRow(*row) for row in rows], model)
+    return Related(run_id, dataset, match.artist_key, match.artist_name, [RelatedRow(*row) for row in rows], model)
 
 
 def _require_model(conn: Connection, run_id: int, dataset: str, model: str) -> None:
@@ -154,7 +169,7 @@ def recommendations(engine: Engine, user_key: str, n: int | None = None, dataset
     with database_errors(engine), engine.connect() as conn:
         run_id, dataset = _require_run(conn, engine, dataset)
         query = (
-            sa.select(v.rank, v.artist_key, v.artist_name, v.score)
+            sa.select(v.rank, v.artist_key, v.artist_name, v.score, v.because_artist_key, v.because_artist_name)
             .where(v.dataset == dataset, v.user_key == user_key)
             .order_by(v.rank)
         )
@@ -164,19 +179,49 @@ def recommendations(engine: Engine, user_key: str, n: int | None = None, dataset
             f"unknown user {user_key!r} in run {run_id} ({dataset}): no recommendations for that user id; "
             "user ids are the dataset's own"
         )
-    return Recommendations(run_id, dataset, user_key, [RelatedRow(*row) for row in rows])
+    return Recommendations(run_id, dataset, user_key, [RecommendationRow(*row) for row in rows])
+
+
+def find_artists(conn: Connection, run_id: int, names: list[str]) -> dict[str, ArtistMatch | None]:
+    """Each of ``names`` -> the artist of run ``run_id`` it names (same search key, or exactly its
+    artist_key; of several, the most listened), or None. One query for all of them."""
+    keys = {name: search_key(name) for name in names}
+    found = conn.execute(
+        sa.select(Artist.artist_id, Artist.artist_key, Artist.name, Artist.search_key)
+        .where(Artist.run_id == run_id, sa.or_(Artist.search_key.in_(set(keys.values())), Artist.artist_key.in_(names)))
+        .order_by(Artist.listeners.desc(), Artist.artist_id)
+    ).all()
+    by_key: dict[str, ArtistMatch] = {}
+    by_search: dict[str, ArtistMatch] = {}
+    for row in found:  # best first: keep the first match of each key
+        match = ArtistMatch(row.artist_id, row.artist_key, row.name)
+        by_key.setdefault(row.artist_key, match)
+        by_search.setdefault(row.search_key, match)
+    return {name: by_key.get(name) or by_search.get(keys[name]) for name in names}
+
+
+def _unknown_names(conn: Connection, run_id: int, dataset: str, names: list[str]) -> str:
+    """One line naming every unknown name of run ``run_id``, each with its close names."""
+    hints = []
+    for name in names:
+        close = similar_names(conn, run_id, name)
+        hints.append(f"did you mean: {', '.join(close)}?" if close else "check the spelling")
+    if len(names) == 1:
+        return f"no artist named {names[0]!r} in run {run_id} ({dataset}); {hints[0]}"
+    listed = "; ".join(f"{name!r} ({hint})" for name, hint in zip(names, hints))
+    return f"no artists named {listed} in run {run_id} ({dataset})"
 
 
 def similar_names(conn: Connection, run_id: int, name: str, limit: int = SUGGESTIONS) -> list[str]:
-    """Artist names of ``run_id`` close to ``name``: containing it, else by difflib similarity."""
-    needle = name.strip().lower()
+    """Artist names of ``run_id`` close to ``name``: containing it, else by difflib similarity,
+    both on search keys (so letter case and Unicode forms do not matter)."""
+    needle = search_key(name)
     if not needle:
         return []
-    lowered = sa.func.lower(Artist.name)
     containing = (
         conn.execute(
             sa.select(Artist.name)
-            .where(Artist.run_id == run_id, lowered.like(f"%{_like_escape(needle)}%", escape="\\"))
+            .where(Artist.run_id == run_id, Artist.search_key.like(f"%{_like_escape(needle)}%", escape="\\"))
             .order_by(Artist.listeners.desc())
             .limit(limit)
         )
@@ -185,18 +230,32 @@ def similar_names(conn: Connection, run_id: int, name: str, limit: int = SUGGEST
     )
     if containing:
         return list(containing)
-    pool = (
-        conn.execute(
-            sa.select(Artist.name)
-            .where(Artist.run_id == run_id, lowered.like(f"{_like_escape(needle[0])}%", escape="\\"))
-            .order_by(Artist.listeners.desc())
-            .limit(SUGGESTION_POOL)
+    pool = conn.execute(
+        sa.select(Artist.search_key, Artist.name)
+        .where(Artist.run_id == run_id, Artist.search_key.like(f"{_like_escape(needle[0])}%", escape="\\"))
+        .order_by(Artist.listeners.desc())
+        .limit(SUGGESTION_POOL)
+    ).all()
+    by_key = {key: candidate for key, candidate in reversed(pool)}  # the most listened name of a key wins
+    return [by_key[key] for key in difflib.get_close_matches(needle, list(by_key), n=limit, cutoff=0.6)]
+
+
+def artist_suggestions(engine: Engine, prefix: str, limit: int = 10, dataset: str | None = None) -> list[str]:
+    """Names of the current run of ``dataset`` whose search key starts with ``prefix``'s, most
+    listened first (for autocomplete); [] for an empty prefix."""
+    needle = search_key(prefix)
+    if not needle:
+        return []
+    with database_errors(engine), engine.connect() as conn:
+        run_id, _ = _require_run(conn, engine, dataset)
+        return list(
+            conn.execute(
+                sa.select(Artist.name)
+                .where(Artist.run_id == run_id, Artist.search_key.like(f"{_like_escape(needle)}%", escape="\\"))
+                .order_by(Artist.listeners.desc(), Artist.artist_id)
+                .limit(limit)
+            ).scalars()
         )
-        .scalars()
-        .all()
-    )
-    by_lower = {candidate.lower(): candidate for candidate in reversed(pool)}
-    return [by_lower[key] for key in difflib.get_close_matches(needle, list(by_lower), n=limit, cutoff=0.6)]
 
 
 def list_runs(engine: Engine, limit: int = 20) -> list[RunSummary]:

@@ -140,10 +140,15 @@ class Artist(Base):
     name: Mapped[str] = mapped_column(sa.Text, comment="display name")
     listeners: Mapped[int] = mapped_column(sa.Integer, comment="users who played the artist")
     plays: Mapped[float] = mapped_column(sa.Double, comment="total plays of the artist")
+    search_key: Mapped[str | None] = mapped_column(
+        sa.Text, comment="name folded for lookups: NFKC, casefold, white space collapsed (tasks/names.py)"
+    )
 
 
-# The case-insensitive name lookup; queries must say ``lower(name) = lower(:name)`` to use it.
+# The ASCII case-insensitive name lookup of the first schema (``lower(name) = lower(:name)``); the
+# lookups now compare ``search_key``, which folds every script's case.
 sa.Index("ix_artists_run_id_lower_name", Artist.run_id, sa.func.lower(Artist.name))
+sa.Index("ix_artists_run_id_search_key", Artist.run_id, Artist.search_key)
 
 
 class User(Base):
@@ -191,6 +196,25 @@ class UserRecommendation(Base):
     rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, comment="1 = best")
     artist_id: Mapped[int] = mapped_column(sa.Integer, comment="artists.artist_id")
     score: Mapped[float] = mapped_column(sa.REAL, comment="model score, higher = better")
+    because_artist_id: Mapped[int | None] = mapped_column(
+        sa.Integer,
+        comment="artists.artist_id of the heard artist that contributed most to this recommendation "
+        "(item models: largest contribution; factor models: most similar in factor space; blends: "
+        "the dominating part's); -1 when none did, NULL in runs published before it was recorded",
+    )
+
+
+class FoldInArray(Base):
+    __tablename__ = "fold_in_arrays"
+    __table_args__ = {
+        "comment": "Per run, the user model's arrays needed to fold in a listener who is not in the data "
+        "(storage/foldin.py); removed with the run's rows."
+    }
+
+    run_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, comment="runs.run_id")
+    name: Mapped[str] = mapped_column(sa.Text, primary_key=True, comment="the array, e.g. factor.artist_factors")
+    chunk: Mapped[int] = mapped_column(sa.Integer, primary_key=True, comment="0-based piece of the array's .npy bytes")
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary, comment="the piece's bytes")
 
 
 class RunMetric(Base):
@@ -222,6 +246,7 @@ current_related_artists = sa.table(
     sa.column("related_artist_key", sa.Text),
     sa.column("related_artist_name", sa.Text),
     sa.column("score", sa.Float),
+    sa.column("artist_search_key", sa.Text),
 )
 current_related_by_model = sa.table(
     "current_related_by_model",
@@ -243,6 +268,8 @@ current_user_recommendations = sa.table(
     sa.column("artist_key", sa.Text),
     sa.column("artist_name", sa.Text),
     sa.column("score", sa.Float),
+    sa.column("because_artist_key", sa.Text),
+    sa.column("because_artist_name", sa.Text),
 )
 
 

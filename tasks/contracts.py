@@ -230,9 +230,10 @@ class Recommended:
 
     ``related``: artists x n; ``users``: users x n; ``recall``: the index's recall@n on a
     sample (``related_recall``, and ``user_recall`` when users went through the index);
-    ``seconds``: wall seconds of its parts (``related``, ``users``, ``recall_check``);
+    ``seconds``: wall seconds of its parts (``related``, ``users``, ``because``, ``recall_check``);
     ``other_related``: artists x n of each other factor model compared with the related model,
-    by model name.
+    by model name. ``because``: int32, the shape of ``users.ids``: the heard artist code behind
+    each recommendation (-1: none; ``tasks.explain.because``).
     """
 
     related: TopN
@@ -240,6 +241,7 @@ class Recommended:
     recall: list[Metric]
     seconds: dict[str, float] = field(default_factory=dict)
     other_related: dict[str, TopN] = field(default_factory=dict)
+    because: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

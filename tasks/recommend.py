@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from tasks.contracts import Factors, Metric, Ranker, Recommended, Scorer, TopN
 from tasks.errors import RecsError
+from tasks.explain import because
 from tasks.index import ArtistIndex, IndexConfig, normalise
 
 MAX_BLOCK_CELLS = 1 << 24  # 16M float32 scores (64 MB) per block
@@ -301,9 +302,10 @@ def recommend(
     """The recommend stage: related artists from ``related_index`` for every artist, and the
     top ``n`` artists for every user with everything in ``heard`` (CSR, users x artists)
     excluded, through ``user_index`` when given (a factor model's inner-product index) or else
-    exactly. Each index's recall@n against exact search is measured on ``cfg.recall_sample``
-    rows drawn with ``seed``. ``compared``: other factor models (name -> model and its index over
-    its artist factors), whose related artists are listed the same way, for comparison."""
+    exactly, each with the heard artist behind it (``tasks.explain.because``). Each index's
+    recall@n against exact search is measured on ``cfg.recall_sample`` rows drawn with ``seed``.
+    ``compared``: other factor models (name -> model and its index over its artist factors), whose
+    related artists are listed the same way, for comparison."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     artist_factors = related_model.similarity_factors
@@ -326,6 +328,10 @@ def recommend(
     seconds["users"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    explained = because(user_model, heard, users.ids)
+    seconds["because"] = time.perf_counter() - start
+
+    start = time.perf_counter()
     rows = sample_rows(len(artist_factors), cfg.recall_sample, seed)
     recall = [
         Metric(cfg.engine, "related_recall", n, recall_at_n(related, related_exact(artist_factors, n, rows), rows))
@@ -335,7 +341,9 @@ def recommend(
         exact = user_top_n(user_model, heard, n, users=rows)
         recall.append(Metric(cfg.engine, "user_recall", n, recall_at_n(users, exact, rows)))
     seconds["recall_check"] = time.perf_counter() - start
-    return Recommended(related=related, users=users, recall=recall, seconds=seconds, other_related=others)
+    return Recommended(
+        related=related, users=users, recall=recall, seconds=seconds, other_related=others, because=explained
+    )
 
 
 # users x artists from which the HetRec-sized defaults get slow (Last.fm 360K is 1.1e11)

@@ -38,7 +38,7 @@ STAGES = (
     "publish_sqlite",
 )
 # the recommend stage times its own parts (tasks.recommend.recommend -> Recommended.seconds)
-RECOMMEND_PARTS = ("related", "users", "recall_check")
+RECOMMEND_PARTS = ("related", "users", "because", "recall_check")
 
 
 @pytest.fixture(scope="module")

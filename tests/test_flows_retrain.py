@@ -107,8 +107,14 @@ def test_flow_publishes_and_reports(two_runs):
             "SELECT count(*) FROM current_related_artists WHERE lower(artist_name) = 'coldplay'"
         ).fetchone()[0]
         users = con.execute("SELECT count(DISTINCT user_key) FROM current_user_recommendations").fetchone()[0]
+        # every recommendation names the heard artist behind it; the user model's fold-in arrays are stored
+        unexplained = con.execute(
+            "SELECT count(*) FROM current_user_recommendations WHERE because_artist_key IS NULL"
+        ).fetchone()[0]
+        stored = {name for (name,) in con.execute("SELECT name FROM fold_in_arrays WHERE run_id = ?", (run_id,))}
     assert coldplay == config.n
     assert users == 1892
+    assert unexplained == 0 and {"artist_plays", "factor.artist_factors", "knn.similarity.data"} <= stored
 
     # the model is measured beside the popularity baseline of the same run, and beats it
     value = {(m.model, m.metric, m.k): m.value for m in second.metrics}

@@ -156,15 +156,17 @@ def test_fresh_database_gets_the_full_schema_at_head(new_db):
     url = new_db()
     engine = make_engine(url)
     assert revisions(url) == [HEAD_REVISION]
-    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", "current_runs", *BULK}
+    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", "current_runs", "fold_in_arrays", *BULK}
     assert views_of(engine) == (set(), set())
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             stats = conn.exec_driver_sql("SELECT tbl, idx, stat FROM sqlite_stat1").all()
-            # the baseline's, with 0004's for related_artists (its primary key gained model)
+            # the baseline's, with 0004's for related_artists (its primary key gained model) and 0005's
+            # search key index
             related = SCRIPTS.get_revision("0004").module.NEW_STAT
             baseline = SCRIPTS.get_revision(BASELINE_REVISION).module.SQLITE_STATS
-            assert sorted(stats) == sorted([s for s in baseline if s[0] != "related_artists"] + [related])
+            search_key = SCRIPTS.get_revision("0005").module.SEARCH_KEY_STAT
+            assert sorted(stats) == sorted([s for s in baseline if s[0] != "related_artists"] + [related, search_key])
         else:
             partitioned = dict(
                 conn.exec_driver_sql(
@@ -269,7 +271,7 @@ def test_concurrent_starts_on_a_fresh_database_upgrade_once(new_db, start):
     url = new_db()
     start(url, 4)
     assert revisions(url) == [HEAD_REVISION]
-    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", "current_runs", *BULK}
+    assert tables(url) == {"recs_alembic_version", "runs", "run_metrics", "current_runs", "fold_in_arrays", *BULK}
 
 
 FAST = r"""

@@ -1,0 +1,135 @@
+"""A run's fold-in arrays in the database, and recommendations for a listener who is not in the data.
+
+The arrays (``tasks.foldin.fold_in_arrays``) are stored in ``fold_in_arrays`` as ``.npy`` bytes
+cut into ``CHUNK_BYTES`` pieces, written in the publish transaction and dropped with the run's rows
+by retention, so any reader of the database can fold in from the current run with no files and no
+refit: ``listened_recommendations``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from storage.engine import database_errors
+from storage.queries import RecommendationRow, _require_run, _unknown_names, find_artists
+from storage.schema import Artist, FoldInArray, Run
+from tasks.errors import RecsError
+from tasks.foldin import fold_in
+from tasks.models.registry import model_config
+
+# Bytes per stored piece: 16 MB keeps every statement's parameter far below both databases' limits
+CHUNK_BYTES = 1 << 24
+
+
+@dataclass(frozen=True)
+class Heard:
+    """One artist of a new listener's history, as matched in the run, with its plays."""
+
+    artist_key: str
+    artist_name: str
+    plays: float
+
+
+@dataclass(frozen=True)
+class ListenerRecommendations:
+    """Top-N for a listener who is not in the data, from the current run of ``dataset``."""
+
+    run_id: int
+    dataset: str
+    heard: list[Heard]
+    rows: list[RecommendationRow]
+
+
+def write_fold_in(conn: Connection, run_id: int, arrays: dict[str, np.ndarray]) -> None:
+    """Store ``arrays`` (name -> array) as run ``run_id``'s, inside ``conn``'s transaction."""
+    rows = []
+    for name, array in arrays.items():
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+        data = buffer.getbuffer()
+        for chunk, start in enumerate(range(0, max(len(data), 1), CHUNK_BYTES)):
+            rows.append(
+                {"run_id": run_id, "name": name, "chunk": chunk, "data": bytes(data[start : start + CHUNK_BYTES])}
+            )
+    for row in rows:  # one statement per 16 MB piece: a run has a handful
+        conn.execute(sa.insert(FoldInArray), row)
+
+
+def drop_fold_in(conn: Connection, run_ids: list[int]) -> None:
+    conn.execute(sa.delete(FoldInArray).where(FoldInArray.run_id.in_(run_ids)))
+
+
+def read_fold_in(conn: Connection, run_id: int) -> dict[str, np.ndarray]:
+    """Run ``run_id``'s arrays (name -> array); {} when it stored none."""
+    pieces: dict[str, list[bytes]] = {}
+    query = (
+        sa.select(FoldInArray.name, FoldInArray.data)
+        .where(FoldInArray.run_id == run_id)
+        .order_by(FoldInArray.name, FoldInArray.chunk)
+    )
+    for name, data in conn.execute(query):
+        pieces.setdefault(name, []).append(bytes(data))
+    return {name: np.load(io.BytesIO(b"".join(parts)), allow_pickle=False) for name, parts in pieces.items()}
+
+
+def listened_recommendations(
+    engine: Engine, listened: list[tuple[str, float]], n: int, dataset: str | None = None
+) -> ListenerRecommendations:
+    """The top ``n`` of the current run of ``dataset`` for a listener with history ``listened``
+    (artist name or key -> plays > 0; a name given twice adds up), folded into its user model.
+
+    RecsError (one line) for an empty history, names the run does not have (with close names),
+    or a run that stored nothing to fold in with."""
+    if not listened:
+        raise RecsError("no artists given; list what the listener heard, e.g. --listened 'radiohead,coldplay:3'")
+    if any(not np.isfinite(plays) or plays <= 0 for _, plays in listened):
+        raise RecsError("play counts must be positive numbers; write name:plays, e.g. radiohead:12")
+    with database_errors(engine), engine.connect() as conn:
+        run_id, dataset = _require_run(conn, engine, dataset)
+        names = list(dict.fromkeys(name for name, _ in listened))
+        matches = find_artists(conn, run_id, names)
+        unknown = [name for name in names if matches[name] is None]
+        if unknown:
+            raise RecsError(_unknown_names(conn, run_id, dataset, unknown))
+        raw = conn.execute(sa.select(Run.config).where(Run.run_id == run_id)).scalar_one()
+        arrays = read_fold_in(conn, run_id)
+        n_artists = conn.execute(sa.select(sa.func.count()).where(Artist.run_id == run_id)).scalar_one()
+        plays_of: dict[int, float] = {}  # artist code -> summed plays, in the order first given
+        for name, plays in listened:
+            code = matches[name].artist_id  # type: ignore[union-attr]
+            plays_of[code] = plays_of.get(code, 0.0) + plays
+        codes = np.array(list(plays_of), dtype=np.int64)
+        history = sp.csr_matrix(
+            (np.array(list(plays_of.values()), dtype=np.float32), (np.zeros(len(codes), dtype=np.int64), codes)),
+            shape=(1, n_artists),
+        )
+        folded = fold_in(model_config(raw["user_model"]), arrays, history, n)
+        ids, because = folded.top.ids[0], folded.because[0]
+        wanted = {int(code) for code in np.concatenate([ids, because, history.indices]) if code >= 0}
+        artists = {
+            row.artist_id: row
+            for row in conn.execute(
+                sa.select(Artist.artist_id, Artist.artist_key, Artist.name).where(
+                    Artist.run_id == run_id, Artist.artist_id.in_(wanted)
+                )
+            )
+        }
+
+    def name_of(code: int) -> tuple[str | None, str | None]:
+        return (artists[code].artist_key, artists[code].name) if code >= 0 else (None, None)
+
+    rows = [
+        RecommendationRow(
+            rank + 1, artists[int(code)].artist_key, artists[int(code)].name, float(score), *name_of(int(why))
+        )
+        for rank, (code, score, why) in enumerate(zip(ids, folded.top.scores[0], because))
+        if code >= 0
+    ]
+    heard = [Heard(artists[code].artist_key, artists[code].name, plays) for code, plays in plays_of.items()]
+    return ListenerRecommendations(run_id, dataset, heard, rows)
