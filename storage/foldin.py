@@ -9,6 +9,8 @@ refit: ``listened_recommendations``.
 from __future__ import annotations
 
 import io
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +80,27 @@ def read_fold_in(conn: Connection, run_id: int) -> dict[str, np.ndarray]:
     return {name: np.load(io.BytesIO(b"".join(parts)), allow_pickle=False) for name, parts in pieces.items()}
 
 
+# A run's arrays never change once published, so a long-lived reader (a web app) reads them once:
+# (database URL, run_id) -> arrays, for the last few runs asked about (76 MB each at 360K shape)
+_CACHE: OrderedDict[tuple[str, int], dict[str, np.ndarray]] = OrderedDict()
+CACHED_RUNS = 2
+_CACHE_LOCK = threading.Lock()
+
+
+def _arrays_of(conn: Connection, url: str, run_id: int) -> dict[str, np.ndarray]:
+    key = (url, run_id)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    arrays = read_fold_in(conn, run_id)
+    with _CACHE_LOCK:
+        _CACHE[key] = arrays
+        while len(_CACHE) > CACHED_RUNS:
+            _CACHE.popitem(last=False)
+    return arrays
+
+
 def listened_recommendations(
     engine: Engine, listened: list[tuple[str, float]], n: int, dataset: str | None = None
 ) -> ListenerRecommendations:
@@ -98,7 +121,7 @@ def listened_recommendations(
         if unknown:
             raise RecsError(_unknown_names(conn, run_id, dataset, unknown))
         raw = conn.execute(sa.select(Run.config).where(Run.run_id == run_id)).scalar_one()
-        arrays = read_fold_in(conn, run_id)
+        arrays = _arrays_of(conn, engine.url.render_as_string(hide_password=False), run_id)
         n_artists = conn.execute(sa.select(sa.func.count()).where(Artist.run_id == run_id)).scalar_one()
         plays_of: dict[int, float] = {}  # artist code -> summed plays, in the order first given
         for name, plays in listened:
