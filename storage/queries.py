@@ -84,34 +84,99 @@ class RunDetails:
     current: bool
 
 
+@dataclass(frozen=True)
+class RelatedByModel:
+    """Related artists of one artist in the current run of ``dataset``: ``lists`` maps the name of
+    each model the run published related artists of to its rows (best first)."""
+
+    run_id: int
+    dataset: str
+    artist_key: str
+    artist_name: str
+    lists: dict[str, list[RelatedRow]]
+
+
+class UnknownName(RecsError):
+    """No artist or user by that name in the current run; ``suggestions``: close names (may be empty)."""
+
+    def __init__(self, message: str, suggestions: list[str]):
+        super().__init__(message)
+        self.suggestions = suggestions
+
+
 def related_artists(engine: Engine, name: str, n: int | None = None, dataset: str | None = None) -> Related:
     """Related artists of the artist called ``name`` (case-insensitive; an exact artist_key also
     matches) in the current run of ``dataset`` (default: the dataset whose run became current
-    last). When several artists share the name, the most listened one. RecsError with close
-    names when there is none."""
+    last). When several artists share the name, the most listened one. UnknownName (a RecsError)
+    with close names when there is none."""
     with database_errors(engine), engine.connect() as conn:
         run_id, dataset = _require_run(conn, engine, dataset)
-        match = conn.execute(
-            sa.select(Artist.artist_key, Artist.name)
-            .where(
-                Artist.run_id == run_id,
-                sa.or_(sa.func.lower(Artist.name) == sa.func.lower(name), Artist.artist_key == name),
-            )
-            .order_by(Artist.listeners.desc(), Artist.artist_id)
-            .limit(1)
-        ).first()
-        if match is None:
-            close = similar_names(conn, run_id, name)
-            hint = f"; did you mean: {', '.join(close)}?" if close else "; check the spelling"
-            raise RecsError(f"no artist named {name!r} in run {run_id} ({dataset}){hint}")
-        v = current_related_artists.c
+        key, found = _match_artist(conn, run_id, dataset, name)
+        rows = _related_rows(conn, dataset, key, n)
+    return Related(run_id, dataset, key, found, rows)
+
+
+def related_by_model(engine: Engine, name: str, n: int | None = None, dataset: str | None = None) -> RelatedByModel:
+    """``related_artists`` for every model the current run published related artists of, read in
+    one transaction (one run, even while another publishes)."""
+    with database_errors(engine), engine.connect() as conn:
+        run_id, dataset = _require_run(conn, engine, dataset)
+        key, found = _match_artist(conn, run_id, dataset, name)
+        model = conn.execute(sa.select(Run.related_model).where(Run.run_id == run_id)).scalar_one()
+        lists = {model: _related_rows(conn, dataset, key, n)}
+    return RelatedByModel(run_id, dataset, key, found, lists)
+
+
+def artist_completions(engine: Engine, prefix: str, limit: int = SUGGESTIONS, dataset: str | None = None) -> list[str]:
+    """Names in the current run of ``dataset`` that start with ``prefix`` (the same letter-case
+    folding as the name lookup), most-listened first, at most ``limit``; [] for a blank prefix."""
+    if not prefix.strip():
+        return []
+    lowered = sa.func.lower(Artist.name)
+    with database_errors(engine), engine.connect() as conn:
+        run_id, _ = _require_run(conn, engine, dataset)
+        if conn.dialect.name == "sqlite":
+            # a range over the (run_id, lower(name)) index: SQLite's LIKE cannot use it. U+10FFFF
+            # is the greatest code point, so every name with the prefix sorts below prefix + it.
+            low = sa.func.lower(sa.literal(prefix, sa.Text))
+            starts = sa.and_(lowered >= low, lowered < low.concat("\U0010ffff"))
+        else:  # a non-C collation does not order by code point; LIKE is right under every one
+            starts = lowered.like(sa.func.lower(sa.literal(_like_escape(prefix), sa.Text)).concat("%"), escape="\\")
         query = (
-            sa.select(v.rank, v.related_artist_key, v.related_artist_name, v.score)
-            .where(v.dataset == dataset, v.artist_key == match.artist_key)
-            .order_by(v.rank)
+            sa.select(Artist.name)
+            .where(Artist.run_id == run_id, starts)
+            .order_by(Artist.listeners.desc(), Artist.artist_id)
+            .limit(limit)
         )
-        rows = conn.execute(query.limit(n) if n else query).all()
-    return Related(run_id, dataset, match.artist_key, match.name, [RelatedRow(*row) for row in rows])
+        return list(conn.execute(query).scalars())
+
+
+def _match_artist(conn: Connection, run_id: int, dataset: str, name: str) -> tuple[str, str]:
+    """(artist_key, name) of the artist ``name`` names in ``run_id``; UnknownName when none."""
+    match = conn.execute(
+        sa.select(Artist.artist_key, Artist.name)
+        .where(
+            Artist.run_id == run_id,
+            sa.or_(sa.func.lower(Artist.name) == sa.func.lower(name), Artist.artist_key == name),
+        )
+        .order_by(Artist.listeners.desc(), Artist.artist_id)
+        .limit(1)
+    ).first()
+    if match is None:
+        close = similar_names(conn, run_id, name)
+        hint = f"; did you mean: {', '.join(close)}?" if close else "; check the spelling"
+        raise UnknownName(f"no artist named {name!r} in run {run_id} ({dataset}){hint}", close)
+    return match.artist_key, match.name
+
+
+def _related_rows(conn: Connection, dataset: str, artist_key: str, n: int | None) -> list[RelatedRow]:
+    v = current_related_artists.c
+    query = (
+        sa.select(v.rank, v.related_artist_key, v.related_artist_name, v.score)
+        .where(v.dataset == dataset, v.artist_key == artist_key)
+        .order_by(v.rank)
+    )
+    return [RelatedRow(*row) for row in conn.execute(query.limit(n) if n else query)]
 
 
 def recommendations(engine: Engine, user_key: str, n: int | None = None, dataset: str | None = None) -> Recommendations:
@@ -127,9 +192,10 @@ def recommendations(engine: Engine, user_key: str, n: int | None = None, dataset
         )
         rows = conn.execute(query.limit(n) if n else query).all()
     if not rows:
-        raise RecsError(
+        raise UnknownName(
             f"unknown user {user_key!r} in run {run_id} ({dataset}): no recommendations for that user id; "
-            "user ids are the dataset's own"
+            "user ids are the dataset's own",
+            [],
         )
     return Recommendations(run_id, dataset, user_key, [RelatedRow(*row) for row in rows])
 
