@@ -32,16 +32,23 @@ SQLITE_ROWS_PER_INSERT = 50
 # Memory for building a partition's indexes at attach (3.6 M rows sort in ~150 MB).
 PG_INDEX_BUILD_MEMORY = "256MB"
 # psycopg type names for the row-by-row (text-bearing) COPY path.
+# NumPy kinds pg_binary_rows encodes: numbers, and fixed-width bytes (text of one length).
+BINARY_KINDS = "iufS"
 PG_TYPE_NAMES = {"INTEGER": "int4", "SMALLINT": "int2", "REAL": "float4", "DOUBLE": "float8", "TEXT": "text"}
 
 
-def topn_batches(run_id: int, topn: TopN, owner: str, target: str, batch_rows: int) -> Iterator[Batch]:
-    """Rows ``(run_id, owner code, rank, target code, score)`` of a TopN, padding (-1) dropped.
+def topn_batches(
+    run_id: int, topn: TopN, owner: str, target: str, batch_rows: int, model: str | None = None
+) -> Iterator[Batch]:
+    """Rows ``(run_id[, model], owner code, rank, target code, score)`` of a TopN, padding (-1)
+    dropped; the constant ``model`` column only when given (related artists of one model).
 
     ``owner`` / ``target`` name the code columns (``artist_id`` / ``related_artist_id`` for related
     artists, ``user_id`` / ``artist_id`` for recommendations). Ranks are 1-based. Dtypes match the
-    columns: int32 codes and run_id, int16 rank, float32 score.
+    columns: int32 codes and run_id, int16 rank, float32 score; ``model`` is fixed-width UTF-8
+    bytes (every row the same length), which keeps the batch on PostgreSQL's binary COPY path.
     """
+    label = model.encode() if model is not None else b""
     n_rows, n = topn.ids.shape
     step = max(1, batch_rows // max(n, 1))
     ranks = np.arange(1, n + 1, dtype=np.int16)
@@ -50,8 +57,9 @@ def topn_batches(run_id: int, topn: TopN, owner: str, target: str, batch_rows: i
         keep = ids >= 0
         owners = np.arange(start, start + len(ids), dtype=np.int32)
         count = int(keep.sum())
-        yield {
-            "run_id": np.full(count, run_id, dtype=np.int32),
+        # in the table's column order, which SQLite's INSERT follows
+        models = {"model": np.full(count, label, dtype=f"S{len(label)}")} if model is not None else {}
+        yield {"run_id": np.full(count, run_id, dtype=np.int32)} | models | {
             owner: np.broadcast_to(owners[:, None], ids.shape)[keep],
             "rank": np.broadcast_to(ranks, ids.shape)[keep],
             target: ids[keep].astype(np.int32, copy=False),
@@ -129,8 +137,9 @@ def _insert_batches(dbapi, dialect, table: sa.Table, batches: Iterable[Batch]) -
                 single = str(sa.insert(table).compile(dialect=dialect, column_keys=list(batch)))
                 head, values = single.split(" VALUES ")
                 many = head + " VALUES " + ", ".join([values] * SQLITE_ROWS_PER_INSERT)
-            # tolist() turns NumPy scalars into the Python ints/floats/strs sqlite3 binds natively.
-            rows = zip(*(values.tolist() for values in batch.values()), strict=True)
+            # tolist() turns NumPy scalars into the Python ints/floats/strs sqlite3 binds natively
+            # (fixed-width bytes columns are text: decoded, or sqlite3 would store BLOBs).
+            rows = zip(*(_text(values).tolist() for values in batch.values()), strict=True)
             n_rows = len(next(iter(batch.values())))
             grouped = n_rows - n_rows % SQLITE_ROWS_PER_INSERT
             flat = itertools.chain.from_iterable(itertools.islice(rows, grouped))
@@ -142,6 +151,10 @@ def _insert_batches(dbapi, dialect, table: sa.Table, batches: Iterable[Batch]) -
     return written
 
 
+def _text(values: np.ndarray) -> np.ndarray:
+    return np.char.decode(values, "utf-8") if values.dtype.kind == "S" else values
+
+
 def _copy_batches(dbapi, target: sql.Identifier, table: sa.Table, batches: Iterable[Batch]) -> int:
     batches = iter(batches)
     first = next(batches, None)
@@ -151,7 +164,7 @@ def _copy_batches(dbapi, target: sql.Identifier, table: sa.Table, batches: Itera
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         target, sql.SQL(", ").join(map(sql.Identifier, names))
     )
-    numeric = all(values.dtype.kind in "iuf" for values in first.values())
+    numeric = all(values.dtype.kind in BINARY_KINDS for values in first.values())
     written = 0
     with dbapi.cursor() as cursor, cursor.copy(statement) as copy:
         if numeric:
@@ -176,7 +189,8 @@ def pg_binary_rows(batch: Batch) -> bytes:
     Each row is an int16 field count then, per field, an int32 byte length and the big-endian
     value; a NumPy structured array with that layout is filled column by column. The array dtypes
     must be the columns' exact types (int16/int32/int64/float32/float64 for smallint/integer/
-    bigint/real/double precision).
+    bigint/real/double precision), or fixed-width bytes ``S<k>`` for text whose every value is
+    exactly ``k`` bytes of UTF-8 (text is sent as its bytes).
     """
     columns = list(batch.values())
     layout: list[tuple[str, Any]] = [("fields", ">i2")]

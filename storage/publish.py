@@ -8,7 +8,8 @@ dies, so a ``loading`` run seen while holding it is a leftover of a dead publish
    the two figures go into the run's ``message``; with ``max_regression`` set and a regression
    beyond it the run is recorded as ``rejected`` and nothing loads;
 3. a ``runs`` row with status ``loading`` and the metrics are committed;
-4. ONE transaction writes artists, users, related_artists and user_recommendations in batches,
+4. ONE transaction writes artists, users, related_artists (every model's lists, each under its
+   name in ``related_artists.model``) and user_recommendations in batches,
    measures stability against the dataset's current run (``stability``), points ``current_runs``
    at the new run and flips it to ``published``; the views switch to it when it commits, never
    before, and only for its dataset;
@@ -78,7 +79,10 @@ class RunOutputs:
     """Everything one run publishes.
 
     ``encoded``: the run's users and artists (keys, names; listeners and plays are derived from
-    its CSR). ``related``: TopN with one row per artist code (n_artists x N artist codes).
+    its CSR). ``related``: TopN with one row per artist code (n_artists x N artist codes), from
+    ``related_model`` (the shipped lists, what ``current_related_artists`` shows).
+    ``other_related``: the related lists of the run's other factor models, by model name (each
+    like ``related``), published beside it for comparison (``current_related_by_model``).
     ``recommendations``: TopN with one row per user code (n_users x N artist codes).
     ``metrics``: evaluation results, stored in run_metrics. ``config``: the run's config as JSON
     values, secrets masked (``config_hash`` hashes it). ``related_model`` / ``user_model``: names of
@@ -99,6 +103,7 @@ class RunOutputs:
     related_model: str
     user_model: str
     code_version: str
+    other_related: dict[str, TopN] = field(default_factory=dict)
     started_at: datetime | None = None
     flow_run_id: str | None = None
     flow_run_url: str | None = None
@@ -177,8 +182,11 @@ def _validate(outputs: RunOutputs, *, gate: bool) -> None:
     for label, keys in (("artist_keys", enc.artist_keys), ("user_keys", enc.user_keys)):
         if not pd.Index(keys).is_unique:
             problems.append(f"{label} has duplicates")
+    if not outputs.related_model or outputs.related_model in outputs.other_related or "" in outputs.other_related:
+        problems.append("each related list needs its own non-empty model name")
     for label, topn, rows in (
         ("related", outputs.related, enc.n_artists),
+        *((f"related of {name}", topn, enc.n_artists) for name, topn in outputs.other_related.items()),
         ("recommendations", outputs.recommendations, enc.n_users),
     ):
         ids, scores = topn.ids, topn.scores
@@ -326,7 +334,7 @@ def _start_run(engine: Engine, outputs: RunOutputs, max_regression: float | None
                 user_model=outputs.user_model,
                 n_artists=enc.n_artists,
                 n_users=enc.n_users,
-                n_related=int((outputs.related.ids >= 0).sum()),
+                n_related=sum(int((topn.ids >= 0).sum()) for _, topn in _related_lists(outputs)),
                 n_recommendations=int((outputs.recommendations.ids >= 0).sum()),
             )
             .returning(Run.run_id)
@@ -389,9 +397,11 @@ def _load_and_publish(engine: Engine, run_id: int, outputs: RunOutputs, batch_ro
     with write_transaction(engine) as conn:
         write_run_rows(conn, ARTISTS, run_id, column_batches(artists, batch_rows))
         write_run_rows(conn, USERS, run_id, column_batches(users, batch_rows))
-        write_run_rows(
-            conn, RELATED, run_id, topn_batches(run_id, outputs.related, "artist_id", "related_artist_id", batch_rows)
+        related = (
+            topn_batches(run_id, topn, "artist_id", "related_artist_id", batch_rows, model=model)
+            for model, topn in _related_lists(outputs)
         )
+        write_run_rows(conn, RELATED, run_id, itertools.chain.from_iterable(related))
         write_run_rows(
             conn,
             RECOMMENDATIONS,
@@ -403,6 +413,11 @@ def _load_and_publish(engine: Engine, run_id: int, outputs: RunOutputs, batch_ro
             _record_stability(conn, run_id, previous, outputs)
         _make_current(conn, outputs.dataset, run_id)
         _mark_published(conn, run_id)
+
+
+def _related_lists(outputs: RunOutputs) -> list[tuple[str, TopN]]:
+    """(model, related lists) of every model the run publishes, the shipped one first."""
+    return [(outputs.related_model, outputs.related), *outputs.other_related.items()]
 
 
 def _make_current(conn: Connection, dataset: str, run_id: int) -> None:
@@ -435,12 +450,14 @@ def _record_stability(conn: Connection, run_id: int, previous: int, outputs: Run
     old_users = _keys_by_code(conn, USERS, "user_id", "user_key", previous)
     artist_codes = pd.Index(enc.artist_keys).get_indexer(old_artists)  # old artist code -> new, -1 if gone
     user_codes = pd.Index(enc.user_keys).get_indexer(old_users)
+    # the shipped related lists of both runs, whichever models they came from
+    shipped = RELATED.c.model == sa.select(Run.related_model).where(Run.run_id == previous).scalar_subquery()
     rows = []
-    for metric, new, table, owner, target, owner_codes in (
-        (STABILITY_METRICS[0], outputs.related, RELATED, "artist_id", "related_artist_id", artist_codes),
-        (STABILITY_METRICS[1], outputs.recommendations, RECOMMENDATIONS, "user_id", "artist_id", user_codes),
+    for metric, new, table, owner, target, owner_codes, only in (
+        (STABILITY_METRICS[0], outputs.related, RELATED, "artist_id", "related_artist_id", artist_codes, shipped),
+        (STABILITY_METRICS[1], outputs.recommendations, RECOMMENDATIONS, "user_id", "artist_id", user_codes, sa.true()),
     ):
-        old = _old_topn(conn, table, owner, target, previous, owner_codes, artist_codes, new.ids.shape[0])
+        old = _old_topn(conn, table, owner, target, previous, owner_codes, artist_codes, new.ids.shape[0], only)
         value = list_overlap(new.ids[:, :STABILITY_K], old, owner_codes[owner_codes >= 0])
         if value is not None:
             rows.append(
@@ -465,12 +482,13 @@ def _old_topn(
     owner_codes: np.ndarray,
     artist_codes: np.ndarray,
     n_owners: int,
+    only: sa.ColumnElement[bool],
 ) -> np.ndarray:
     """Run ``run_id``'s top-``STABILITY_K`` lists in this run's codes: n_owners x K int64, row =
     this run's owner code, -1 where the list is shorter, the artist is not in this run, or the
-    owner was not in run ``run_id``."""
+    owner was not in run ``run_id``. ``only``: a further condition on the rows (one model's)."""
     query = sa.select(table.c[owner], table.c.rank, table.c[target]).where(
-        table.c.run_id == run_id, table.c.rank <= STABILITY_K
+        table.c.run_id == run_id, table.c.rank <= STABILITY_K, only
     )
     # the driver's tuples, a batch at a time, straight into one flat NumPy array (no Row objects)
     cursor = conn.execute(query).cursor

@@ -16,7 +16,16 @@ from sqlalchemy.engine import Connection, Engine
 
 from storage.engine import database_errors
 from storage.runs import GATE_K, GATE_METRIC, current_datasets, current_run_id
-from storage.schema import Artist, CurrentRun, Run, RunMetric, current_related_artists, current_user_recommendations
+from storage.schema import (
+    Artist,
+    CurrentRun,
+    RelatedArtist,
+    Run,
+    RunMetric,
+    current_related_artists,
+    current_related_by_model,
+    current_user_recommendations,
+)
 from tasks.errors import RecsError
 
 SUGGESTIONS = 5
@@ -35,13 +44,15 @@ class RelatedRow:
 
 @dataclass(frozen=True)
 class Related:
-    """Related artists of one artist in the current run of ``dataset`` (rows best first)."""
+    """Related artists of one artist in the current run of ``dataset`` (rows best first), from
+    ``model`` (the run's shipped related model unless another was asked for)."""
 
     run_id: int
     dataset: str
     artist_key: str
     artist_name: str
     rows: list[RelatedRow]
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,26 +115,51 @@ class UnknownName(RecsError):
         self.suggestions = suggestions
 
 
-def related_artists(engine: Engine, name: str, n: int | None = None, dataset: str | None = None) -> Related:
+def related_artists(
+    engine: Engine, name: str, n: int | None = None, dataset: str | None = None, model: str | None = None
+) -> Related:
     """Related artists of the artist called ``name`` (case-insensitive; an exact artist_key also
     matches) in the current run of ``dataset`` (default: the dataset whose run became current
-    last). When several artists share the name, the most listened one. UnknownName (a RecsError)
-    with close names when there is none."""
+    last), from ``model`` (default: the run's shipped related model). When several artists share
+    the name, the most listened one. UnknownName (a RecsError) with close names when there is
+    none; RecsError with the run's models when it has no lists of ``model``."""
     with database_errors(engine), engine.connect() as conn:
         run_id, dataset = _require_run(conn, engine, dataset)
         key, found = _match_artist(conn, run_id, dataset, name)
-        rows = _related_rows(conn, dataset, key, n)
-    return Related(run_id, dataset, key, found, rows)
+        shipped = conn.execute(sa.select(Run.related_model).where(Run.run_id == run_id)).scalar_one()
+        if model is None or model == shipped:
+            view, model = current_related_artists, shipped
+            where = view.c.dataset == dataset
+        else:
+            _require_model(conn, run_id, dataset, model)
+            view = current_related_by_model
+            where = sa.and_(view.c.dataset == dataset, view.c.model == model)
+        query = (
+            sa.select(view.c.rank, view.c.related_artist_key, view.c.related_artist_name, view.c.score)
+            .where(where, view.c.artist_key == key)
+            .order_by(view.c.rank)
+        )
+        rows = conn.execute(query.limit(n) if n else query).all()
+    return Related(run_id, dataset, key, found, [RelatedRow(*row) for row in rows], model)
 
 
 def related_by_model(engine: Engine, name: str, n: int | None = None, dataset: str | None = None) -> RelatedByModel:
-    """``related_artists`` for every model the current run published related artists of, read in
+    """Related artists of ``name`` (matched as ``related_artists`` does) from every model the
+    current run published related lists of, the shipped model first, then by name; all read in
     one transaction (one run, even while another publishes)."""
+    v = current_related_by_model.c
     with database_errors(engine), engine.connect() as conn:
         run_id, dataset = _require_run(conn, engine, dataset)
         key, found = _match_artist(conn, run_id, dataset, name)
-        model = conn.execute(sa.select(Run.related_model).where(Run.run_id == run_id)).scalar_one()
-        lists = {model: _related_rows(conn, dataset, key, n)}
+        query = (
+            sa.select(v.model, v.rank, v.related_artist_key, v.related_artist_name, v.score)
+            .where(v.dataset == dataset, v.artist_key == key)
+            .order_by(v.shipped.desc(), v.model, v.rank)
+        )
+        rows = conn.execute(query.where(v.rank <= n) if n else query).all()  # ranks run 1, 2, ... per list
+    lists: dict[str, list[RelatedRow]] = {}
+    for model, *row in rows:  # at most (models x n) rows: one artist's lists
+        lists.setdefault(model, []).append(RelatedRow(*row))
     return RelatedByModel(run_id, dataset, key, found, lists)
 
 
@@ -169,14 +205,17 @@ def _match_artist(conn: Connection, run_id: int, dataset: str, name: str) -> tup
     return match.artist_key, match.name
 
 
-def _related_rows(conn: Connection, dataset: str, artist_key: str, n: int | None) -> list[RelatedRow]:
-    v = current_related_artists.c
-    query = (
-        sa.select(v.rank, v.related_artist_key, v.related_artist_name, v.score)
-        .where(v.dataset == dataset, v.artist_key == artist_key)
-        .order_by(v.rank)
-    )
-    return [RelatedRow(*row) for row in conn.execute(query.limit(n) if n else query)]
+def _require_model(conn: Connection, run_id: int, dataset: str, model: str) -> None:
+    """RecsError naming the run's related models when it published none under ``model``."""
+    r = RelatedArtist.__table__.c
+    found = conn.execute(sa.select(sa.literal(1)).where(r.run_id == run_id, r.model == model).limit(1)).first()
+    if found is None:  # the error path only: listing the models reads the run's whole key range
+        models = list(conn.execute(sa.select(r.model).where(r.run_id == run_id).distinct().order_by(r.model)).scalars())
+        raise UnknownName(
+            f"run {run_id} ({dataset}) has no related lists of model {model!r}; "
+            f"use one of: {', '.join(models) or 'none'}",
+            models,
+        )
 
 
 def recommendations(engine: Engine, user_key: str, n: int | None = None, dataset: str | None = None) -> Recommendations:

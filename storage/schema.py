@@ -1,4 +1,4 @@
-"""The public SQL schema as SQLAlchemy models: tables, indexes and handles on the two reader views.
+"""The public SQL schema as SQLAlchemy models: tables, indexes and handles on the reader views.
 
 The DDL that builds it in a database is in the migrations, storage/migrations/versions (views and
 SQLite statistics included); tests/test_storage_migrations.py checks that the two agree.
@@ -168,6 +168,9 @@ class RelatedArtist(Base):
     }
 
     run_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, comment="runs.run_id")
+    model: Mapped[str] = mapped_column(
+        sa.Text, primary_key=True, comment="the factor model the list comes from (runs.related_model is the shipped one)"
+    )
     artist_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, comment="artists.artist_id")
     rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, comment="1 = most similar")
     related_artist_id: Mapped[int] = mapped_column(sa.Integer, comment="artists.artist_id")
@@ -211,6 +214,18 @@ class RunMetric(Base):
 current_related_artists = sa.table(
     "current_related_artists",
     sa.column("dataset", sa.Text),
+    sa.column("artist_key", sa.Text),
+    sa.column("artist_name", sa.Text),
+    sa.column("rank", sa.Integer),
+    sa.column("related_artist_key", sa.Text),
+    sa.column("related_artist_name", sa.Text),
+    sa.column("score", sa.Float),
+)
+current_related_by_model = sa.table(
+    "current_related_by_model",
+    sa.column("dataset", sa.Text),
+    sa.column("model", sa.Text),
+    sa.column("shipped", sa.Boolean),
     sa.column("artist_key", sa.Text),
     sa.column("artist_name", sa.Text),
     sa.column("rank", sa.Integer),
