@@ -44,22 +44,32 @@ def get(base: str, path: str, **params) -> tuple[int, dict | list]:
         return exc.code, json.load(exc)
 
 
-def db_related(db: Path, artist_name: str, run_id: int | None = None) -> list[tuple[str, str]]:
-    """(key, name) of the related artists of ``artist_name`` in ``run_id`` (default: the current run), best first."""
+def db_related(
+    db: Path, artist_name: str, run_id: int | None = None, model: str | None = None
+) -> list[tuple[str, str]]:
+    """(key, name) of the related artists of ``artist_name`` in ``run_id`` (default: the current
+    run) from ``model`` (default: the run's shipped related model), best first."""
     with sqlite3.connect(db) as con:
         if run_id is None:
-            return con.execute(
-                "SELECT related_artist_key, related_artist_name FROM current_related_artists "
-                "WHERE artist_name = ? ORDER BY rank",
-                (artist_name,),
-            ).fetchall()
+            run_id = con.execute("SELECT run_id FROM current_runs").fetchone()[0]
         return con.execute(
-            "SELECT b.artist_key, b.name FROM related_artists r "
+            "SELECT b.artist_key, b.name FROM related_artists r JOIN runs m ON m.run_id = r.run_id "
             "JOIN artists a ON a.run_id = r.run_id AND a.artist_id = r.artist_id "
             "JOIN artists b ON b.run_id = r.run_id AND b.artist_id = r.related_artist_id "
-            "WHERE r.run_id = ? AND a.name = ? ORDER BY r.rank",
-            (run_id, artist_name),
+            "WHERE r.run_id = ? AND a.name = ? AND r.model = coalesce(?, m.related_model) ORDER BY r.rank",
+            (run_id, artist_name, model),
         ).fetchall()
+
+
+def db_models(db: Path) -> list[str]:
+    """The related models of the current run: the shipped one first, then by name."""
+    with sqlite3.connect(db) as con:
+        rows = con.execute(
+            "SELECT DISTINCT r.model, r.model = m.related_model FROM related_artists r "
+            "JOIN current_runs c ON c.run_id = r.run_id JOIN runs m ON m.run_id = r.run_id "
+            "ORDER BY 2 DESC, 1"
+        ).fetchall()
+    return [model for model, _ in rows]
 
 
 def start_server(tmp: Path, db: Path) -> tuple[subprocess.Popen, str]:
@@ -107,7 +117,8 @@ def test_api_answers_what_the_database_holds(server, published):
     status, body = get(server, "/api/related", artist="radiohead", n=5)  # any letter case
     assert status == 200
     assert (body["artist_name"], body["dataset"]) == ("Radiohead", "lastfm-2k")
-    [only] = body["models"]
+    models = body["models"]
+    only = models[0]
     with sqlite3.connect(published) as con:
         run_id, related_model = con.execute(
             "SELECT run_id, related_model FROM runs WHERE status = 'published'"
@@ -118,6 +129,14 @@ def test_api_answers_what_the_database_holds(server, published):
     assert body["run_id"] == run_id and only["model"] == related_model
     assert [(r["artist_key"], r["artist_name"]) for r in only["rows"]] == db_related(published, "Radiohead")[:5]
     assert [r["rank"] for r in only["rows"]] == [1, 2, 3, 4, 5]
+    assert [m["model"] for m in models] == db_models(published)  # every model's list, the shipped one first
+    for listed in models:
+        rows = [(r["artist_key"], r["artist_name"]) for r in listed["rows"]]
+        assert rows == db_related(published, "Radiohead", model=listed["model"])[:5]
+    status, body = get(server, "/api/related", artist="Radiohead", n=3, model=related_model)
+    assert status == 200 and [m["model"] for m in body["models"]] == [related_model]
+    status, body = get(server, "/api/related", artist="Radiohead", model="no-such-model")
+    assert status == 404 and body["suggestions"] == sorted(db_models(published))
 
     status, body = get(server, "/api/recommend", user="2", n=7)
     assert status == 200 and [(r["artist_key"], r["artist_name"]) for r in body["rows"]] == user_rows[:7]
@@ -173,19 +192,25 @@ def test_page_in_chromium_shows_the_database_lists(server, published):
         completion.click()
         expect(page.locator("#related-title")).to_contain_text("Related to Radiohead")
         columns = page.locator("#related .model")
-        expect(columns).to_have_count(1)
+        models = db_models(published)
+        expect(columns).to_have_count(len(models))
+        for model, column in zip(models, columns.all(), strict=True):  # side by side, the shipped model first
+            assert column.get_attribute("data-model") == model
+            shown = [
+                (item.get_attribute("data-key"), item.locator("a").inner_text()) for item in column.locator("li").all()
+            ]
+            assert shown == db_related(published, "Radiohead", model=model)[:10]
         shown = [
             (item.get_attribute("data-key"), item.locator("a").inner_text())
             for item in columns.first.locator("li").all()
         ]
-        assert shown == db_related(published, "Radiohead")[:10]
         page.screenshot(path=SHOTS / "explorer.png", full_page=True)
 
         # a related artist is a link to its own lists
         second = shown[0][1]
         columns.first.locator("li a").first.click()
         expect(page.locator("#related-title")).to_contain_text(f"Related to {second}")
-        assert [a.inner_text() for a in page.locator("#related .model li a").all()] == [
+        assert [a.inner_text() for a in columns.first.locator("li a").all()] == [
             name for _, name in db_related(published, second)[:10]
         ]
 

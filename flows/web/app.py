@@ -136,10 +136,16 @@ def create_app(engine: Engine) -> FastAPI:
         artist: Annotated[str, Query(min_length=1, description="Artist name (any letter case) or artist key.")],
         n: N = DEFAULT_N,
         dataset: DATASET = None,
+        model: Annotated[str | None, Query(description="Only this model's list (default: every model's).")] = None,
     ) -> RelatedAnswer:
-        """Related artists of ARTIST in the current run, one list per model."""
+        """Related artists of ARTIST in the current run: one list per model, the shipped model's first."""
+        if model is not None:
+            one = queries.related_artists(engine, artist, min(n, MAX_N), dataset, model)
+            return RelatedAnswer(
+                one.run_id, one.dataset, one.artist_key, one.artist_name, [ModelList(one.model, _ranked(one.rows))]
+            )
         found = queries.related_by_model(engine, artist, min(n, MAX_N), dataset)
-        lists = [ModelList(model, _ranked(rows)) for model, rows in found.lists.items()]
+        lists = [ModelList(name, _ranked(rows)) for name, rows in found.lists.items()]
         return RelatedAnswer(found.run_id, found.dataset, found.artist_key, found.artist_name, lists)
 
     @app.get("/api/recommend", responses=ERRORS)
