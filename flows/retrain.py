@@ -516,6 +516,8 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         timings=dict(timings),
         gate=gate,
         stability=stability,
+        database=masked_url(config.storage.db),
+        related_by_model={related.scorer.name: recommended.related},
     )
     publish_artifacts(run_report)
     prune_run_dirs(config.work_dir, keep=config.storage.retention, current=folder)

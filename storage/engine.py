@@ -76,6 +76,7 @@ SQLITE_PRAGMAS = (
     "journal_size_limit=67108864",
 )
 SQLITE_BUSY_SECONDS = 30
+READ_ONLY_SQLITE_POOL = 40  # anyio's default thread limit: the most sync requests FastAPI runs at once
 
 
 def make_engine(url: str, *, create: bool = True, read_only: bool = False) -> Engine:
@@ -103,7 +104,10 @@ def make_engine(url: str, *, create: bool = True, read_only: bool = False) -> En
                 raise RecsError(
                     f"cannot create the folder for database {parsed.database}: {exc.strerror}; choose another --db path"
                 ) from exc
-        engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_SECONDS})
+        # a server's request threads each hold a connection: keep as many open as it runs at once,
+        # or every request past the pool's 5 opens (and WAL-checks) a new one
+        pool = {"pool_size": READ_ONLY_SQLITE_POOL} if read_only else {}
+        engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_SECONDS}, **pool)
         _configure_sqlite(engine, read_only)
     else:
         engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10})
