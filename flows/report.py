@@ -32,7 +32,7 @@ WELL_KNOWN = ("Coldplay", "Bob Dylan", "The Beatles", "Radiohead")
 MAX_POINTS = 20_000  # artists drawn in the norm-vs-popularity scatter
 MAP_ARTISTS = 2_000  # the embedding map's artists, most listened first (t-SNE is O(n log n) per step)
 MAP_CLUSTERS = 10  # k-means clusters colouring it (the tab10 palette's colours)
-MAP_LABELS = 25  # names written on it
+MAP_LABELS = 20  # names written on it
 RELATED_SHOWN = 10  # rows of the side-by-side related lists
 
 
@@ -218,14 +218,34 @@ def embedding_layout(
     return EmbeddingLayout(codes, xy, cluster)
 
 
+def legible_labels(xy: np.ndarray, count: int, spacing: float = 0.06, among: int = 200) -> list[int]:
+    """Up to ``count`` of the first ``among`` points (most listened first) to label, skipping any
+    closer than ``spacing`` (a share of the map's extent) to one already labelled, so the names
+    do not print over each other where popular artists crowd together."""
+    extent = np.ptp(xy, axis=0).max() or 1.0
+    chosen: list[int] = []
+    for i in range(min(among, len(xy))):  # at most `among` small distance checks
+        if len(chosen) == count:
+            break
+        if not chosen or np.linalg.norm(xy[chosen] - xy[i], axis=1).min() >= spacing * extent:
+            chosen.append(i)
+    return chosen
+
+
 def embedding_map(artist_factors: np.ndarray, encoded: Encoded, labelled: int = MAP_LABELS) -> str:
     """``embedding_layout`` drawn, coloured by cluster, the ``labelled`` most-listened names
     written on it; a PNG data URI."""
     layout = embedding_layout(artist_factors, encoded.listeners)
     fig, ax = _figure((11, 8))
     ax.scatter(layout.xy[:, 0], layout.xy[:, 1], c=layout.cluster, cmap="tab10", s=10, alpha=0.7)
-    for code, point in zip(layout.codes[:labelled], layout.xy[:labelled], strict=True):
-        ax.annotate(str(encoded.artist_names[code]), point, fontsize=10, xytext=(3, 3), textcoords="offset points")
+    for i in legible_labels(layout.xy, labelled):
+        ax.annotate(
+            str(encoded.artist_names[layout.codes[i]]),
+            layout.xy[i],
+            fontsize=11,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     ax.set_title(f"Artist factors of the {len(layout.codes):,} most-listened artists (t-SNE; colour: k-means cluster)")
     ax.set_xticks([])
     ax.set_yticks([])

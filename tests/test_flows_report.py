@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from flows.report import (
     RunReport,
     embedding_layout,
+    legible_labels,
     metrics_rows,
     params_rows,
     ranking_plot,
@@ -91,6 +92,7 @@ def _fitted_report(encoded: Encoded, models: tuple[str, ...] = ("als", "lsa"), *
         encoded=encoded,
         bad_rows=BadRows(rows_read=encoded.plays.nnz, rows_kept=encoded.plays.nnz),
         split_rule="per-user holdout 20%",
+        data_check="downloaded",
         test_pairs=100,
         models={"related artists": factors[first].params, "user recommendations": configs[first].params()},
         metrics=[Metric(first, "precision", 10, 0.2), Metric("popularity", "precision", 10, 0.1)],
@@ -168,3 +170,9 @@ def test_report_shows_each_models_related_lists_side_by_side_and_readable_plots(
     assert all(_png_size(uri)[0] >= 900 for _, uri in plots)
     assert "{'" not in markdown  # parameters are a table, not a dict's repr
     assert "| `factors` | 64 |" in markdown
+
+
+def test_labels_skip_names_that_would_print_over_each_other():
+    xy = np.array([[0.0, 0.0], [0.01, 0.0], [1.0, 1.0], [0.5, 0.5], [0.02, 0.01]])
+    assert legible_labels(xy, count=3) == [0, 2, 3]  # 1 and 4 sit on top of 0
+    assert legible_labels(xy, count=2) == [0, 2]

@@ -20,6 +20,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from test_flows_cli import RECS, ROOT, _one_line_error, _recs
@@ -325,3 +326,44 @@ def test_read_only_engine_needs_the_current_schema(tmp_path):
         con.execute("UPDATE recs_alembic_version SET version_num = '0002'")
     with pytest.raises(RecsError, match="has schema revision 0002, this code reads"):
         make_engine(f"sqlite:///{db}", read_only=True)
+
+
+@pytest.mark.slow
+def test_report_reads_in_chromium(hetrec_encoded, tmp_path):
+    """The retrain report of real ALS and LSA fits on HetRec, rendered from its markdown as the
+    Prefect UI does (tables, embedded PNGs) and opened in Chromium: the plots show at their full
+    size and each model's related lists stand side by side. Saves docs/img/report.png."""
+    if not CHROMIUM.is_file():
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"no {CHROMIUM}; .ci/run installs Debian's chromium")
+    import markdown
+    from playwright.sync_api import sync_playwright
+    from test_flows_report import _fitted_report
+
+    from flows.report import render_report
+
+    report = _fitted_report(hetrec_encoded, database="sqlite:////srv/recs/recs.db")
+    html = markdown.markdown(render_report(report), extensions=["tables"])
+    page_file = tmp_path / "report.html"
+    page_file.write_text(
+        "<!doctype html><meta charset='utf-8'><style>body{font:15px system-ui;max-width:1100px;margin:1rem auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}img{max-width:100%}</style>" + html
+    )
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1150, "height": 900})
+        page.goto(page_file.as_uri())
+        images = page.locator("img")
+        assert images.count() == 3
+        for image in images.all():  # decoded, and drawn at least 900 px wide
+            assert image.evaluate("img => img.complete && img.naturalWidth") >= 900
+            assert image.bounding_box()["width"] >= 900
+        section = page.locator("h3", has_text="Coldplay").locator("xpath=following-sibling::table[1]")
+        assert section.locator("th").all_inner_texts() == ["rank", "als", "lsa"]
+        code = int(np.flatnonzero(hetrec_encoded.artist_names == "Coldplay")[0])
+        first_row = section.locator("tbody tr").first.locator("td").all_inner_texts()
+        names = hetrec_encoded.artist_names
+        assert first_row == ["1", *(str(names[report.related_by_model[m].ids[code, 0]]) for m in ("als", "lsa"))]
+        page.locator("h2", has_text="Related artists of each model").scroll_into_view_if_needed()
+        page.screenshot(path=SHOTS / "report.png", full_page=True)
+        browser.close()
