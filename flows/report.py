@@ -18,6 +18,7 @@ import numpy as np
 
 from storage.queries import flatten
 from tasks.contracts import BadRows, Encoded, Metric, TopN
+from tasks.curves import Curves
 from tasks.evaluate import FIT_METRICS
 
 METRICS_KEY = "retrain-metrics"
@@ -67,6 +68,7 @@ class RunReport:
     stability: dict[str, float] = field(default_factory=dict)
     data_check: str = ""  # Downloaded.check: how the data was known to be current
     database: str = ""  # the URL the run was published to, password masked
+    curves: Curves | None = None  # an ALS model's training curves (None: the run has no ALS model)
     related_by_model: dict[str, TopN] = field(default_factory=dict)  # every related model's TopN, shipped first
 
 
@@ -122,15 +124,16 @@ DPI = 100
 FONT: dict[Any, Any] = {"font.size": 13, "axes.titlesize": 15, "axes.labelsize": 13, "legend.fontsize": 11}
 
 
-def _figure(size: tuple[float, float] = FIGSIZE):
-    """A new (fig, ax) in the report's style; matplotlib is imported on first use (Agg: no display)."""
+def _figure(size: tuple[float, float] = FIGSIZE, ncols: int = 1):
+    """A new (fig, ax) in the report's style (``ncols`` > 1: an array of axes side by side);
+    matplotlib is imported on first use (Agg: no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     with plt.rc_context(FONT):
-        return plt.subplots(figsize=size, layout="constrained")
+        return plt.subplots(1, ncols, figsize=size, layout="constrained")
 
 
 def _png_data_uri(fig) -> str:
@@ -216,6 +219,21 @@ def embedding_layout(
         xy = TSNE(2, perplexity=perplexity, init="pca", max_iter=750, random_state=seed).fit_transform(unit)
         _, cluster = kmeans2(unit.astype(np.float64), min(clusters, len(codes)), seed=seed, minit="++")
     return EmbeddingLayout(codes, xy, cluster)
+
+
+def curves_plot(curves: Curves) -> str:
+    """Training loss and validation precision@k per ALS iteration, side by side; a PNG data URI."""
+    fig, (loss, precision) = _figure((12, 4.5), ncols=2)
+    steps = np.arange(1, len(curves.loss) + 1)
+    loss.plot(steps, curves.loss, marker="o")
+    loss.set_xlabel("iteration")
+    loss.set_ylabel("training loss")
+    loss.set_title(f"{curves.model}: training loss")
+    precision.plot(steps, curves.precision, marker="o", color="tab:orange")
+    precision.set_xlabel("iteration")
+    precision.set_ylabel(f"precision@{curves.k}")
+    precision.set_title(f"validation precision@{curves.k} ({curves.users:,} users)")
+    return _png_data_uri(fig)
 
 
 def legible_labels(xy: np.ndarray, count: int, spacing: float = 0.06, among: int = 200) -> list[int]:
@@ -357,7 +375,17 @@ def render_report(report: RunReport) -> str:
         lines += ["", "## Ranking quality by model", "", f"![ranking quality by model]({ranking})"]
     lines += ["", f"## Related artists of each model (first {RELATED_SHOWN})", ""]
     lines += related_side_by_side(report)
-    lines += ["## Embedding map", "", f"![embedding map]({embedding_map(report.artist_factors, enc)})"]
+    lines += ["## Embedding map", "", f"![embedding map]({embedding_map(report.artist_factors, enc)})", ""]
+    lines += ["## Training curves", ""]
+    if report.curves is None:
+        lines += ["- not drawn: the run has no ALS model"]
+    else:
+        lines += [
+            f"A fit of {report.curves.model} on a validation split of the train part (not the test split); "
+            f"final validation precision@{report.curves.k}: **{report.curves.precision[-1]:.4f}**.",
+            "",
+            f"![training curves]({curves_plot(report.curves)})",
+        ]
     lines += ["", "## Embedding norm vs popularity", ""]
     lines += [f"![embedding norm vs popularity]({norm_plot(report.artist_factors, enc.listeners)})"]
     lines += ["", "## Timings (wall seconds per stage)", ""]

@@ -19,6 +19,14 @@ from flows.report import (
     showcase_artists,
 )
 from tasks.contracts import BadRows, Encoded, Metric
+from tasks.curves import als_curves, curve_model
+from tasks.evaluate import ranking_at_k
+from tasks.models.implicit_mf import ALSConfig
+from tasks.models.itemknn import ItemKNNConfig
+from tasks.models.registry import fit
+from tasks.recommend import user_top_n
+from tasks.split import per_user_holdout, validation_split
+from tasks.weight import weight
 
 
 def _encoded(names: list[str], listeners: list[int]) -> Encoded:
@@ -76,9 +84,8 @@ def test_showcase_prefers_well_known_names_then_the_most_listened():
 def _fitted_report(encoded: Encoded, models: tuple[str, ...] = ("als", "lsa"), **extra) -> RunReport:
     """A RunReport of real fits of ``models`` on ``encoded`` (each weighted as its config says),
     related lists by exact cosine, the first model's factors drawn."""
-    from tasks.models.registry import fit, model_config
+    from tasks.models.registry import model_config
     from tasks.recommend import related_exact
-    from tasks.weight import weight
 
     configs = {name: model_config({"name": name}) for name in models}
     factors = {name: fit(weight(encoded.plays, cfg.weight), cfg) for name, cfg in configs.items()}
@@ -176,3 +183,31 @@ def test_labels_skip_names_that_would_print_over_each_other():
     xy = np.array([[0.0, 0.0], [0.01, 0.0], [1.0, 1.0], [0.5, 0.5], [0.02, 0.01]])
     assert legible_labels(xy, count=3) == [0, 2, 3]  # 1 and 4 sit on top of 0
     assert legible_labels(xy, count=2) == [0, 2]
+
+
+def test_training_curves_fall_and_rise_on_a_validation_split_and_are_drawn(hetrec_encoded):
+
+    split = per_user_holdout(hetrec_encoded.plays, 0.2, 5, seed=0)
+    cfg = ALSConfig(factors=16, iterations=8)
+    assert curve_model(ItemKNNConfig(), cfg) is cfg and curve_model(ItemKNNConfig()) is None
+    curves = als_curves(split, cfg, k=10, max_users=500)
+    assert len(curves.loss) == len(curves.precision) == 8 and curves.users == 500
+    assert curves.loss[-1] < curves.loss[0]  # ALS's loss falls
+    assert curves.precision[-1] > 2 * curves.precision[0]  # and the factors learn to rank
+    # the last point is the precision of a plain fit with the same settings on the same validation users
+    inner = validation_split(split)
+    final = fit(weight(inner.train, cfg.weight), cfg)
+    users = np.sort(
+        np.random.default_rng(cfg.random_state).choice(
+            np.flatnonzero(np.diff(inner.test.indptr) > 0), 500, replace=False
+        )
+    )
+
+    expected = ranking_at_k(user_top_n(final, inner.train, 10, users=users).ids, inner.test[users], 10)["precision"]
+    assert abs(curves.precision[-1] - expected) < 0.01
+    report = _fitted_report(hetrec_encoded, models=("als",), curves=curves)
+    markdown = render_report(report)
+    [uri] = re.findall(
+        r"## Training curves\n\n[^\n]+\n\n!\[training curves\]\((data:image/png;base64,[^)]+)\)", markdown
+    )
+    assert _png_size(uri)[0] >= 1000

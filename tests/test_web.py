@@ -340,8 +340,13 @@ def test_report_reads_in_chromium(hetrec_encoded, tmp_path):
     from test_flows_report import _fitted_report
 
     from flows.report import render_report
+    from tasks.curves import als_curves
+    from tasks.models.implicit_mf import ALSConfig
+    from tasks.split import per_user_holdout
 
-    report = _fitted_report(hetrec_encoded, database="sqlite:////srv/recs/recs.db")
+    split = per_user_holdout(hetrec_encoded.plays, 0.2, 5, seed=0)
+    curves = als_curves(split, ALSConfig(factors=24, iterations=15), max_users=1000)
+    report = _fitted_report(hetrec_encoded, database="sqlite:////srv/recs/recs.db", curves=curves)
     html = markdown.markdown(render_report(report), extensions=["tables"])
     page_file = tmp_path / "report.html"
     page_file.write_text(
@@ -354,7 +359,7 @@ def test_report_reads_in_chromium(hetrec_encoded, tmp_path):
         page = browser.new_page(viewport={"width": 1150, "height": 900})
         page.goto(page_file.as_uri())
         images = page.locator("img")
-        assert images.count() == 3
+        assert images.count() == 4
         for image in images.all():  # decoded, and drawn at least 900 px wide
             assert image.evaluate("img => img.complete && img.naturalWidth") >= 900
             assert image.bounding_box()["width"] >= 900
