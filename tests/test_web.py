@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from test_flows_cli import RECS, ROOT, _one_line_error, _recs
-from test_storage import make_outputs
+from test_storage import expected_related, make_outputs
 
 from storage.engine import make_engine
 from storage.publish import publish
@@ -73,10 +73,11 @@ def db_models(db: Path) -> list[str]:
     return [model for model, _ in rows]
 
 
-def start_server(tmp: Path, db: Path) -> tuple[subprocess.Popen, str]:
-    """`recs serve` on a free port; (process, base URL) once it says where it listens."""
+def start_server(tmp: Path, db: Path | str) -> tuple[subprocess.Popen, str]:
+    """`recs serve` over ``db`` (a SQLite file or a URL) on a free port; (process, base URL) once
+    it says where it listens."""
     proc = subprocess.Popen(
-        [*RECS, "serve", "--db", f"sqlite:///{db}", "--port", "0"],
+        [*RECS, "serve", "--db", db if isinstance(db, str) else f"sqlite:///{db}", "--port", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -372,3 +373,36 @@ def test_report_reads_in_chromium(hetrec_encoded, tmp_path):
         page.locator("h2", has_text="Related artists of each model").scroll_into_view_if_needed()
         page.screenshot(path=SHOTS / "report.png", full_page=True)
         browser.close()
+
+
+def test_api_on_both_databases_matches_the_views(db_url, tmp_path):
+    names = ["Sigur Rós", "Motörhead", "O'Brien", "100% _Pure_", "Mötley Crüe", "Artist 5 %"]
+    outputs = make_outputs(3, names=names)
+    publish(make_engine(db_url), outputs)
+    expected = {(owner, rank): (key, name) for owner, _, rank, key, name, _ in expected_related(outputs)}
+    listeners = outputs.encoded.listeners
+    proc, base = start_server(tmp_path, db_url)
+    try:
+        for code, name in enumerate(names):
+            # ASCII letters in another case: SQLite's lower() folds no others (search keys will)
+            shouted = "".join(c.upper() if c.isascii() else c for c in name)
+            status, body = get(base, "/api/related", artist=shouted, n=3)
+            assert status == 200 and body["artist_name"] == name
+            [listed] = body["models"]
+            key = outputs.encoded.artist_keys[code]
+            assert [(r["artist_key"], r["artist_name"]) for r in listed["rows"]] == [
+                expected[(key, rank)] for rank in range(1, len(listed["rows"]) + 1)
+            ]
+        # completions: LIKE's wildcards in a prefix are literal, letter case does not matter
+        for prefix in ("m", "100% _", "artist 5 %", "Mö"):
+            status, body = get(base, "/api/artists", prefix=prefix)
+            matching = [
+                c for c in range(len(listeners)) if outputs.encoded.artist_names[c].lower().startswith(prefix.lower())
+            ]
+            matching.sort(key=lambda c: (-listeners[c], c))
+            assert status == 200 and body == [outputs.encoded.artist_names[c] for c in matching][:10], prefix
+        assert get(base, "/api/recommend", user="user-1")[0] == 200
+        assert get(base, "/api/recommend", user="nobody")[0] == 404
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
