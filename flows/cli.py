@@ -547,6 +547,32 @@ def read_listened(path: Path) -> list[tuple[str, float]]:
     return history
 
 
+@app.command()
+@one_line_errors
+def serve(
+    db: str = _READ_DB,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (the default answers this machine only)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port (0: any free one, printed)."),
+) -> None:
+    """Serve the explorer page and the read-only JSON API (/docs) over the current published runs."""
+    from flows.config import StorageConfig
+    from flows.web.serve import serve as run_server
+    from storage.config import masked_url
+
+    url = db or StorageConfig().db
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        where = f"[{bound_host}]" if ":" in bound_host else bound_host
+        console.print(
+            f"serving http://{where}:{bound_port}/ (API docs at /docs) over {masked_url(url)}; Ctrl-C stops",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.stdout.flush()
+
+    run_server(url, host, port, ready)
+
+
 runs_app = typer.Typer(
     help="Runs: list them (bare `recs runs`), show one, compare two, make an earlier one current again.",
     invoke_without_command=True,

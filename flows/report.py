@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from storage.queries import flatten
 from tasks.contracts import BadRows, Encoded, Metric, TopN
+from tasks.curves import Curves
 from tasks.evaluate import FIT_METRICS
 
 METRICS_KEY = "retrain-metrics"
@@ -27,6 +31,10 @@ RECALL_METRICS = ("related_recall", "user_recall")
 # most-listened artists stand in (the synthetic dataset has made-up names).
 WELL_KNOWN = ("Coldplay", "Bob Dylan", "The Beatles", "Radiohead")
 MAX_POINTS = 20_000  # artists drawn in the norm-vs-popularity scatter
+MAP_ARTISTS = 2_000  # the embedding map's artists, most listened first (t-SNE is O(n log n) per step)
+MAP_CLUSTERS = 10  # k-means clusters colouring it (the tab10 palette's colours)
+MAP_LABELS = 20  # names written on it
+RELATED_SHOWN = 10  # rows of the side-by-side related lists
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,8 @@ class RunReport:
     ``gate``: the quality gate's decision with both precision@10 figures (None: nothing compared).
     ``stability``: overlap@10 with the dataset's previous current run, metric -> share in [0, 1]
     (empty for a dataset's first run).
+    ``related_by_model``: model name -> TopN over artist codes, for the side-by-side lists (empty:
+    only ``related``, under the name of the related-artists model).
     """
 
     run_id: str
@@ -57,6 +67,9 @@ class RunReport:
     gate: str | None = None
     stability: dict[str, float] = field(default_factory=dict)
     data_check: str = ""  # Downloaded.check: how the data was known to be current
+    database: str = ""  # the URL the run was published to, password masked
+    curves: Curves | None = None  # an ALS model's training curves (None: the run has no ALS model)
+    related_by_model: dict[str, TopN] = field(default_factory=dict)  # every related model's TopN, shipped first
 
 
 def _label(metric: Metric) -> str:
@@ -104,9 +117,32 @@ def fit_rows(metrics: list[Metric]) -> list[list]:
     return rows
 
 
+# Figures are drawn at FIGSIZE inches and DPI: ~1000 px wide, readable at the width the Prefect UI
+# shows an artifact, with fonts sized for that (matplotlib's 10 pt at 72 dpi came out 391 px wide).
+FIGSIZE = (10, 5)
+DPI = 100
+FONT: dict[Any, Any] = {"font.size": 13, "axes.titlesize": 15, "axes.labelsize": 13, "legend.fontsize": 11}
+
+
+def _figure(size: tuple[float, float] = FIGSIZE, ncols: int = 1):
+    """A new (fig, ax) in the report's style (``ncols`` > 1: an array of axes side by side);
+    matplotlib is imported on first use (Agg: no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context(FONT):
+        return plt.subplots(1, ncols, figsize=size, layout="constrained")
+
+
 def _png_data_uri(fig) -> str:
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=72, bbox_inches="tight")
+    with plt.rc_context(FONT):
+        fig.savefig(buf, format="png", dpi=DPI)
+    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -115,18 +151,13 @@ def ranking_plot(metrics: list[Metric]) -> str | None:
 
     None when the run measured neither (nothing to draw).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     wanted = [m for m in metrics if m.metric in ("precision", "ndcg") and m.k is not None]
     if not wanted:
         return None
     labels = sorted({_label(m) for m in wanted})
     models = sorted({m.model for m in wanted}, key=lambda name: (name in BASELINES, name))
     values = {(m.model, _label(m)): m.value for m in wanted}
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = _figure()
     width = 0.8 / len(models)
     x = np.arange(len(labels))
     for i, model in enumerate(models):
@@ -134,10 +165,8 @@ def ranking_plot(metrics: list[Metric]) -> str | None:
     ax.set_xticks(x + 0.4 - width / 2, labels)
     ax.set_ylabel("per-user mean on holdout")
     ax.set_title("Ranking quality by model")
-    ax.legend(fontsize="small")
-    uri = _png_data_uri(fig)
-    plt.close(fig)
-    return uri
+    ax.legend()
+    return _png_data_uri(fig)
 
 
 def norm_plot(artist_factors: np.ndarray, listeners: np.ndarray) -> str:
@@ -146,24 +175,99 @@ def norm_plot(artist_factors: np.ndarray, listeners: np.ndarray) -> str:
     Popular artists get long vectors in implicit models; the plot makes that bias visible (and is
     why related artists are ranked by cosine, not by inner product).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     norms = np.linalg.norm(artist_factors, axis=1)
     shown = np.arange(len(norms))
     if len(shown) > MAX_POINTS:  # a fixed sample keeps the plot (and the PNG) small at 300K artists
         shown = np.random.default_rng(0).choice(shown, MAX_POINTS, replace=False)
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.scatter(np.maximum(listeners[shown], 1), norms[shown], s=2, alpha=0.3)
+    fig, ax = _figure()
+    ax.scatter(np.maximum(listeners[shown], 1), norms[shown], s=4, alpha=0.3)
     ax.set_xscale("log")
     ax.set_xlabel("listeners")
     ax.set_ylabel("artist factor norm")
     ax.set_title("Embedding norm vs popularity")
-    uri = _png_data_uri(fig)
-    plt.close(fig)
-    return uri
+    return _png_data_uri(fig)
+
+
+@dataclass(frozen=True)
+class EmbeddingLayout:
+    """The embedding map's points: ``codes`` (artist codes, most-listened first), ``xy`` (float,
+    len(codes) x 2, t-SNE coordinates) and ``cluster`` (int, a k-means cluster per point)."""
+
+    codes: np.ndarray
+    xy: np.ndarray
+    cluster: np.ndarray
+
+
+def embedding_layout(
+    artist_factors: np.ndarray,
+    listeners: np.ndarray,
+    top: int = MAP_ARTISTS,
+    clusters: int = MAP_CLUSTERS,
+    seed: int = 0,
+) -> EmbeddingLayout:
+    """2-D t-SNE of the unit-length factors of the ``top`` most-listened artists, and a k-means
+    cluster of those factors per artist. Unit length because related artists are ranked by cosine:
+    the map shows the neighbourhoods the lists come from, not popularity (the norm plot does)."""
+    from scipy.cluster.vq import kmeans2
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    codes = np.argsort(-listeners, kind="stable")[: min(top, len(listeners))]
+    unit = artist_factors[codes] / np.maximum(np.linalg.norm(artist_factors[codes], axis=1, keepdims=True), 1e-12)
+    perplexity = min(30.0, (len(codes) - 1) / 3)  # t-SNE needs fewer neighbours than points
+    with threadpool_limits(1, "blas"):
+        xy = TSNE(2, perplexity=perplexity, init="pca", max_iter=750, random_state=seed).fit_transform(unit)
+        _, cluster = kmeans2(unit.astype(np.float64), min(clusters, len(codes)), seed=seed, minit="++")
+    return EmbeddingLayout(codes, xy, cluster)
+
+
+def curves_plot(curves: Curves) -> str:
+    """Training loss and validation precision@k per ALS iteration, side by side; a PNG data URI."""
+    fig, (loss, precision) = _figure((12, 4.5), ncols=2)
+    steps = np.arange(1, len(curves.loss) + 1)
+    loss.plot(steps, curves.loss, marker="o")
+    loss.set_xlabel("iteration")
+    loss.set_ylabel("training loss")
+    loss.set_title(f"{curves.model}: training loss")
+    precision.plot(steps, curves.precision, marker="o", color="tab:orange")
+    precision.set_xlabel("iteration")
+    precision.set_ylabel(f"precision@{curves.k}")
+    precision.set_title(f"validation precision@{curves.k} ({curves.users:,} users)")
+    return _png_data_uri(fig)
+
+
+def legible_labels(xy: np.ndarray, count: int, spacing: float = 0.06, among: int = 200) -> list[int]:
+    """Up to ``count`` of the first ``among`` points (most listened first) to label, skipping any
+    closer than ``spacing`` (a share of the map's extent) to one already labelled, so the names
+    do not print over each other where popular artists crowd together."""
+    extent = np.ptp(xy, axis=0).max() or 1.0
+    chosen: list[int] = []
+    for i in range(min(among, len(xy))):  # at most `among` small distance checks
+        if len(chosen) == count:
+            break
+        if not chosen or np.linalg.norm(xy[chosen] - xy[i], axis=1).min() >= spacing * extent:
+            chosen.append(i)
+    return chosen
+
+
+def embedding_map(artist_factors: np.ndarray, encoded: Encoded, labelled: int = MAP_LABELS) -> str:
+    """``embedding_layout`` drawn, coloured by cluster, the ``labelled`` most-listened names
+    written on it; a PNG data URI."""
+    layout = embedding_layout(artist_factors, encoded.listeners)
+    fig, ax = _figure((11, 8))
+    ax.scatter(layout.xy[:, 0], layout.xy[:, 1], c=layout.cluster, cmap="tab10", s=10, alpha=0.7)
+    for i in legible_labels(layout.xy, labelled):
+        ax.annotate(
+            str(encoded.artist_names[layout.codes[i]]),
+            layout.xy[i],
+            fontsize=11,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.set_title(f"Artist factors of the {len(layout.codes):,} most-listened artists (t-SNE; colour: k-means cluster)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _png_data_uri(fig)
 
 
 def showcase_artists(encoded: Encoded, count: int = 3) -> np.ndarray:
@@ -177,14 +281,39 @@ def showcase_artists(encoded: Encoded, count: int = 3) -> np.ndarray:
     return np.asarray(codes[:count], dtype=np.int64)
 
 
-def _related_lines(report: RunReport, shown: int = 5) -> list[str]:
+def related_side_by_side(report: RunReport, shown: int = RELATED_SHOWN) -> list[str]:
+    """Markdown: per showcased artist, a table whose columns are the related lists of each model
+    (``related_by_model``, else ``related`` under the related-artists model's name), rank by rank."""
+    lists = report.related_by_model or {
+        str(report.models.get("related artists", {}).get("name", "related")): report.related
+    }
     names = report.encoded.artist_names
     lines = []
     for code in showcase_artists(report.encoded):
-        ids = report.related.ids[code]
-        related = [str(names[i]) for i in ids[ids >= 0][:shown]]
-        lines.append(f"- **{names[code]}** → {', '.join(related) or '(none)'}")
+        columns = [[str(names[i]) for i in top.ids[code][top.ids[code] >= 0][:shown]] for top in lists.values()]
+        depth = max((len(c) for c in columns), default=0)
+        rows = [[rank + 1, *(_md_cell(c[rank]) if rank < len(c) else "" for c in columns)] for rank in range(depth)]
+        lines += [f"### {_md_cell(str(names[code]))}", ""]
+        lines += _md_table(["rank", *map(_md_cell, lists)], rows) + [""]
     return lines
+
+
+def params_rows(models: dict[str, dict]) -> tuple[list[str], list[list]]:
+    """(header, rows) of the models' parameters: one row per parameter (nested ones dotted, e.g.
+    ``parts.0.weight``), one column per role; a blank cell where a role's model has no such one."""
+    flat = {role: flatten(params) for role, params in models.items()}
+    keys = sorted({key for params in flat.values() for key in params}, key=lambda k: (k != "name", k))
+    rows = [[f"`{key}`", *(_md_cell(_value(flat[role].get(key))) for role in flat)] for key in keys]
+    return ["parameter", *flat], rows
+
+
+def _value(value: object) -> str:
+    return "" if value is None else json.dumps(value) if isinstance(value, list | bool) else str(value)
+
+
+def _md_cell(text: str) -> str:
+    """``text`` safe inside a markdown table cell (pipes escaped, on one line)."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _md_table(header: list[str], rows: list[list]) -> list[str]:
@@ -195,13 +324,16 @@ def _md_table(header: list[str], rows: list[list]) -> list[str]:
 
 def render_report(report: RunReport) -> str:
     """The run's markdown report: dataset, bad rows, models, metrics, the quality gate's decision,
-    stability against the previous current run, index recall, related artists for a few
-    well-known artists, timings per stage, and two embedded PNG plots."""
+    stability against the previous current run, index recall, the related artists of each model
+    for a few well-known artists side by side, timings per stage, and embedded PNG plots (ranking
+    quality, embedding map, embedding norm vs popularity), each under its own heading."""
     enc = report.encoded
     nnz = enc.plays.nnz
     density = nnz / max(1, enc.n_users * enc.n_artists)
     lines = [
         f"# Retrain report — run `{report.run_id}`",
+        "",
+        f"Published to `{report.database}`." if report.database else "Not published (no database named).",
         "",
         "## Dataset",
         "",
@@ -221,7 +353,7 @@ def render_report(report: RunReport) -> str:
         lines += _md_table(["kind", "rows"], [[k, f"{v:,}"] for k, v in sorted(report.bad_rows.counts.items())])
         lines.append("")
     lines += ["## Models", ""]
-    lines += _md_table(["role", "params"], [[role, f"`{params}`"] for role, params in report.models.items()])
+    lines += _md_table(*params_rows(report.models))
     lines += ["", "## What was published, and what was measured", ""]
     lines += _md_table(["model", "fitted on (pairs)", "metrics from"], fit_rows(report.metrics))
     lines += ["", "## Metrics (holdout, train-heard artists excluded)", ""]
@@ -240,10 +372,22 @@ def render_report(report: RunReport) -> str:
     ]
     ranking = ranking_plot(report.metrics)
     if ranking:
-        lines += ["", f"![ranking quality by model]({ranking})"]
-    lines += ["", "## Related artists (first 5)", ""]
-    lines += _related_lines(report)
-    lines += ["", f"![embedding norm vs popularity]({norm_plot(report.artist_factors, enc.listeners)})"]
+        lines += ["", "## Ranking quality by model", "", f"![ranking quality by model]({ranking})"]
+    lines += ["", f"## Related artists of each model (first {RELATED_SHOWN})", ""]
+    lines += related_side_by_side(report)
+    lines += ["## Embedding map", "", f"![embedding map]({embedding_map(report.artist_factors, enc)})", ""]
+    lines += ["## Training curves", ""]
+    if report.curves is None:
+        lines += ["- not drawn: the run has no ALS model"]
+    else:
+        lines += [
+            f"A fit of {report.curves.model} on a validation split of the train part (not the test split); "
+            f"final validation precision@{report.curves.k}: **{report.curves.precision[-1]:.4f}**.",
+            "",
+            f"![training curves]({curves_plot(report.curves)})",
+        ]
+    lines += ["", "## Embedding norm vs popularity", ""]
+    lines += [f"![embedding norm vs popularity]({norm_plot(report.artist_factors, enc.listeners)})"]
     lines += ["", "## Timings (wall seconds per stage)", ""]
     lines += _md_table(["stage", "seconds"], [[k, f"{v:.2f}"] for k, v in report.timings.items()])
     lines.append(f"| **total** | **{sum(report.timings.values()):.2f}** |")

@@ -44,6 +44,7 @@ from storage.preflight import check_database
 from storage.publish import STABILITY_MODEL, RunIdentity, RunOutputs, publish, skip_if_unchanged
 from storage.queries import run_details
 from tasks.contracts import Downloaded, Encoded, Factors, Metric, Parsed, Recommended, Scorer, Split
+from tasks.curves import Curves, als_curves, curve_model
 from tasks.data.datasets import DataConfig, check_of_cached, fingerprint, obtain, resolve
 from tasks.data.download import intact
 from tasks.data.encode import encode_parsed
@@ -233,6 +234,13 @@ def split_task(encoded: Encoded, config: RetrainConfig) -> Split:
     when they hold few enough pairs for one fit to serve metrics and publishing."""
     e = config.eval
     return evaluation_holdout(encoded.plays, e.holdout, e.min_artists, e.seed, e.max_users)
+
+
+@stage("curves", **IN_MEMORY)
+def curves_task(split: Split, config: RetrainConfig) -> Curves | None:
+    """Training curves of the run's ALS model (the report's plot), fitted on a validation split."""
+    model = curve_model(config.related_model, config.user_model)
+    return None if model is None else als_curves(split, model)
 
 
 @stage("weight", task_run_name="weight-{model.name}", **IN_MEMORY)
@@ -520,6 +528,7 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         logger.info("run %d: %s", run_id, gate)
     for metric, value in stability.items():
         logger.info("run %d: stability %s@10 against the previous current run: %.4f", run_id, metric, value)
+    curves = curves_task(split, config)  # after the publish: readers never wait for the report
     run_report = RunReport(
         run_id=str(run_id),
         dataset=parsed.dataset,
@@ -537,6 +546,9 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         timings=dict(timings),
         gate=gate,
         stability=stability,
+        database=masked_url(config.storage.db),
+        curves=curves,
+        related_by_model={related.scorer.name: recommended.related},
     )
     publish_artifacts(run_report)
     prune_run_dirs(config.work_dir, keep=config.storage.retention, current=folder)

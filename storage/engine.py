@@ -76,18 +76,24 @@ SQLITE_PRAGMAS = (
     "journal_size_limit=67108864",
 )
 SQLITE_BUSY_SECONDS = 30
+READ_ONLY_SQLITE_POOL = 40  # anyio's default thread limit: the most sync requests FastAPI runs at once
 
 
-def make_engine(url: str, *, create: bool = True) -> Engine:
+def make_engine(url: str, *, create: bool = True, read_only: bool = False) -> Engine:
     """An Engine for ``url`` whose schema is at ``HEAD_REVISION``; RecsError if unreachable.
 
     ``create=False`` (readers): a SQLite file that does not exist is a RecsError instead of a new,
     empty database (PostgreSQL databases are never created here either way).
+    ``read_only=True`` (servers; implies ``create=False``): the schema must already be at
+    ``HEAD_REVISION`` (RecsError otherwise: nothing is upgraded) and the database itself refuses
+    writes on every connection (SQLite ``query_only``; PostgreSQL read-only transactions). On
+    PostgreSQL each transaction is REPEATABLE READ, so the queries of one request read one
+    snapshot even when a publish commits between them (SQLite's WAL readers already do).
     """
     parsed = _parse(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            if not create and not Path(parsed.database).is_file():
+            if (read_only or not create) and not Path(parsed.database).is_file():
                 raise RecsError(
                     f"no database at {parsed.database}; publish a run there first (recs run) "
                     "or point --db / RECS_DB at an existing database"
@@ -98,13 +104,32 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
                 raise RecsError(
                     f"cannot create the folder for database {parsed.database}: {exc.strerror}; choose another --db path"
                 ) from exc
-        engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_SECONDS})
-        _configure_sqlite(engine)
+        # a server's request threads each hold a connection: keep as many open as it runs at once,
+        # or every request past the pool's 5 opens (and WAL-checks) a new one
+        pool = {"pool_size": READ_ONLY_SQLITE_POOL} if read_only else {}
+        engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_SECONDS}, **pool)
+        _configure_sqlite(engine, read_only)
     else:
         engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        if read_only:
+            engine = engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
     with database_errors(engine):
-        upgrade_schema(engine)
+        if read_only:
+            _require_head(engine)
+        else:
+            upgrade_schema(engine)
     return engine
+
+
+def _require_head(engine: Engine) -> None:
+    """RecsError unless the schema is at ``HEAD_REVISION`` (what a read-only engine can read)."""
+    with engine.connect() as conn:
+        revision = _revision(conn)
+    if revision != HEAD_REVISION:
+        raise RecsError(
+            f"{engine.url.render_as_string(hide_password=True)} has schema revision {revision or 'none'}, "
+            f"this code reads {HEAD_REVISION}; publish a run there with this version first (recs run)"
+        )
 
 
 def _parse(url: str) -> URL:
@@ -142,7 +167,7 @@ def _wal_mode(cursor) -> None:
             time.sleep(0.05)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, read_only: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:
         # We issue BEGIN ourselves: pysqlite's implicit BEGIN skips SELECTs, which would let a
@@ -152,6 +177,8 @@ def _configure_sqlite(engine: Engine) -> None:
         _wal_mode(cursor)
         for pragma in SQLITE_PRAGMAS:
             cursor.execute(f"PRAGMA {pragma}")
+        if read_only:
+            cursor.execute("PRAGMA query_only=ON")  # any write now fails with "attempt to write a readonly database"
         cursor.close()
 
     @event.listens_for(engine, "begin")

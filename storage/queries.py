@@ -120,19 +120,37 @@ class RunDetails:
     current: bool
 
 
+@dataclass(frozen=True)
+class RelatedByModel:
+    """Related artists of one artist in the current run of ``dataset``: ``lists`` maps the name of
+    each model the run published related artists of to its rows (best first)."""
+
+    run_id: int
+    dataset: str
+    artist_key: str
+    artist_name: str
+    lists: dict[str, list[RelatedRow]]
+
+
+class UnknownName(RecsError):
+    """No artist or user by that name in the current run; ``suggestions``: close names (may be empty)."""
+
+    def __init__(self, message: str, suggestions: list[str]):
+        super().__init__(message)
+        self.suggestions = suggestions
+
+
 def related_artists(
     engine: Engine, name: str, n: int | None = None, dataset: str | None = None, model: str | None = None
 ) -> Related:
     """Related artists of the artist called ``name`` (any letter case, Unicode-aware; an exact
     artist_key also matches) in the current run of ``dataset`` (default: the dataset whose run
     became current last), from ``model`` (default: the run's shipped related model). When several
-    artists share the name, the most listened one. RecsError with close names when there is none,
-    and with the run's models when it has no lists of ``model``."""
+    artists share the name, the most listened one. UnknownName (a RecsError) with close names when
+    there is none; RecsError with the run's models when it has no lists of ``model``."""
     with database_errors(engine), engine.connect() as conn:
         run_id, dataset = _require_run(conn, engine, dataset)
-        match = find_artists(conn, run_id, [name])[name]
-        if match is None:
-            raise RecsError(_unknown_names(conn, run_id, dataset, [name]))
+        key, found = _match_artist(conn, run_id, dataset, name)
         shipped = conn.execute(sa.select(Run.related_model).where(Run.run_id == run_id)).scalar_one()
         if model is None or model == shipped:
             view, model = current_related_artists, shipped
@@ -143,11 +161,64 @@ def related_artists(
             where = sa.and_(view.c.dataset == dataset, view.c.model == model)
         query = (
             sa.select(view.c.rank, view.c.related_artist_key, view.c.related_artist_name, view.c.score)
-            .where(where, view.c.artist_key == match.artist_key)
+            .where(where, view.c.artist_key == key)
             .order_by(view.c.rank)
         )
         rows = conn.execute(query.limit(n) if n else query).all()
-    return Related(run_id, dataset, match.artist_key, match.artist_name, [RelatedRow(*row) for row in rows], model)
+    return Related(run_id, dataset, key, found, [RelatedRow(*row) for row in rows], model)
+
+
+def related_by_model(engine: Engine, name: str, n: int | None = None, dataset: str | None = None) -> RelatedByModel:
+    """Related artists of ``name`` (matched as ``related_artists`` does) from every model the
+    current run published related lists of, the shipped model first, then by name; all read in
+    one transaction (one run, even while another publishes)."""
+    v = current_related_by_model.c
+    with database_errors(engine), engine.connect() as conn:
+        run_id, dataset = _require_run(conn, engine, dataset)
+        key, found = _match_artist(conn, run_id, dataset, name)
+        query = (
+            sa.select(v.model, v.rank, v.related_artist_key, v.related_artist_name, v.score)
+            .where(v.dataset == dataset, v.artist_key == key)
+            .order_by(v.shipped.desc(), v.model, v.rank)
+        )
+        rows = conn.execute(query.where(v.rank <= n) if n else query).all()  # ranks run 1, 2, ... per list
+    lists: dict[str, list[RelatedRow]] = {}
+    for model, *row in rows:  # at most (models x n) rows: one artist's lists
+        lists.setdefault(model, []).append(RelatedRow(*row))
+    return RelatedByModel(run_id, dataset, key, found, lists)
+
+
+def artist_completions(engine: Engine, prefix: str, limit: int = SUGGESTIONS, dataset: str | None = None) -> list[str]:
+    """Names in the current run of ``dataset`` whose search key starts with ``prefix``'s (the same
+    Unicode folding as the name lookup), most-listened first, at most ``limit``; [] for a blank prefix."""
+    if not prefix.strip():
+        return []
+    folded = search_key(prefix)
+    with database_errors(engine), engine.connect() as conn:
+        run_id, _ = _require_run(conn, engine, dataset)
+        if conn.dialect.name == "sqlite":
+            # a range over the (run_id, search_key) index: SQLite's LIKE cannot use it. U+10FFFF
+            # is the greatest code point, so every key with the prefix sorts below prefix + it.
+            starts = sa.and_(Artist.search_key >= folded, Artist.search_key < folded + "\U0010ffff")
+        else:  # a non-C collation does not order by code point; LIKE is right under every one
+            starts = Artist.search_key.like(_like_escape(folded) + "%", escape="\\")
+        query = (
+            sa.select(Artist.name)
+            .where(Artist.run_id == run_id, starts)
+            .order_by(Artist.listeners.desc(), Artist.artist_id)
+            .limit(limit)
+        )
+        return list(conn.execute(query).scalars())
+
+
+def _match_artist(conn: Connection, run_id: int, dataset: str, name: str) -> tuple[str, str]:
+    """(artist_key, name) of the artist ``name`` names in ``run_id``; UnknownName when none."""
+    match = find_artists(conn, run_id, [name])[name]
+    if match is None:
+        close = similar_names(conn, run_id, name)
+        hint = f"; did you mean: {', '.join(close)}?" if close else "; check the spelling"
+        raise UnknownName(f"no artist named {name!r} in run {run_id} ({dataset}){hint}", close)
+    return match.artist_key, match.artist_name
 
 
 def _require_model(conn: Connection, run_id: int, dataset: str, model: str) -> None:
@@ -155,10 +226,11 @@ def _require_model(conn: Connection, run_id: int, dataset: str, model: str) -> N
     r = RelatedArtist.__table__.c
     found = conn.execute(sa.select(sa.literal(1)).where(r.run_id == run_id, r.model == model).limit(1)).first()
     if found is None:  # the error path only: listing the models reads the run's whole key range
-        models = conn.execute(sa.select(r.model).where(r.run_id == run_id).distinct().order_by(r.model)).scalars()
-        raise RecsError(
+        models = list(conn.execute(sa.select(r.model).where(r.run_id == run_id).distinct().order_by(r.model)).scalars())
+        raise UnknownName(
             f"run {run_id} ({dataset}) has no related lists of model {model!r}; "
-            f"use one of: {', '.join(models) or 'none'}"
+            f"use one of: {', '.join(models) or 'none'}",
+            models,
         )
 
 
@@ -175,9 +247,10 @@ def recommendations(engine: Engine, user_key: str, n: int | None = None, dataset
         )
         rows = conn.execute(query.limit(n) if n else query).all()
     if not rows:
-        raise RecsError(
+        raise UnknownName(
             f"unknown user {user_key!r} in run {run_id} ({dataset}): no recommendations for that user id; "
-            "user ids are the dataset's own"
+            "user ids are the dataset's own",
+            [],
         )
     return Recommendations(run_id, dataset, user_key, [RecommendationRow(*row) for row in rows])
 

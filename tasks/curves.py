@@ -1,0 +1,76 @@
+"""Training curves of an ALS model: its training loss and validation precision@k after every
+iteration, from implicit's fit ``callback`` (seed 003's RMSE-by-epoch plot, for this project).
+
+The curves come from their own fit on a validation split carved from the train part (never the
+test split), so they show how the model converges on data it did not see, without touching the
+published fit or the test metrics. At most ``CURVE_USERS`` validation users are ranked per
+iteration, which bounds the extra cost at 360K scale to that of one fit plus ``iterations`` small
+batch rankings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from tasks.contracts import Factors, Split
+from tasks.evaluate import ranking_at_k
+from tasks.models.base import BaseModelConfig
+from tasks.models.implicit_mf import ALSConfig
+from tasks.recommend import user_top_n
+from tasks.split import validation_split
+from tasks.weight import weight
+
+CURVE_USERS = 5_000  # validation users ranked after each iteration
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Per ALS iteration (1, 2, ...): ``loss`` is implicit's training loss (confidence-weighted
+    squared error plus the L2 term, per observed pair); ``precision`` the precision@``k`` of the
+    current factors on ``users`` validation users (train-heard artists excluded)."""
+
+    model: str
+    loss: np.ndarray
+    precision: np.ndarray
+    k: int
+    users: int
+
+
+def curve_model(*models: BaseModelConfig) -> ALSConfig | None:
+    """The first ALS model among ``models`` (the run's related and user models), None if none."""
+    return next((m for m in models if isinstance(m, ALSConfig)), None)
+
+
+def als_curves(split: Split, cfg: ALSConfig, k: int = 10, max_users: int = CURVE_USERS) -> Curves:
+    """Fit ``cfg`` on the validation split of ``split.train`` and record the curves."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    inner = validation_split(split)
+    with_holdout = np.flatnonzero(np.diff(inner.test.indptr) > 0)
+    rng = np.random.default_rng(cfg.random_state)
+    users = np.sort(rng.choice(with_holdout, min(max_users, len(with_holdout)), replace=False))
+    held_out = inner.test[users]
+    loss: list[float] = []
+    precision: list[float] = []
+
+    def after_iteration(_iteration: int, _seconds: float, training_loss: float) -> None:
+        # the current factors, ranked as the published lists are (blocks of users, heard artists excluded)
+        now = Factors(cfg.name, {}, model.user_factors, model.item_factors, 0.0)
+        loss.append(float(training_loss))
+        precision.append(ranking_at_k(user_top_n(now, inner.train, k, users=users).ids, held_out, k)["precision"])
+
+    # as in tasks.models.base.fit: implicit parallelises itself (and checks the BLAS at construction)
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=cfg.factors,
+            regularization=cfg.regularization,
+            alpha=cfg.alpha,
+            iterations=cfg.iterations,
+            random_state=cfg.random_state,
+            calculate_training_loss=True,
+        )
+        model.fit(weight(inner.train, cfg.weight).astype(np.float32), show_progress=False, callback=after_iteration)
+    return Curves(cfg.name, np.array(loss), np.array(precision), k, len(users))
