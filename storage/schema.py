@@ -212,7 +212,9 @@ class FoldInArray(Base):
     }
 
     run_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, comment="runs.run_id")
-    name: Mapped[str] = mapped_column(sa.Text, primary_key=True, comment="the array, e.g. factor.artist_factors")
+    name: Mapped[str] = mapped_column(
+        sa.Text, primary_key=True, comment="the array, e.g. 0.artist_factors (part 0 of a blend)"
+    )
     chunk: Mapped[int] = mapped_column(sa.Integer, primary_key=True, comment="0-based piece of the array's .npy bytes")
     data: Mapped[bytes] = mapped_column(sa.LargeBinary, comment="the piece's bytes")
 

@@ -52,7 +52,7 @@ def because(scorer: Scorer, heard: sp.csr_matrix, ids: np.ndarray, users: np.nda
     heard = sp.csr_matrix(heard, dtype=np.float32)
     heard.sort_indices()
     users = np.arange(len(ids)) if users is None else np.asarray(users)
-    if isinstance(scorer, Blend) or hasattr(scorer, "parts"):
+    if isinstance(scorer, Blend):
         return _blend(scorer, heard, ids, users)
     if isinstance(scorer, Factors):
         unit = normalise(scorer.artist_factors)
@@ -146,21 +146,10 @@ def _ease_terms(model: EASE) -> Contributions:
     return terms
 
 
-def blend_parts(scorer: Scorer) -> list[tuple[float, Scorer]]:
-    """A blend's ``(weight, part)`` pairs: ``parts`` when it has them, else its factor and item parts."""
-    parts = getattr(scorer, "parts", None)
-    if parts is not None:
-        return list(parts)
-    blend = scorer if isinstance(scorer, Blend) else None
-    if blend is None:
-        raise TypeError(f"{type(scorer).__name__} is not a blend")
-    return [(blend.weight, blend.factor), (1.0 - blend.weight, blend.knn)]
-
-
-def _blend(scorer: Scorer, heard: sp.csr_matrix, ids: np.ndarray, users: np.ndarray) -> np.ndarray:
+def _blend(scorer: Blend, heard: sp.csr_matrix, ids: np.ndarray, users: np.ndarray) -> np.ndarray:
     """The ``because`` of the part with the largest share of each recommendation's blended score,
     or of the next part when that one names none."""
-    parts = blend_parts(scorer)
+    parts = scorer.parts
     share = np.full((len(parts), *ids.shape), -np.inf, dtype=np.float32)
     step = max(1, BLOCK_CELLS // max(heard.shape[1], 1))  # users whose dense scores fit a block
     for lo in range(0, len(ids), step):

@@ -10,7 +10,7 @@ recommend stage does (``user_top_n``, heard artists excluded, ``tasks.explain.be
   same projection that gives the fitted users theirs;
 - item-kNN and RP3beta: the sparse artists x artists weights, applied to the history as in their
   ``score``;
-- a blend: each part's arrays, names prefixed with the part (``factor.``, ``knn.``).
+- a blend: each part's arrays, names prefixed with the part's position (``0.``, ``1.``, ...).
 
 Plus ``artist_plays`` (float64, total plays per artist), from which the BM25/TF-IDF weighting of
 a new row is computed exactly as ``tasks.weight`` computes the fitted rows. EASE (a dense B) and
@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 from tasks.contracts import Factors, Scorer, TopN
 from tasks.errors import RecsError
-from tasks.explain import because, blend_parts
+from tasks.explain import because
 from tasks.models.blend import Blend, BlendConfig
 from tasks.models.implicit_mf import ALSConfig
 from tasks.models.itemknn import ItemKNN, ItemKNNConfig
@@ -69,11 +69,11 @@ class _NotFoldable(Exception):
 
 def _arrays(model: ModelConfig, scorer: Scorer, prefix: str = "") -> dict[str, np.ndarray]:
     if isinstance(model, BlendConfig):
-        configs = [model.factor, model.knn]
-        parts = [part for _, part in blend_parts(scorer)]
+        if not isinstance(scorer, Blend):
+            raise _NotFoldable
         out: dict[str, np.ndarray] = {}
-        for label, config, part in zip(("factor", "knn"), configs, parts):
-            out |= _arrays(config, part, f"{prefix}{label}.")
+        for i, (config, (_, part)) in enumerate(zip(model.parts, scorer.parts)):
+            out |= _arrays(config.model, part, f"{prefix}{i}.")
         return out
     if isinstance(model, (ALSConfig, LSAConfig)) and isinstance(scorer, Factors):
         return {prefix + FACTORS: scorer.artist_factors}
@@ -138,9 +138,8 @@ def _scorer(model: ModelConfig, arrays: dict[str, np.ndarray], weighted: sp.csr_
     """The ``Scorer`` ``model`` fitted, rebuilt from ``arrays`` for the listeners of ``weighted``
     (CSR, listeners x artists, their confidences: the factor models' solve needs them)."""
     if isinstance(model, BlendConfig):
-        factor = _scorer(model.factor, arrays, weighted, prefix + "factor.")
-        knn = _scorer(model.knn, arrays, weighted, prefix + "knn.")
-        return Blend({}, factor, knn, model.blend_weight, 0.0)
+        parts = [(p.weight, _scorer(p.model, arrays, weighted, f"{prefix}{i}.")) for i, p in enumerate(model.parts)]
+        return Blend({}, parts, 0.0)
     if isinstance(model, ALSConfig):
         return Factors(
             model.name, {}, _als_users(model, arrays[prefix + FACTORS], weighted), arrays[prefix + FACTORS], 0.0

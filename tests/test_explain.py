@@ -14,7 +14,7 @@ import tasks.explain as explain
 from tasks.contracts import Factors
 from tasks.index import normalise
 from tasks.models.base import fit
-from tasks.models.blend import BlendConfig, standardise
+from tasks.models.blend import BlendConfig, BlendPart, standardise
 from tasks.models.ease import EASEConfig
 from tasks.models.implicit_mf import ALSConfig
 from tasks.models.itemknn import ItemKNNConfig
@@ -110,16 +110,19 @@ def test_factor_models_name_the_most_similar_heard_artist(plays, monkeypatch):
 
 def test_a_blend_names_the_reason_of_the_part_that_dominated(plays):
     model = BlendConfig(
-        weight=WeightConfig(scheme="log"), factor=ALSConfig(factors=16, iterations=5), knn=ItemKNNConfig(neighbours=50)
+        weight=WeightConfig(scheme="log"),
+        parts=[
+            BlendPart(model=ALSConfig(factors=16, iterations=5), weight=0.5),
+            BlendPart(model=ItemKNNConfig(neighbours=50), weight=0.5),
+        ],
     )
     blend = fit(weight(plays, model.weight), model)
     ids = user_top_n(blend, plays, N).ids
     users = np.arange(len(ids))
-    z = [
-        standardise(np.asarray(part.score(users, plays), dtype=np.float32), plays) for part in (blend.factor, blend.knn)
-    ]
-    shares = np.stack([w * np.take_along_axis(s, ids, axis=1) for w, s in zip((blend.weight, 1 - blend.weight), z)])
-    parts = np.stack([explain.because(part, plays, ids) for part in (blend.factor, blend.knn)])
+    (wf, factor), (wk, knn) = blend.parts
+    z = [standardise(np.asarray(part.score(users, plays), dtype=np.float32), plays) for part in (factor, knn)]
+    shares = np.stack([w * np.take_along_axis(s, ids, axis=1) for w, s in zip((wf, wk), z)])
+    parts = np.stack([explain.because(part, plays, ids) for part in (factor, knn)])
     got = explain.because(blend, plays, ids)
     factor_won = (shares[0] >= shares[1]) | (parts[1] < 0)
     np.testing.assert_array_equal(got, np.where(factor_won, parts[0], parts[1]))

@@ -114,7 +114,7 @@ def test_flow_publishes_and_reports(two_runs):
         stored = {name for (name,) in con.execute("SELECT name FROM fold_in_arrays WHERE run_id = ?", (run_id,))}
     assert coldplay == config.n
     assert users == 1892
-    assert unexplained == 0 and {"artist_plays", "factor.artist_factors", "knn.similarity.data"} <= stored
+    assert unexplained == 0 and {"artist_plays", "0.artist_factors", "1.similarity.data"} <= stored
 
     # the model is measured beside the popularity baseline of the same run, and beats it
     value = {(m.model, m.metric, m.k): m.value for m in second.metrics}

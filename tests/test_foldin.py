@@ -150,12 +150,12 @@ def test_fold_in_arrays_are_stored_per_run_and_pruned_with_it(db_url, shipped):
         arrays = read_fold_in(conn, 1)
     for name, array in shipped.fold_in.items():
         np.testing.assert_array_equal(arrays[name], array)
+    # the shipped blend: ALS factors, item-kNN similarities, RP3beta weights, in its parts' order
     assert set(arrays) == {
         "artist_plays",
-        "factor.artist_factors",
-        "knn.similarity.data",
-        "knn.similarity.indices",
-        "knn.similarity.indptr",
+        "0.artist_factors",
+        *(f"1.similarity.{a}" for a in ("data", "indices", "indptr")),
+        *(f"2.weights.{a}" for a in ("data", "indices", "indptr")),
     }
     publish(engine, shipped, retention=1)
     with engine.connect() as conn:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,10 +32,12 @@ from tasks.contracts import Factors
 from tasks.errors import RecsError
 from tasks.index import normalise
 from tasks.models.base import BaseModelConfig, fit
-from tasks.models.blend import FactorPart
-from tasks.models.implicit_mf import ALSConfig
+from tasks.models.implicit_mf import ALSConfig, BPRConfig, LMFConfig
 from tasks.models.lsa import LSAConfig
 from tasks.weight import WeightConfig, weight
+
+# The models with artist factors, discriminated on ``name``.
+FactorPart = Annotated[ALSConfig | BPRConfig | LMFConfig | LSAConfig, Field(discriminator="name")]
 
 
 class CosineBlendConfig(BaseModelConfig):

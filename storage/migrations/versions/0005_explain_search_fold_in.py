@@ -151,7 +151,7 @@ def upgrade() -> None:
     op.create_table(
         "fold_in_arrays",
         sa.Column("run_id", sa.Integer, primary_key=True, comment="runs.run_id"),
-        sa.Column("name", sa.Text, primary_key=True, comment="the array, e.g. factor.artist_factors"),
+        sa.Column("name", sa.Text, primary_key=True, comment="the array, e.g. 0.artist_factors (part 0 of a blend)"),
         sa.Column("chunk", sa.Integer, primary_key=True, comment="0-based piece of the array's .npy bytes"),
         sa.Column("data", sa.LargeBinary, nullable=False, comment="the piece's bytes"),
         comment=FOLD_IN_COMMENT,
