@@ -474,7 +474,8 @@ def recommend(
     listened: str = typer.Option(
         None,
         help="A listener who is not in the data: comma-separated artist names, each optionally "
-        "name:plays (e.g. 'radiohead:40,coldplay,muse'); scored by the current run, no retrain.",
+        "name:plays (e.g. 'radiohead:40,coldplay,muse'; a name with a comma: --listened-file); "
+        "scored by the current run, no retrain.",
     ),
     listened_file: Path = typer.Option(
         None, exists=True, dir_okay=False, help="Like --listened, from a file of artist<TAB>plays lines."

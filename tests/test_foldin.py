@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from flows.cli import app, parse_listened
 from flows.config import RetrainConfig
 from storage.engine import make_engine
 from storage.foldin import listened_recommendations, read_fold_in
@@ -236,3 +236,13 @@ def test_a_run_without_fold_in_arrays_refuses_in_one_line(tmp_path, shipped):
     with pytest.raises(RecsError, match="'ease' cannot score new listeners"):
         listened_recommendations(engine, [("muse", 1)], N)
     engine.dispose()
+
+
+def test_listened_text_is_names_with_optional_play_counts():
+    assert parse_listened("radiohead:40, coldplay ,Sunn O))):live,,muse:2.5") == [
+        ("radiohead", 40.0),
+        ("coldplay", 1.0),
+        ("Sunn O))):live", 1.0),  # no number after the colon: part of the name
+        ("muse", 2.5),
+    ]
+    assert parse_listened(" , ") == []
