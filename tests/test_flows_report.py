@@ -205,6 +205,9 @@ def test_training_curves_fall_and_rise_on_a_validation_split_and_are_drawn(hetre
 
     expected = ranking_at_k(user_top_n(final, inner.train, 10, users=users).ids, inner.test[users], 10)["precision"]
     assert abs(curves.precision[-1] - expected) < 0.01
+    # on a catalogue past fit_users, the fit takes a sample of users' rows (and ranks some of them)
+    sampled = als_curves(split, cfg, k=10, max_users=300, fit_users=800)
+    assert sampled.users == 300 and sampled.precision[-1] > 2 * sampled.precision[0]
     report = _fitted_report(hetrec_encoded, models=("als",), curves=curves)
     markdown = render_report(report)
     [uri] = re.findall(
