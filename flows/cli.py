@@ -124,8 +124,11 @@ def _switched(model: dict, name: str) -> dict:
     (weighting, seed, factors...); an unknown name is left for validation to refuse."""
     from tasks.models.registry import MODELS
 
+    if model.get("name") == "cosine_blend" and model.get("parts"):
+        model = model["parts"][0]  # its own weight is "none" (raw plays for its parts): take its first part's
     fields = MODELS[name].model_fields if name in MODELS else {}
-    return {k: v for k, v in model.items() if k in fields} | {"name": name}
+    kept = {k: v for k, v in model.items() if k in fields and not (name == "cosine_blend" and k == "weight")}
+    return kept | {"name": name}
 
 
 def _die_with_parent() -> None:
@@ -449,13 +452,14 @@ def related(
     n: int = typer.Option(10, min=1, help="How many related artists to show."),
     db: str = _READ_DB,
     dataset: str = _READ_DATASET,
+    model: str = typer.Option(None, help="Which of the run's factor models (default: the shipped related model)."),
 ) -> None:
     """Related artists of ARTIST in the current run of a dataset."""
     from storage.queries import related_artists
     from tasks.evaluate import MAX_N
 
-    result = related_artists(_read_engine(db), artist, min(n, MAX_N), dataset)  # no published list is longer
-    _top_table(f"related to {result.artist_name} (run {result.run_id}, {result.dataset})", result.rows)
+    result = related_artists(_read_engine(db), artist, min(n, MAX_N), dataset, model)  # no list is longer
+    _top_table(f"related to {result.artist_name} (run {result.run_id}, {result.dataset}, {result.model})", result.rows)
 
 
 @app.command()

@@ -20,6 +20,7 @@ from tasks.evaluate import MAX_N, EvalConfig
 from tasks.files import DATA_DIR
 from tasks.index import IndexConfig
 from tasks.models.blend import BlendConfig
+from tasks.models.cosine_blend import CosineBlendConfig
 from tasks.models.implicit_mf import ALSConfig
 from tasks.models.itemknn import ItemKNNConfig
 from tasks.models.registry import ModelConfig
@@ -32,10 +33,10 @@ class RetrainConfig(StageConfig):
 
     data: DataConfig = DataConfig()
     # Chosen on HetRec 2K by tag coherence@10 and label-split synonyms (tests/test_related_quality.py,
-    # docs/models.md "How the related-artists model was chosen"): few factors keep a split
-    # label's halves together.
+    # docs/models.md "How the related-artists model was chosen"): ALS and LSA cosines blended
+    # (its defaults); each part's related lists are published too.
     related_model: ModelConfig = Field(
-        ALSConfig(factors=24, iterations=30, weight=WeightConfig(scheme="bm25", k1=50.0, b=1.0)),
+        default_factory=CosineBlendConfig,
         description="the factor model related artists come from (nearest artists in its factor space)",
     )
     # Tuned on HetRec 2K by `recs tune` (validation split of the train part; docs/models.md

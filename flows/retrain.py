@@ -276,10 +276,20 @@ def recommend_task(
     user_index: ArtistIndex | None,
     heard: sp.csr_matrix,
     config: RetrainConfig,
+    compared: dict[str, tuple[Factors, ArtistIndex]] | None = None,
 ) -> Recommended:
-    """Related artists for every artist and top-N new artists for every user."""
+    """Related artists for every artist (of the related model and of each ``compared`` one) and
+    top-N new artists for every user."""
     return recommend(
-        related_model, user_model, related_index, user_index, heard, config.n, config.index, seed=config.eval.seed
+        related_model,
+        user_model,
+        related_index,
+        user_index,
+        heard,
+        config.n,
+        config.index,
+        seed=config.eval.seed,
+        compared=compared,
     )
 
 
@@ -466,7 +476,12 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
     if advice:
         logger.warning(advice)
     related_factors = cast(Factors, related.scorer)  # roles.assign refuses a related model without factors
-    related_index = index_task(related_factors.artist_factors, config, folder / f"related.{config.index.engine}")
+    related_index = index_task(related_factors.similarity_factors, config, folder / f"related.{config.index.engine}")
+    # every other factor model's related lists are published too, for comparison (e.g. ALS vs LSA)
+    compared = {
+        name: (model, index_task(model.similarity_factors, config, folder / f"related-{name}.{config.index.engine}"))
+        for name, model in roles.compared(related_factors, users.scorer).items()
+    }
     user_index = None
     if isinstance(users.scorer, Factors) and config.index.approximate_users:
         user_index = index_task(
@@ -474,7 +489,9 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         )
     # every artist a user ever heard (train and test) is excluded from the published top-N; the
     # scorers only read which artists were heard, not how often (item-kNN binarises its input)
-    recommended = recommend_task(related_factors, users.scorer, related_index, user_index, encoded.plays, config)
+    recommended = recommend_task(
+        related_factors, users.scorer, related_index, user_index, encoded.plays, config, compared
+    )
     metrics = evaluate_task(evaluated, split, config) + recommended.recall + fit_metrics(published, evaluated)
     for m in metrics:
         logger.info("%-12s %-22s %s", m.model, m.metric if m.k is None else f"{m.metric}@{m.k}", f"{m.value:.4f}")
@@ -490,6 +507,7 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         related_model=related.scorer.name,
         user_model=users.scorer.name,
         code_version=identity.code_version,
+        other_related=recommended.other_related,
         started_at=started_at,
         flow_run_id=flow_run_id,
         flow_run_url=flow_run_url,

@@ -59,12 +59,16 @@ def topn_batches(
         count = int(keep.sum())
         # in the table's column order, which SQLite's INSERT follows
         models = {"model": np.full(count, label, dtype=f"S{len(label)}")} if model is not None else {}
-        yield {"run_id": np.full(count, run_id, dtype=np.int32)} | models | {
-            owner: np.broadcast_to(owners[:, None], ids.shape)[keep],
-            "rank": np.broadcast_to(ranks, ids.shape)[keep],
-            target: ids[keep].astype(np.int32, copy=False),
-            "score": topn.scores[start : start + step][keep].astype(np.float32, copy=False),
-        }
+        yield (
+            {"run_id": np.full(count, run_id, dtype=np.int32)}
+            | models
+            | {
+                owner: np.broadcast_to(owners[:, None], ids.shape)[keep],
+                "rank": np.broadcast_to(ranks, ids.shape)[keep],
+                target: ids[keep].astype(np.int32, copy=False),
+                "score": topn.scores[start : start + step][keep].astype(np.float32, copy=False),
+            }
+        )
 
 
 def column_batches(columns: Batch, batch_rows: int) -> Iterator[Batch]:

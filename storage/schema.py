@@ -169,7 +169,9 @@ class RelatedArtist(Base):
 
     run_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, comment="runs.run_id")
     model: Mapped[str] = mapped_column(
-        sa.Text, primary_key=True, comment="the factor model the list comes from (runs.related_model is the shipped one)"
+        sa.Text,
+        primary_key=True,
+        comment="the factor model the list comes from (runs.related_model is the shipped one)",
     )
     artist_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, comment="artists.artist_id")
     rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, comment="1 = most similar")

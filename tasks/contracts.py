@@ -200,6 +200,13 @@ class Factors:
     def score(self, users: np.ndarray, heard: sp.csr_matrix) -> np.ndarray:
         return self.user_factors[users] @ self.artist_factors.T
 
+    @property
+    def similarity_factors(self) -> np.ndarray:
+        """What related artists are compared by (their cosine): float32, n_artists x f'. The
+        artist factors, except for a model that compares artists in a space of its own
+        (``tasks.models.cosine_blend``)."""
+        return self.artist_factors
+
 
 @dataclass(frozen=True)
 class TopN:
@@ -223,13 +230,16 @@ class Recommended:
 
     ``related``: artists x n; ``users``: users x n; ``recall``: the index's recall@n on a
     sample (``related_recall``, and ``user_recall`` when users went through the index);
-    ``seconds``: wall seconds of its parts (``related``, ``users``, ``recall_check``).
+    ``seconds``: wall seconds of its parts (``related``, ``users``, ``recall_check``);
+    ``other_related``: artists x n of each other factor model compared with the related model,
+    by model name.
     """
 
     related: TopN
     users: TopN
     recall: list[Metric]
     seconds: dict[str, float] = field(default_factory=dict)
+    other_related: dict[str, TopN] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -296,16 +296,21 @@ def recommend(
     n: int,
     cfg: IndexConfig,
     seed: int = 0,
+    compared: dict[str, tuple[Factors, ArtistIndex]] | None = None,
 ) -> Recommended:
     """The recommend stage: related artists from ``related_index`` for every artist, and the
     top ``n`` artists for every user with everything in ``heard`` (CSR, users x artists)
     excluded, through ``user_index`` when given (a factor model's inner-product index) or else
     exactly. Each index's recall@n against exact search is measured on ``cfg.recall_sample``
-    rows drawn with ``seed``."""
+    rows drawn with ``seed``. ``compared``: other factor models (name -> model and its index over
+    its artist factors), whose related artists are listed the same way, for comparison."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    artist_factors = related_model.artist_factors
+    artist_factors = related_model.similarity_factors
     related = related_approx(related_index, artist_factors, n)
+    others = {
+        name: related_approx(index, model.similarity_factors, n) for name, (model, index) in (compared or {}).items()
+    }
     seconds["related"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -330,7 +335,7 @@ def recommend(
         exact = user_top_n(user_model, heard, n, users=rows)
         recall.append(Metric(cfg.engine, "user_recall", n, recall_at_n(users, exact, rows)))
     seconds["recall_check"] = time.perf_counter() - start
-    return Recommended(related=related, users=users, recall=recall, seconds=seconds)
+    return Recommended(related=related, users=users, recall=recall, seconds=seconds, other_related=others)
 
 
 # users x artists from which the HetRec-sized defaults get slow (Last.fm 360K is 1.1e11)

@@ -175,26 +175,36 @@ def test_published_lists_come_from_models_fitted_on_every_pair(two_runs, hetrec_
     reference = fit(weight(plays, config.related_model.weight), config.related_model)
     published = load(tmp / "runs" / str(states[1].state_details.flow_run_id) / config.related_model.name)
     np.testing.assert_array_equal(published.artist_factors, reference.artist_factors)
-    index = build_index(
-        reference.artist_factors, config.index, tmp / "reference.annoy", seed=config.related_model.random_state
-    )
-    expected = related_approx(index, reference.artist_factors, config.n)
+    # the shipped related model's lists, then each part of the cosine blend's, under its name
+    expected_related = {}
+    for model in (reference, *reference.parts):
+        vectors = model.similarity_factors
+        index = build_index(
+            vectors, config.index, tmp / f"reference-{model.name}.annoy", seed=config.related_model.random_state
+        )
+        expected_related[model.name] = related_approx(index, vectors, config.n)
     users = np.arange(100)
     expected_users = user_top_n(
         fit(weight(plays, config.user_model.weight), config.user_model), plays, config.n, users=users
     )
     with sqlite3.connect(tmp / "recs.db") as con:
-        related = con.execute(
-            "SELECT artist_id, related_artist_id FROM related_artists WHERE run_id = ? ORDER BY artist_id, rank",
-            (result.run_id,),
-        ).fetchall()
+        related = {
+            model: con.execute(
+                "SELECT artist_id, related_artist_id FROM related_artists WHERE run_id = ? AND model = ? "
+                "ORDER BY artist_id, rank",
+                (result.run_id, model),
+            ).fetchall()
+            for model in expected_related
+        }
+        [models] = con.execute("SELECT count(DISTINCT model) FROM related_artists WHERE run_id = ?", (result.run_id,))
         recommended = con.execute(
             "SELECT user_id, artist_id FROM user_recommendations WHERE run_id = ? AND user_id < ? "
             "ORDER BY user_id, rank",
             (result.run_id, len(users)),
         ).fetchall()
-    want = [(a, int(r)) for a, row in enumerate(expected.ids) for r in row if r >= 0]
-    assert related == want
+    assert result.related_model == reference.name and models == (len(expected_related),)
+    for model, expected in expected_related.items():
+        assert related[model] == [(a, int(r)) for a, row in enumerate(expected.ids) for r in row if r >= 0], model
     assert recommended == [(u, int(a)) for u, row in zip(users, expected_users.ids) for a in row if a >= 0]
 
     artifacts, _, _ = _read(states[1].state_details.flow_run_id)

@@ -127,7 +127,9 @@ def test_bad_input_is_refused(tmp_path):
 def test_every_model_is_one_config_class_with_only_its_own_fields():
     union = get_args(get_args(ModelConfig)[0])
     assert set(MODELS) == {cls.model_fields["name"].default for cls in union}
-    assert set(MODELS) == {"als", "lsa", "bpr", "lmf", "explicit", "itemknn", "ease", "rp3beta", "blend", "spark_als"}
+    assert set(MODELS) == {
+        *("als", "lsa", "bpr", "lmf", "explicit", "itemknn", "ease", "rp3beta", "blend", "cosine_blend", "spark_als")
+    }
     for name, cls in MODELS.items():
         assert type(model_config({"name": name})) is cls
     # the Prefect form of an ALS model shows ALS's fields, not item-kNN's or SGD's

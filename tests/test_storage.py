@@ -506,6 +506,61 @@ def test_unreachable_database_is_one_line_error(url, tmp_path):
     assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_every_models_related_lists_are_published_and_compared_side_by_side(db_url, engine):
+    shipped = make_outputs(3)
+    others = {"lsa": make_outputs(4).related, "als-users": make_outputs(5).related}
+    outputs = RunOutputs(**{**shipped.__dict__, "related_model": "cosine_blend", "other_related": others})
+    publish(engine, outputs)
+    assert views_of(engine) == expected_views(outputs)  # current_related_artists: the shipped model only
+    lists = {"cosine_blend": outputs.related, **others}
+    keys, names = outputs.encoded.artist_keys, outputs.encoded.artist_names
+    with engine.connect() as conn:
+        by_model = {
+            (row[0], bool(row[1]), *row[2:6], np.float32(row[6]))
+            for row in conn.exec_driver_sql(
+                "SELECT model, shipped, artist_key, rank, related_artist_key, related_artist_name, score "
+                "FROM current_related_by_model"
+            )
+        }
+        compared = conn.exec_driver_sql(
+            "SELECT model, rank, shipped_model, shipped_artist_name, related_artist_name, rank_in_shipped "
+            "FROM current_related_comparison WHERE dataset = 'synthetic' AND lower(artist_name) = 'artist 39' "
+            "ORDER BY model, rank"
+        ).all()
+        [n_related] = conn.exec_driver_sql("SELECT n_related FROM runs").one()
+    assert by_model == {
+        (model, model == "cosine_blend", keys[a], r + 1, keys[b], names[b], np.float32(topn.scores[a, r]))
+        for model, topn in lists.items()
+        for a, r in zip(*np.nonzero(topn.ids >= 0))
+        for b in [topn.ids[a, r]]
+    }
+    assert n_related == sum(int((topn.ids >= 0).sum()) for topn in lists.values())
+    # artist 39's lists (the last row: the shipped list is short, padded like the contract says)
+    ship = list(outputs.related.ids[39])
+    expected = []
+    for model in sorted(others):
+        for r, b in enumerate(others[model].ids[39]):
+            if b < 0:
+                continue
+            at = ship[r] if ship[r] >= 0 else None
+            in_shipped = ship.index(b) + 1 if b in ship else None
+            expected.append((model, r + 1, "cosine_blend", None if at is None else names[at], names[b], in_shipped))
+    assert [tuple(row) for row in compared] == expected
+    # the query and the CLI take a model; an unknown one is named with the run's models
+    assert [row.artist_key for row in related_artists(engine, "Artist 2", model="lsa").rows] == [
+        keys[b] for b in others["lsa"].ids[2] if b >= 0
+    ]
+    found = related_artists(engine, "Artist 2")
+    assert found.model == "cosine_blend" and [row.artist_key for row in found.rows] == [
+        keys[b] for b in outputs.related.ids[2]
+    ]
+    with pytest.raises(RecsError, match=r"no related lists of model 'svd'; use one of: als-users, cosine_blend, lsa$"):
+        related_artists(engine, "Artist 2", model="svd")
+    result = CliRunner().invoke(_cli_app(), ["related", "Artist 2", "--model", "als-users", "--db", db_url])
+    assert result.exit_code == 0, result.output
+    assert f"key-{others['als-users'].ids[2, 0]}" in result.stdout and "als-users" in result.stdout
+
+
 def _cli_app():
     from flows.cli import app
 

@@ -10,6 +10,8 @@ Prefect UI form) for ``name: als`` accepts, and shows, only ALS's fields:
 - ``ease`` (``tasks.models.ease``): Steck's closed-form item-item weights, on up to ``max_artists``;
 - ``rp3beta`` (``tasks.models.rp3beta``): popularity-discounted random-walk item-item weights;
 - ``blend`` (``tasks.models.blend``): a factor model and an item model, standardised and mixed;
+- ``cosine_blend`` (``tasks.models.cosine_blend``): factor models whose artist cosines are mixed
+  (the related-artists model);
 - ``spark_als`` (``tasks.models.spark_als``): Spark MLlib's ALS.
 
 ``fit(train, cfg)`` (``tasks.models.base``) fits any of them.
@@ -23,6 +25,7 @@ from pydantic import Field, TypeAdapter
 
 from tasks.models.base import BaseModelConfig, fit
 from tasks.models.blend import BlendConfig
+from tasks.models.cosine_blend import CosineBlendConfig
 from tasks.models.ease import EASEConfig
 from tasks.models.explicit import ExplicitConfig
 from tasks.models.implicit_mf import ALSConfig, BPRConfig, LMFConfig
@@ -41,6 +44,7 @@ ModelConfig = Annotated[
     | EASEConfig
     | RP3betaConfig
     | BlendConfig
+    | CosineBlendConfig
     | SparkALSConfig,
     Field(discriminator="name"),
 ]

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 
 from tasks.contracts import Factors, Scorer
 from tasks.errors import RecsError
+from tasks.models.cosine_blend import CosineBlend
 from tasks.models.registry import ModelConfig
 
 
@@ -54,9 +55,20 @@ def assign(fitted: list[Fitted]) -> tuple[Fitted, Fitted]:
     if not isinstance(related.scorer, Factors):
         raise RecsError(
             f"related_model {related.model.name!r} has no artist factors to compare artists by; "
-            "use a factor model (als, lsa, bpr, lmf, explicit, spark_als) for related_model"
+            "use a factor model (als, lsa, bpr, lmf, explicit, spark_als, cosine_blend) for related_model"
         )
     return related, fitted[-1]
+
+
+def compared(related: Factors, users: Scorer) -> dict[str, Factors]:
+    """The other factor models whose related lists a run publishes beside ``related``'s, by name:
+    the parts of a cosine blend (e.g. its ALS and LSA), and the user model when it is a factor
+    model fitted apart (as ``<name>-users`` when its name is taken)."""
+    found = {part.name: part for part in related.parts} if isinstance(related, CosineBlend) else {}
+    if isinstance(users, Factors) and users is not related:
+        taken = users.name in found or users.name == related.name
+        found[f"{users.name}-users" if taken else users.name] = users
+    return found
 
 
 def _renamed(scorer: Scorer, name: str) -> Scorer:

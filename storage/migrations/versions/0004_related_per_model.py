@@ -172,7 +172,9 @@ def downgrade() -> None:
     if _sqlite():
         _rebuild_sqlite(with_model=False, stat=OLD_STAT)
     else:
-        op.execute("DELETE FROM related_artists AS r USING runs AS m WHERE m.run_id = r.run_id AND r.model <> m.related_model")
+        op.execute(
+            "DELETE FROM related_artists AS r USING runs AS m WHERE m.run_id = r.run_id AND r.model <> m.related_model"
+        )
         op.drop_constraint("related_artists_pkey", "related_artists", type_="primary")
         op.create_primary_key("related_artists_pkey", "related_artists", ["run_id", "artist_id", "rank"])
         op.drop_column("related_artists", "model")
