@@ -18,6 +18,8 @@ from threadpoolctl import threadpool_limits
 from tasks.contracts import Factors, Split
 from tasks.evaluate import ranking_at_k
 from tasks.models.base import BaseModelConfig
+from tasks.models.blend import BlendConfig
+from tasks.models.cosine_blend import CosineBlendConfig
 from tasks.models.implicit_mf import ALSConfig
 from tasks.recommend import user_top_n
 from tasks.split import validation_split
@@ -41,8 +43,20 @@ class Curves:
 
 
 def curve_model(*models: BaseModelConfig) -> ALSConfig | None:
-    """The first ALS model among ``models`` (the run's related and user models), None if none."""
-    return next((m for m in models if isinstance(m, ALSConfig)), None)
+    """The first ALS model among ``models`` (the run's related and user models) or their parts
+    (a cosine blend's ``parts``, a blend's ``factor``), None if none."""
+    for model in models:
+        parts = (
+            model.parts
+            if isinstance(model, CosineBlendConfig)
+            else [model.factor]
+            if isinstance(model, BlendConfig)
+            else [model]
+        )
+        found = next((part for part in parts if isinstance(part, ALSConfig)), None)
+        if found is not None:
+            return found
+    return None
 
 
 def als_curves(
