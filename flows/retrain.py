@@ -548,7 +548,7 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         stability=stability,
         database=masked_url(config.storage.db),
         curves=curves,
-        related_by_model={related.scorer.name: recommended.related},
+        related_by_model={related.scorer.name: recommended.related, **recommended.other_related},
     )
     publish_artifacts(run_report)
     prune_run_dirs(config.work_dir, keep=config.storage.retention, current=folder)

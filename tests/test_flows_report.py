@@ -21,6 +21,8 @@ from flows.report import (
 from tasks.contracts import BadRows, Encoded, Metric
 from tasks.curves import als_curves, curve_model
 from tasks.evaluate import ranking_at_k
+from tasks.models.blend import BlendConfig
+from tasks.models.cosine_blend import CosineBlendConfig
 from tasks.models.implicit_mf import ALSConfig
 from tasks.models.itemknn import ItemKNNConfig
 from tasks.models.registry import fit
@@ -190,6 +192,9 @@ def test_training_curves_fall_and_rise_on_a_validation_split_and_are_drawn(hetre
     split = per_user_holdout(hetrec_encoded.plays, 0.2, 5, seed=0)
     cfg = ALSConfig(factors=16, iterations=8)
     assert curve_model(ItemKNNConfig(), cfg) is cfg and curve_model(ItemKNNConfig()) is None
+    # the shipped models: the related cosine blend's ALS part comes before the user blend's
+    assert curve_model(CosineBlendConfig(), BlendConfig()) == CosineBlendConfig().parts[0]
+    assert curve_model(ItemKNNConfig(), BlendConfig(factor=cfg)) is not None
     curves = als_curves(split, cfg, k=10, max_users=500)
     assert len(curves.loss) == len(curves.precision) == 8 and curves.users == 500
     assert curves.loss[-1] < curves.loss[0]  # ALS's loss falls
@@ -205,6 +210,9 @@ def test_training_curves_fall_and_rise_on_a_validation_split_and_are_drawn(hetre
 
     expected = ranking_at_k(user_top_n(final, inner.train, 10, users=users).ids, inner.test[users], 10)["precision"]
     assert abs(curves.precision[-1] - expected) < 0.01
+    # on a catalogue past fit_users, the fit takes a sample of users' rows (and ranks some of them)
+    sampled = als_curves(split, cfg, k=10, max_users=300, fit_users=800)
+    assert sampled.users == 300 and sampled.precision[-1] > 2 * sampled.precision[0]
     report = _fitted_report(hetrec_encoded, models=("als",), curves=curves)
     markdown = render_report(report)
     [uri] = re.findall(

@@ -131,9 +131,10 @@ def test_flow_publishes_and_reports(two_runs):
     assert {METRICS_KEY, REPORT_KEY} <= set(by_key)
     report = by_key[REPORT_KEY].data
     assert "data:image/png;base64," in report
-    for section in ("## Dataset", "## Bad rows", "## Models", "## Index recall", "## Related artists", "## Timings"):
+    sections = ("## Dataset", "## Bad rows", "## Models", "## Index recall", "## Related artists", "## Timings")
+    for section in (*sections, "## Embedding map", "## Training curves"):
         assert section in report
-    assert "**Coldplay** →" in report
+    assert "### Coldplay\n" in report and "![training curves](data:image/png;base64," in report
     # the gate's figures (off here: the CLI default) and stability against run 1, in the report and runs
     assert f"quality gate off: precision@10 of {second.user_model} is" in report
     assert f"(current run {first.run_id}: " in report
