@@ -43,6 +43,7 @@ from storage.engine import make_engine
 from storage.preflight import check_database
 from storage.publish import STABILITY_MODEL, RunIdentity, RunOutputs, publish, skip_if_unchanged
 from storage.queries import run_details
+from tasks.candidates import retrieval_factors
 from tasks.contracts import Downloaded, Encoded, Factors, Metric, Parsed, Recommended, Scorer, Split
 from tasks.data.datasets import DataConfig, check_of_cached, fingerprint, obtain, resolve
 from tasks.data.download import intact
@@ -57,7 +58,7 @@ from tasks.models.registry import ModelConfig
 from tasks.models.roles import Fitted
 from tasks.models.store import save
 from tasks.preflight import check_folders, check_source
-from tasks.recommend import recommend, scale_advice
+from tasks.recommend import recommend, user_path
 from tasks.split import evaluation_holdout, publish_refit
 from tasks.transient import is_transient
 from tasks.weight import weight
@@ -264,7 +265,7 @@ def index_task(
 def recommend_task(
     related_model: Factors,
     user_model: Scorer,
-    related_index: ArtistIndex,
+    related_index: ArtistIndex | None,
     user_index: ArtistIndex | None,
     heard: sp.csr_matrix,
     config: RetrainConfig,
@@ -454,15 +455,16 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
     published = roles.named(_fit_all(models, encoded.plays, folder)) if refit else evaluated
     logger.info("%s", describe_fits(published, evaluated))
     related, users = roles.assign(published)
-    advice = scale_advice(users.scorer, config.index.engine, encoded.n_users, encoded.n_artists)
-    if advice:
-        logger.warning(advice)
+    # what the index config leaves to the data (engine, approximate_users) decided for its shape
+    config = config.model_copy(update={"index": config.index.resolved(encoded.n_users, encoded.n_artists)})
     related_factors = cast(Factors, related.scorer)  # roles.assign refuses a related model without factors
-    related_index = index_task(related_factors.artist_factors, config, folder / f"related.{config.index.engine}")
-    user_index = None
-    if isinstance(users.scorer, Factors) and config.index.approximate_users:
+    related_index = user_index = None
+    if config.index.engine != "exact":
+        related_index = index_task(related_factors.artist_factors, config, folder / f"related.{config.index.engine}")
+    retrieval = retrieval_factors(users.scorer)
+    if retrieval is not None and config.index.approximate_users:
         user_index = index_task(
-            users.scorer.artist_factors, config, folder / f"users.{config.index.engine}", inner_product=True
+            retrieval.artist_factors, config, folder / f"users.{config.index.engine}", inner_product=True
         )
     # every artist a user ever heard (train and test) is excluded from the published top-N; the
     # scorers only read which artists were heard, not how often (item-kNN binarises its input)
@@ -489,9 +491,9 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         choices={
             "index_engine": config.index.engine,
             "approximate_users": user_index is not None,
+            "user_top_n": user_path(users.scorer, user_index is not None, encoded.n_artists),
             "eval_max_users": config.eval.max_users,
             "published_fit": "refit on all pairs" if refit else "the evaluated fit",
-            "scale_advice": advice or None,
         },
     )
     run_id, gate, stability = _retrying(publish_task, config)(config, outputs)
