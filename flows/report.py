@@ -38,7 +38,8 @@ class RunReport:
     ``timings``: wall seconds per stage, in flow order.
     ``gate``: the quality gate's decision with both precision@10 figures (None: nothing compared).
     ``stability``: overlap@10 with the dataset's previous current run, metric -> share in [0, 1]
-    (empty for a dataset's first run).
+    (empty for a dataset's first run). ``choices``: what the run chose from the data's shape
+    beyond the config (``runs.choices``: index engine, user top-N path, ...).
     """
 
     run_id: str
@@ -57,6 +58,7 @@ class RunReport:
     gate: str | None = None
     stability: dict[str, float] = field(default_factory=dict)
     data_check: str = ""  # Downloaded.check: how the data was known to be current
+    choices: dict = field(default_factory=dict)
 
 
 def _label(metric: Metric) -> str:
@@ -222,6 +224,8 @@ def render_report(report: RunReport) -> str:
         lines.append("")
     lines += ["## Models", ""]
     lines += _md_table(["role", "params"], [[role, f"`{params}`"] for role, params in report.models.items()])
+    if report.choices:
+        lines += ["", "Chosen for this data: " + ", ".join(f"{k} `{v}`" for k, v in report.choices.items())]
     lines += ["", "## What was published, and what was measured", ""]
     lines += _md_table(["model", "fitted on (pairs)", "metrics from"], fit_rows(report.metrics))
     lines += ["", "## Metrics (holdout, train-heard artists excluded)", ""]

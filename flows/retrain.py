@@ -518,6 +518,7 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         timings=dict(timings),
         gate=gate,
         stability=stability,
+        choices=outputs.choices,
     )
     publish_artifacts(run_report)
     prune_run_dirs(config.work_dir, keep=config.storage.retention, current=folder)

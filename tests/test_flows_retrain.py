@@ -129,6 +129,7 @@ def test_flow_publishes_and_reports(two_runs):
     for section in ("## Dataset", "## Bad rows", "## Models", "## Index recall", "## Related artists", "## Timings"):
         assert section in report
     assert "**Coldplay** →" in report
+    assert "Chosen for this data: index_engine `exact`" in report
     # the gate's figures (off here: the CLI default) and stability against run 1, in the report and runs
     assert f"quality gate off: precision@10 of {second.user_model} is" in report
     assert f"(current run {first.run_id}: " in report
