@@ -19,7 +19,7 @@ from tasks.data.datasets import DataConfig
 from tasks.evaluate import MAX_N, EvalConfig
 from tasks.files import DATA_DIR
 from tasks.index import IndexConfig
-from tasks.models.blend import BlendConfig
+from tasks.models.blend import BlendConfig, BlendPart
 from tasks.models.implicit_mf import ALSConfig
 from tasks.models.itemknn import ItemKNNConfig
 from tasks.models.registry import ModelConfig
@@ -45,9 +45,10 @@ class RetrainConfig(StageConfig):
     user_model: ModelConfig = Field(
         BlendConfig(
             weight=WeightConfig(scheme="log", alpha=1.0, eps=1.0),
-            factor=ALSConfig(factors=32, regularization=0.3, alpha=1.0, iterations=15),
-            knn=ItemKNNConfig(similarity="bm25", neighbours=200, k1=0.5, b=0.6),
-            blend_weight=0.6,
+            parts=[
+                BlendPart(model=ALSConfig(factors=32, regularization=0.3, alpha=1.0, iterations=15), weight=0.6),
+                BlendPart(model=ItemKNNConfig(similarity="bm25", neighbours=200, k1=0.5, b=0.6), weight=0.4),
+            ],
         ),
         description="the model per-user recommendations come from",
     )

@@ -20,6 +20,7 @@ from flows.config import RetrainConfig
 from tasks.contracts import Factors, Split
 from tasks.evaluate import Popularity, evaluate
 from tasks.models.ease import EASEConfig
+from tasks.models.itemknn import ItemKNNConfig
 from tasks.models.registry import fit
 from tasks.models.rp3beta import RP3betaConfig
 from tasks.split import per_user_holdout
@@ -50,7 +51,7 @@ def test_shipped_user_model_beats_implicit_default_als_and_popularity(hetrec_enc
     cfg = RetrainConfig().user_model
     # the item models alone, each with its own defaults on the shipped blend's weighting
     items = {
-        "item-kNN (the blend's part)": cfg.knn,
+        "item-kNN": ItemKNNConfig(weight=cfg.weight, neighbours=200, k1=0.5, b=0.6),
         "EASE": EASEConfig(weight=cfg.weight),
         "RP3beta": RP3betaConfig(weight=cfg.weight),
     }

@@ -106,13 +106,22 @@ def test_blend_with_restricted_ease_keeps_the_left_out_artists_out():
     dense[0, 11] = 5  # the least-listened artist
     train = sp.csr_matrix(dense)
     cfg = model_config(
-        {"name": "blend", "factor": {"factors": 3, "iterations": 3}, "knn": {"name": "ease", "max_artists": 11}}
+        {
+            "name": "blend",
+            "parts": [
+                {"model": {"name": "als", "factors": 3, "iterations": 3}, "weight": 1},
+                {"model": {"name": "ease", "max_artists": 11}, "weight": 1},
+            ],
+        }
     )
-    assert isinstance(cfg, BlendConfig) and isinstance(cfg.knn, EASEConfig) and isinstance(cfg.factor, ALSConfig)
+    assert isinstance(cfg, BlendConfig)
+    assert isinstance(cfg.parts[0].model, ALSConfig) and isinstance(cfg.parts[1].model, EASEConfig)
     model = fit(train, cfg)
-    assert model.params["knn"]["name"] == "ease" and model.params["knn"]["artists_fitted"] == 11
+    ease = model.params["parts"][1]["model"]
+    assert ease["name"] == "ease" and ease["artists_fitted"] == 11
+    fitted = [part for _, part in model.parts]
     for weight in (0.0, 0.5, 1.0):
-        model.weight = weight
+        model.parts = [(weight, fitted[0]), (1 - weight, fitted[1])]
         scores = model.score(np.arange(40), train)
         assert np.all(np.isneginf(scores[:, 11])) and not np.isnan(scores).any()
         assert np.isfinite(scores[:, :11]).all()

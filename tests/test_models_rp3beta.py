@@ -109,10 +109,13 @@ def test_bad_input_is_refused_in_one_line():
 def test_blend_takes_rp3beta_as_its_item_model():
     x = _random_plays(seed=5, users=40, artists=12)
     train = sp.csr_matrix(x.astype(np.float32))
-    model = fit(
-        train, model_config({"name": "blend", "factor": {"factors": 3, "iterations": 3}, "knn": {"name": "rp3beta"}})
-    )
-    assert isinstance(model, Blend) and isinstance(model.knn, RP3beta)
-    assert model.params["knn"]["name"] == "rp3beta" and model.params["knn"]["random_state"] == 42
+    parts = [
+        {"model": {"name": "als", "factors": 3, "iterations": 3}, "weight": 1},
+        {"model": {"name": "rp3beta"}, "weight": 1},
+    ]
+    model = fit(train, model_config({"name": "blend", "parts": parts}))
+    assert isinstance(model, Blend) and isinstance(model.parts[1][1], RP3beta)
+    rp3beta = model.params["parts"][1]["model"]
+    assert rp3beta["name"] == "rp3beta" and rp3beta["random_state"] == 42
     scores = model.score(np.arange(40), train)
     assert scores.shape == (40, 12) and np.isfinite(scores).all()

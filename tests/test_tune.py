@@ -134,6 +134,6 @@ def test_recs_tune_prints_the_trial_table_and_writes_records(hetrec_dir, tmp_pat
     doc = json.loads((out / "trials.json").read_text())
     assert len(doc["trials"]) == 3  # implicit's default ALS, the shipped default, one random draw
     best = yaml.safe_load((out / "best.yaml").read_text())["user_model"]
-    assert best == doc["best"] and model_config(best).name in SPACE
+    assert best == doc["best"] and model_config(best).name in {*SPACE, "blend"}
     scores = {t["number"]: t["metrics"]["precision@10"] for t in doc["trials"] if not t["error"]}
     assert scores[doc["best_trial"]] == max(scores.values()) > 0

@@ -9,7 +9,7 @@ Prefect UI form) for ``name: als`` accepts, and shows, only ALS's fields:
 - ``itemknn`` (``tasks.models.itemknn``): implicit's item-item similarities;
 - ``ease`` (``tasks.models.ease``): Steck's closed-form item-item weights, on up to ``max_artists``;
 - ``rp3beta`` (``tasks.models.rp3beta``): popularity-discounted random-walk item-item weights;
-- ``blend`` (``tasks.models.blend``): a factor model and an item model, standardised and mixed;
+- ``blend`` (``tasks.models.blend``): any of the above, each standardised per user, mixed by weights;
 - ``spark_als`` (``tasks.models.spark_als``): Spark MLlib's ALS.
 
 ``fit(train, cfg)`` (``tasks.models.base``) fits any of them.
