@@ -75,21 +75,10 @@ class Part:
     gram: np.ndarray | None = None
 
 
-def blend_parts(scorer: Scorer) -> list[tuple[float, Scorer]] | None:
-    """``(weight, fitted part)`` of a blend, None for any other scorer. An N-part blend exposes
-    ``parts`` itself; the two-part ``Blend`` is its factor model and item model."""
-    parts = getattr(scorer, "parts", None)
-    if parts is not None:
-        return [(float(w), p) for w, p in parts]
-    if isinstance(scorer, Blend):
-        return [(scorer.weight, scorer.factor), (1.0 - scorer.weight, scorer.knn)]
-    return None
-
-
 def two_stage_parts(scorer: Scorer) -> list[Part] | None:
     """The parts of a blend ranked in two stages (weight-0 parts add nothing and are left out);
     None when ``scorer`` is no blend or a part is neither ``Factors`` nor ``SparseScorer``."""
-    parts = [(w, p) for w, p in blend_parts(scorer) or [] if w > 0]
+    parts = [(w, p) for w, p in scorer.parts if w > 0] if isinstance(scorer, Blend) else []
     if not parts or not all(isinstance(p, (Factors, SparseScorer)) for _, p in parts):
         return None
     out = []
