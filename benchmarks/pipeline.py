@@ -200,7 +200,8 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
         "choices": {
             "index_engine": cfg.engine,
             "approximate_users": user_index is not None,
-            "user_top_n": user_path(users.scorer, user_index is not None, encoded.n_artists),
+            "two_stage": cfg.two_stage,
+            "user_top_n": user_path(users.scorer, user_index is not None, cfg),
             "eval_max_users": e.max_users,
             "published_fit": "refit on all pairs" if refit else "the evaluated fit",
         },

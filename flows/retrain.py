@@ -491,7 +491,8 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         choices={
             "index_engine": config.index.engine,
             "approximate_users": user_index is not None,
-            "user_top_n": user_path(users.scorer, user_index is not None, encoded.n_artists),
+            "two_stage": config.index.two_stage,
+            "user_top_n": user_path(users.scorer, user_index is not None, config.index),
             "eval_max_users": config.eval.max_users,
             "published_fit": "refit on all pairs" if refit else "the evaluated fit",
         },

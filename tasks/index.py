@@ -31,6 +31,7 @@ from annoy import AnnoyIndex
 from implicit.utils import augment_inner_product_matrix
 from pydantic import Field
 
+from tasks.candidates import TWO_STAGE_MIN_ARTISTS
 from tasks.contracts import StageConfig
 from tasks.errors import RecsError
 from tasks.files import atomic_path
@@ -67,14 +68,23 @@ class IndexConfig(StageConfig):
         None, description="the index (inner product) for user top-N; None: whenever there is an index"
     )
 
+    # None: from TWO_STAGE_MIN_ARTISTS artists up (tasks/candidates.py); either way a blend's
+    # lists are the dense blend's unless the user index gives its candidates
+    two_stage: bool | None = Field(
+        None, description="rank a blend's users in two stages (candidates, then exact scores); None: by catalogue size"
+    )
+
     def resolved(self, n_users: int, n_artists: int) -> IndexConfig:
-        """This config with ``engine`` and ``approximate_users`` decided for ``n_users`` x
-        ``n_artists`` (what a run records); pinned values are kept."""
+        """This config with ``engine``, ``approximate_users`` and ``two_stage`` decided for
+        ``n_users`` x ``n_artists`` (what a run records); pinned values are kept."""
         engine = self.engine
         if engine == "auto":
             engine = "exact" if (n_users + n_artists) * n_artists <= AUTO_EXACT_CELLS else "faiss"
         users = self.approximate_users if self.approximate_users is not None else engine != "exact"
-        return self.model_copy(update={"engine": engine, "approximate_users": users and engine != "exact"})
+        two_stage = self.two_stage if self.two_stage is not None else n_artists >= TWO_STAGE_MIN_ARTISTS
+        return self.model_copy(
+            update={"engine": engine, "approximate_users": users and engine != "exact", "two_stage": two_stage}
+        )
 
 
 Search = Callable[[np.ndarray, int | np.ndarray], np.ndarray]

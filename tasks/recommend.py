@@ -250,9 +250,7 @@ def recommend(
     seconds["related"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    parts = two_stage_parts(user_model)
-    if user_index is None and heard.shape[1] < TWO_STAGE_MIN_ARTISTS:
-        parts = None  # user_top_n scores a blend densely at this size
+    parts = two_stage_parts(user_model) if cfg.two_stage or user_index is not None else None
     factors = retrieval_factors(user_model)
     if user_index is not None and factors is None:  # a pinned approximate_users on a model without factors
         raise RecsError(
@@ -263,7 +261,7 @@ def recommend(
     elif user_index is not None and factors is user_model:
         users = user_top_n_approx(user_index, factors.user_factors, factors.artist_factors, heard, n)
     else:
-        users = user_top_n(user_model, heard, n)
+        users = user_top_n(user_model, heard, n, dense=None if cfg.two_stage is None else not cfg.two_stage)
     seconds["users"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -285,12 +283,12 @@ def recommend(
     return Recommended(related=related, users=users, recall=recall, seconds=seconds)
 
 
-def user_path(user_model: Scorer, indexed: bool, n_artists: int) -> str:
-    """How ``recommend`` ranks users with ``user_model`` (``indexed``: with a user index) over
-    ``n_artists``, for the run's record: ``two-stage, index candidates`` / ``two-stage, exact
+def user_path(user_model: Scorer, indexed: bool, cfg: IndexConfig) -> str:
+    """How ``recommend`` ranks users with ``user_model`` (``indexed``: with a user index; ``cfg``
+    resolved), for the run's record: ``two-stage, index candidates`` / ``two-stage, exact
     candidates`` / ``dense`` (a blend), ``index`` or ``exact`` (anything else)."""
     if two_stage_parts(user_model) is not None:
         if indexed:
             return "two-stage, index candidates"
-        return "two-stage, exact candidates" if n_artists >= TWO_STAGE_MIN_ARTISTS else "dense"
+        return "two-stage, exact candidates" if cfg.two_stage else "dense"
     return "index" if indexed else "exact"

@@ -16,13 +16,16 @@ from tasks.models.implicit_mf import ALSConfig
 from tasks.models.registry import fit
 from tasks.models.rp3beta import RP3betaConfig
 from tasks.recommend import recall_at_n, user_top_n
+from tasks.weight import weight
 
 
 @pytest.fixture(scope="module")
 def shipped_blend(hetrec_encoded):
-    """The shipped user model fitted on every HetRec pair, and the play matrix."""
+    """The shipped user model fitted on every HetRec pair (its own weighting, as the flow fits
+    it), and the play matrix."""
     plays = hetrec_encoded.plays
-    return fit(plays, RetrainConfig().user_model), plays
+    model = RetrainConfig().user_model
+    return fit(weight(plays, model.weight), model), plays
 
 
 def _dense(blend, plays, users):

@@ -151,7 +151,7 @@ def test_flow_publishes_and_reports(two_runs):
     choices = json.loads(record["choices"])
     assert config.index.engine == "auto" and json.loads(record["config"])["index"]["engine"] == "auto"
     assert choices["index_engine"] == "exact" and choices["approximate_users"] is False
-    assert choices["user_top_n"] == "two-stage, exact candidates"
+    assert choices["user_top_n"] == "two-stage, exact candidates" and choices["two_stage"] is True
     # the forced run has the same config hash as the first: forcing is no setting of what a run makes
     assert len(record["config_hash"]) == 64 and record["config_hash"] == rows[first.run_id]["config_hash"]
     assert json.loads(record["config"])["storage"]["db"] == config.storage.db

@@ -110,5 +110,8 @@ def test_auto_engine_is_exact_for_small_catalogues_and_faiss_for_large_ones(tmp_
     assert IndexConfig(engine="annoy").resolved(360_000, 300_000).engine == "annoy"
     assert IndexConfig(approximate_users=False).resolved(360_000, 300_000).approximate_users is False
     assert IndexConfig(engine="faiss").resolved(10, 10).approximate_users is True
+    # a blend's users go two-stage from TWO_STAGE_MIN_ARTISTS artists up, unless pinned
+    assert (hetrec.two_stage, auto.resolved(3_000, 4_000).two_stage, lastfm_360k.two_stage) == (True, False, True)
+    assert IndexConfig(two_stage=False).resolved(360_000, 300_000).two_stage is False
     with pytest.raises(RecsError, match="resolve the config first"):
         build_index(_factors(), auto, tmp_path / "unused.idx")
