@@ -68,7 +68,9 @@ def exact_similar(factors: Factors, sample: np.ndarray, n: int) -> Timed:
 
     Returns the time extrapolated to all artists and the exact neighbours (itself removed).
     """
-    model = _model_from(factors)
+    # the vectors related artists are searched over (a cosine blend's joined unit rows)
+    model = AlternatingLeastSquares(factors=factors.similarity_factors.shape[1])
+    model.item_factors = factors.similarity_factors
     with threadpool_limits(1, "blas"):
         started = time.perf_counter()
         ids, scores = model.similar_items(sample, N=n + 1)

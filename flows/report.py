@@ -49,6 +49,8 @@ class RunReport:
     (empty for a dataset's first run).
     ``related_by_model``: model name -> TopN over artist codes, for the side-by-side lists (empty:
     only ``related``, under the name of the related-artists model).
+    ``choices``: what the run chose from the data's shape beyond the config (``runs.choices``:
+    index engine, user top-N path, ...).
     """
 
     run_id: str
@@ -70,6 +72,7 @@ class RunReport:
     database: str = ""  # the URL the run was published to, password masked
     curves: Curves | None = None  # an ALS model's training curves (None: the run has no ALS model)
     related_by_model: dict[str, TopN] = field(default_factory=dict)  # every related model's TopN, shipped first
+    choices: dict = field(default_factory=dict)
 
 
 def _label(metric: Metric) -> str:
@@ -354,6 +357,8 @@ def render_report(report: RunReport) -> str:
         lines.append("")
     lines += ["## Models", ""]
     lines += _md_table(*params_rows(report.models))
+    if report.choices:
+        lines += ["", "Chosen for this data: " + ", ".join(f"{k} `{v}`" for k, v in report.choices.items())]
     lines += ["", "## What was published, and what was measured", ""]
     lines += _md_table(["model", "fitted on (pairs)", "metrics from"], fit_rows(report.metrics))
     lines += ["", "## Metrics (holdout, train-heard artists excluded)", ""]

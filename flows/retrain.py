@@ -43,6 +43,7 @@ from storage.engine import make_engine
 from storage.preflight import check_database
 from storage.publish import STABILITY_MODEL, RunIdentity, RunOutputs, publish, skip_if_unchanged
 from storage.queries import run_details
+from tasks.candidates import retrieval_factors
 from tasks.contracts import Downloaded, Encoded, Factors, Metric, Parsed, Recommended, Scorer, Split
 from tasks.curves import Curves, als_curves, curve_model
 from tasks.data.datasets import DataConfig, check_of_cached, fingerprint, obtain, resolve
@@ -59,7 +60,7 @@ from tasks.models.registry import ModelConfig
 from tasks.models.roles import Fitted
 from tasks.models.store import save
 from tasks.preflight import check_folders, check_source
-from tasks.recommend import recommend, scale_advice
+from tasks.recommend import recommend, user_path
 from tasks.split import evaluation_holdout, publish_refit
 from tasks.transient import is_transient
 from tasks.weight import weight
@@ -273,11 +274,11 @@ def index_task(
 def recommend_task(
     related_model: Factors,
     user_model: Scorer,
-    related_index: ArtistIndex,
+    related_index: ArtistIndex | None,
     user_index: ArtistIndex | None,
     heard: sp.csr_matrix,
     config: RetrainConfig,
-    compared: dict[str, tuple[Factors, ArtistIndex]] | None = None,
+    compared: dict[str, tuple[Factors, ArtistIndex | None]] | None = None,
 ) -> Recommended:
     """Related artists for every artist (of the related model and of each ``compared`` one) and
     top-N new artists for every user."""
@@ -473,20 +474,28 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
     published = roles.named(_fit_all(models, encoded.plays, folder)) if refit else evaluated
     logger.info("%s", describe_fits(published, evaluated))
     related, users = roles.assign(published)
-    advice = scale_advice(users.scorer, config.index.engine, encoded.n_users, encoded.n_artists)
-    if advice:
-        logger.warning(advice)
+    # what the index config leaves to the data (engine, approximate_users) decided for its shape
+    config = config.model_copy(update={"index": config.index.resolved(encoded.n_users, encoded.n_artists)})
     related_factors = cast(Factors, related.scorer)  # roles.assign refuses a related model without factors
-    related_index = index_task(related_factors.similarity_factors, config, folder / f"related.{config.index.engine}")
+    related_index = user_index = None
+    if config.index.engine != "exact":
+        related_index = index_task(
+            related_factors.similarity_factors, config, folder / f"related.{config.index.engine}"
+        )
     # every other factor model's related lists are published too, for comparison (e.g. ALS vs LSA)
     compared = {
-        name: (model, index_task(model.similarity_factors, config, folder / f"related-{name}.{config.index.engine}"))
+        name: (
+            model,
+            None
+            if config.index.engine == "exact"
+            else index_task(model.similarity_factors, config, folder / f"related-{name}.{config.index.engine}"),
+        )
         for name, model in roles.compared(related_factors, users.scorer).items()
     }
-    user_index = None
-    if isinstance(users.scorer, Factors) and config.index.approximate_users:
+    retrieval = retrieval_factors(users.scorer)
+    if retrieval is not None and config.index.approximate_users:
         user_index = index_task(
-            users.scorer.artist_factors, config, folder / f"users.{config.index.engine}", inner_product=True
+            retrieval.artist_factors, config, folder / f"users.{config.index.engine}", inner_product=True
         )
     # every artist a user ever heard (train and test) is excluded from the published top-N; the
     # scorers only read which artists were heard, not how often (item-kNN binarises its input)
@@ -516,9 +525,10 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         choices={
             "index_engine": config.index.engine,
             "approximate_users": user_index is not None,
+            "two_stage": config.index.two_stage,
+            "user_top_n": user_path(users.scorer, user_index is not None, config.index),
             "eval_max_users": config.eval.max_users,
             "published_fit": "refit on all pairs" if refit else "the evaluated fit",
-            "scale_advice": advice or None,
         },
         because=recommended.because,
         fold_in=fold_in_arrays(users.model, users.scorer, encoded.artist_plays),
@@ -549,6 +559,7 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         database=masked_url(config.storage.db),
         curves=curves,
         related_by_model={related.scorer.name: recommended.related, **recommended.other_related},
+        choices=outputs.choices,
     )
     publish_artifacts(run_report)
     prune_run_dirs(config.work_dir, keep=config.storage.retention, current=folder)

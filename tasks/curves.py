@@ -44,12 +44,12 @@ class Curves:
 
 def curve_model(*models: BaseModelConfig) -> ALSConfig | None:
     """The first ALS model among ``models`` (the run's related and user models) or their parts
-    (a cosine blend's ``parts``, a blend's ``factor``), None if none."""
+    (a cosine blend's or a blend's ``parts``), None if none."""
     for model in models:
         parts = (
             model.parts
             if isinstance(model, CosineBlendConfig)
-            else [model.factor]
+            else [part.model for part in model.parts]
             if isinstance(model, BlendConfig)
             else [model]
         )

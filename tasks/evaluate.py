@@ -47,7 +47,8 @@ from pydantic import Field
 from tasks.contracts import Factors, Metric, Scorer, Split, StageConfig, TopN
 from tasks.errors import RecsError
 from tasks.models.roles import Fitted
-from tasks.recommend import MAX_BLOCK_CELLS, contains, first_unheard, hits, pair_keys, top_n, user_top_n
+from tasks.recommend import user_top_n
+from tasks.topn import MAX_BLOCK_CELLS, contains, first_unheard, hits, pair_keys, top_n
 from tasks.weight import weight
 
 # the longest top-N list a run computes, evaluates (eval.k) or publishes (RetrainConfig.n)

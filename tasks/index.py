@@ -1,6 +1,7 @@
 """Nearest-neighbour indexes over artist factors, built once per run and saved to disk.
 
-Two engines (``index.engine``), each over one of two vector sets:
+Two index engines (``index.engine``; ``exact`` builds none, ``auto`` picks exact or faiss by size,
+``IndexConfig.resolved``), each over one of two vector sets:
 
 - related artists: the artist factors normalised to unit length, so neighbours are by cosine;
 - user top-N (``inner_product=True``): the artist factors with one extra dimension that gives
@@ -30,18 +31,27 @@ from annoy import AnnoyIndex
 from implicit.utils import augment_inner_product_matrix
 from pydantic import Field
 
+from tasks.candidates import TWO_STAGE_MIN_ARTISTS
 from tasks.contracts import StageConfig
 from tasks.errors import RecsError
 from tasks.files import atomic_path
+
+# Exact search while (artists + users) x artists inner products stay below this: at 300K artists
+# x 360K users implicit's exact similar_items + batch recommend did 2e11 of them in about 400 s
+# on 2 cores (docs/performance.md), so 1e10 is ~20 s of exact search, where an index's build and
+# its recall below 1 are not worth it. HetRec 2K (17.6K artists, 1.9K users): 3.4e8, exact.
+AUTO_EXACT_CELLS = 10**10
 
 
 class IndexConfig(StageConfig):
     """Nearest-neighbour index for related artists and approximate user top-N."""
 
-    # annoy for small catalogues (the design's index); faiss for large ones: at 300K artists on 2
-    # cores Annoy was no faster than exact search at recall@10 >= 0.95, faiss IVF more than 15x
-    # faster (docs/performance.md; deployments/lastfm-360k.yaml selects it).
-    engine: Literal["annoy", "faiss"] = Field("annoy", description="annoy (trees) or faiss (IVF lists)")
+    # auto: exact search for small catalogues, faiss for large ones (AUTO_EXACT_CELLS); annoy is
+    # kept for pinning only: at 300K artists on 2 cores it was no faster than exact search at
+    # recall@10 >= 0.95, faiss IVF more than 15x faster (docs/performance.md).
+    engine: Literal["auto", "exact", "annoy", "faiss"] = Field(
+        "auto", description="auto (exact below AUTO_EXACT_CELLS, else faiss), exact, annoy (trees) or faiss (IVF lists)"
+    )
     # 100 trees: on a 300K-artist synthetic catalogue 50 trees reached recall@10 0.93 at Annoy's
     # default search_k, 100 trees 0.98 (docs/models.md "Exact search vs Annoy and faiss", benchmarks/related.py).
     n_trees: int = Field(100, ge=1, description="annoy: trees")
@@ -52,10 +62,29 @@ class IndexConfig(StageConfig):
     n_probe: int = Field(24, ge=1, description="faiss: lists a related-artists query scans")
     n_probe_users: int = Field(96, ge=1, description="faiss: lists a user query scans (inner product)")
     recall_sample: int = Field(1_000, ge=10, description="artists/users checked against exact search")
-    # Off by default: with Annoy (the default engine) exact search was quicker for users at every
-    # size measured; with faiss at 300K artists the index was 4.8x quicker at recall@10 0.96, so
-    # deployments/lastfm-360k.yaml turns it on (docs/performance.md).
-    approximate_users: bool = Field(False, description="the index (inner product) for user top-N of factor models")
+    # None follows the engine: an index (annoy, faiss) also serves user top-N, exact search does
+    # not; with faiss at 300K artists the index was 4.8x quicker at recall@10 0.96 (docs/performance.md)
+    approximate_users: bool | None = Field(
+        None, description="the index (inner product) for user top-N; None: whenever there is an index"
+    )
+
+    # None: from TWO_STAGE_MIN_ARTISTS artists up (tasks/candidates.py); either way a blend's
+    # lists are the dense blend's unless the user index gives its candidates
+    two_stage: bool | None = Field(
+        None, description="rank a blend's users in two stages (candidates, then exact scores); None: by catalogue size"
+    )
+
+    def resolved(self, n_users: int, n_artists: int) -> IndexConfig:
+        """This config with ``engine``, ``approximate_users`` and ``two_stage`` decided for
+        ``n_users`` x ``n_artists`` (what a run records); pinned values are kept."""
+        engine = self.engine
+        if engine == "auto":
+            engine = "exact" if (n_users + n_artists) * n_artists <= AUTO_EXACT_CELLS else "faiss"
+        users = self.approximate_users if self.approximate_users is not None else engine != "exact"
+        two_stage = self.two_stage if self.two_stage is not None else n_artists >= TWO_STAGE_MIN_ARTISTS
+        return self.model_copy(
+            update={"engine": engine, "approximate_users": users and engine != "exact", "two_stage": two_stage}
+        )
 
 
 Search = Callable[[np.ndarray, int | np.ndarray], np.ndarray]
@@ -147,6 +176,8 @@ def build_index(
         raise RecsError(f"build_index needs a non-empty 2-D factor matrix, got shape {artist_factors.shape}")
     if not np.all(np.isfinite(artist_factors)):
         raise RecsError("artist factors contain NaN/inf; the model diverged — lower the learning rate or regularise")
+    if cfg.engine not in ("annoy", "faiss"):
+        raise RecsError(f"build_index needs engine annoy or faiss, got {cfg.engine!r}; resolve the config first")
     vectors = index_vectors(artist_factors, inner_product)
     path = Path(path)
     start = time.perf_counter()

@@ -3,8 +3,9 @@
 Exact paths work on a block of rows at a time, so memory is ``batch x n_artists`` float32 (at
 most ``MAX_BLOCK_CELLS``), never users x artists. Factor models go through implicit's ``topk``
 (product + heap selection + heard-artist filter in C, multi-threaded); the baselines pick their
-own lists (``Ranker``); other Scorers (item-kNN, blends) give dense scores per block, selected
-with ``argpartition``.
+own lists (``Ranker``); blends of factor and sparse parts go two-stage (``tasks.candidates``:
+candidates from each part, the exact blend score on those only); other Scorers (item-kNN,
+EASE blends) give dense scores per block, selected with ``argpartition``.
 Approximate paths query an index (``tasks.index``, Annoy or faiss) for a batch of rows at a
 time; everything around the search (self/heard filtering, exact rescoring, sorting) is
 vectorised per batch.
@@ -16,52 +17,18 @@ import time
 
 import numpy as np
 import scipy.sparse as sp
-from implicit.cpu.topk import topk
-from threadpoolctl import threadpool_limits
 
+from tasks.candidates import TWO_STAGE_MIN_ARTISTS, blend_top_n, retrieval_factors, two_stage_parts
 from tasks.contracts import Factors, Metric, Ranker, Recommended, Scorer, TopN
 from tasks.errors import RecsError
 from tasks.explain import because
 from tasks.index import ArtistIndex, IndexConfig, normalise
+from tasks.topn import MAX_BLOCK_CELLS, first_unheard, inner_topk, padded, stacked, top_n
 
-MAX_BLOCK_CELLS = 1 << 24  # 16M float32 scores (64 MB) per block
 # Queries per call of implicit's topk, which bounds its own memory by batching inside: bigger
 # calls keep its threads busy. At 300K artists x 64 factors, 1,000-query calls ran 2.2x faster
 # than 55-query (MAX_BLOCK_CELLS) ones, with the same peak RSS.
 TOPK_BLOCK = 4096
-
-
-def top_n(scores: np.ndarray, n: int) -> TopN:
-    """The ``n`` best columns of each row of ``scores`` (dense float, rows x columns), best first.
-
-    Entries equal to ``-inf`` are excluded (callers mask with it); rows with fewer than ``n``
-    candidates are padded with id -1 / score NaN.
-    """
-    rows, cols = scores.shape
-    k = min(n, cols)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < cols else np.tile(np.arange(cols), (rows, 1))
-    best = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-best, axis=1, kind="stable")
-    ids = np.take_along_axis(part, order, axis=1).astype(np.int32)
-    best = np.take_along_axis(best, order, axis=1).astype(np.float32)
-    missing = np.isneginf(best)
-    ids[missing], best[missing] = -1, np.nan
-    return _padded(ids, best, n)
-
-
-def _padded(ids: np.ndarray, scores: np.ndarray, n: int) -> TopN:
-    """``TopN`` of int32 ids / float32 scores, widened to ``n`` columns with -1 / NaN."""
-    extra = ((0, 0), (0, n - ids.shape[1]))
-    return TopN(
-        ids=np.pad(ids.astype(np.int32), extra, constant_values=-1),
-        scores=np.pad(scores.astype(np.float32), extra, constant_values=np.nan),
-    )
-
-
-def _stack(parts: list[TopN], n: int) -> TopN:
-    if not parts:
-        return TopN(ids=np.empty((0, n), np.int32), scores=np.empty((0, n), np.float32))
-    return TopN(ids=np.vstack([p.ids for p in parts]), scores=np.vstack([p.scores for p in parts]))
 
 
 def _block(scorer: Scorer, n_columns: int) -> int:
@@ -87,19 +54,9 @@ def related_exact(
     parts = []
     for lo in range(0, len(rows), step):
         block = rows[lo : lo + step]
-        ids, scores = _topk(unit, unit[block], k)
+        ids, scores = inner_topk(unit, unit[block], k)
         parts.append(_without_self(ids, scores, block, n))
-    return _stack(parts, n)
-
-
-def _topk(items: np.ndarray, queries: np.ndarray, k: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
-    """implicit's ``topk``: the ``k`` best items by inner product for each query row.
-
-    It runs its own threads over query rows; a multi-threaded BLAS underneath would only
-    oversubscribe the cores (3x slower measured on 2 cores), hence the limit.
-    """
-    with threadpool_limits(1, "blas"):
-        return topk(items, queries, k, num_threads=0, **kwargs)
+    return stacked(parts, n)
 
 
 def _without_self(ids: np.ndarray, scores: np.ndarray, rows: np.ndarray, n: int) -> TopN:
@@ -114,7 +71,7 @@ def _without_self(ids: np.ndarray, scores: np.ndarray, rows: np.ndarray, n: int)
     ids = np.take_along_axis(ids, order, axis=1).astype(np.int32)
     valid = np.take_along_axis(keep, order, axis=1)
     ids[~valid] = -1
-    return _padded(ids, np.where(valid, np.take_along_axis(scores, order, axis=1), np.nan), n)
+    return padded(ids, np.where(valid, np.take_along_axis(scores, order, axis=1), np.nan), n)
 
 
 def related_approx(index: ArtistIndex, artist_factors: np.ndarray, n: int, batch_size: int = 16384) -> TopN:
@@ -130,7 +87,7 @@ def related_approx(index: ArtistIndex, artist_factors: np.ndarray, n: int, batch
         rows = np.arange(lo, min(lo + batch_size, len(unit)))
         ids, scores = _rescored(unit[rows], unit, search(unit[rows], k))
         parts.append(_without_self(ids, scores, rows, n))
-    return _stack(parts, n)
+    return stacked(parts, n)
 
 
 def _rescored(queries: np.ndarray, items: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,47 +96,6 @@ def _rescored(queries: np.ndarray, items: np.ndarray, ids: np.ndarray) -> tuple[
     scores = np.where(ids >= 0, np.einsum("qf,qkf->qk", queries, items[np.maximum(ids, 0)]), -np.inf)
     order = np.argsort(-scores, axis=1, kind="stable")
     return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
-
-
-def pair_keys(matrix: sp.csr_matrix) -> np.ndarray:
-    """int64, sorted: ``row * n_columns + column`` of every stored entry of ``matrix`` (CSR)."""
-    matrix = sp.csr_matrix(matrix)
-    matrix.sort_indices()
-    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
-    return rows * matrix.shape[1] + matrix.indices
-
-
-def contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """bool, shape of ``keys``: is each key in ``sorted_keys`` (sorted int64). A binary search:
-    ``np.isin`` goes through NumPy 2.4's hash-based ``unique`` of both sides, which took 72 s
-    where this takes about 2 s (the 17.5 M keys of ``rmse_binary``'s negative sampling at 360K)."""
-    if not len(sorted_keys):
-        return np.zeros(np.shape(keys), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return sorted_keys[pos] == keys
-
-
-def hits(ids: np.ndarray, test: sp.csr_matrix) -> np.ndarray:
-    """bool, same shape as ``ids`` (users x K artist codes, -1 padded): is the artist in that
-    user's row of ``test`` (CSR, same users in the same order)."""
-    query = np.arange(test.shape[0], dtype=np.int64)[:, None] * test.shape[1] + ids
-    return (ids >= 0) & contains(pair_keys(test), query)
-
-
-def first_unheard(candidates: np.ndarray, heard: sp.csr_matrix, n: int) -> np.ndarray:
-    """int32, users x n: per row of ``candidates`` (int artist codes, users x width, best first),
-    the first ``n`` distinct codes not in that user's row of ``heard`` (CSR, users x artists),
-    in candidate order; -1 where fewer remain."""
-    order = np.argsort(candidates, axis=1, kind="stable")
-    ranked = np.take_along_axis(candidates, order, axis=1)
-    repeat = np.zeros(candidates.shape, dtype=bool)
-    # a code seen earlier in the row (the stable sort keeps the first copy first)
-    np.put_along_axis(repeat, order[:, 1:], ranked[:, 1:] == ranked[:, :-1], axis=1)
-    fresh = ~repeat & ~hits(candidates, heard)
-    pick = np.argsort(~fresh, axis=1, kind="stable")[:, :n]
-    ids = np.take_along_axis(candidates, pick, axis=1).astype(np.int32)
-    ids[~np.take_along_axis(fresh, pick, axis=1)] = -1
-    return np.pad(ids, ((0, 0), (0, n - ids.shape[1])), constant_values=-1)
 
 
 def recall_at_n(approx: TopN, exact: TopN, rows: np.ndarray, tol: float = 1e-3) -> float:
@@ -207,17 +123,33 @@ def recall_at_n(approx: TopN, exact: TopN, rows: np.ndarray, tol: float = 1e-3) 
 
 
 def user_top_n(
-    scorer: Scorer, heard: sp.csr_matrix, n: int, batch_size: int | None = None, users: np.ndarray | None = None
+    scorer: Scorer,
+    heard: sp.csr_matrix,
+    n: int,
+    batch_size: int | None = None,
+    users: np.ndarray | None = None,
+    dense: bool | None = None,
 ) -> TopN:
     """Exact top ``n`` new artists for ``users`` (codes; default every row of ``heard``).
 
     ``heard``: CSR, users x artists (the training matrix); its non-zeros are never recommended.
     Works for any ``Scorer``: users go in blocks of ``batch_size`` (default ``_block``) to
     implicit's ``topk`` (factor models), to ``scorer.top_n`` (``Ranker``s) or to
-    ``scorer.score``. Rows follow ``users``' order.
+    ``scorer.score``. A blend of factor and sparse parts goes two-stage (``tasks.candidates``)
+    from ``TWO_STAGE_MIN_ARTISTS`` artists up (``dense=False``: always; ``True``: never, the
+    yardstick): the users whose candidates carry no certificate are scored densely, so the lists
+    are the dense blend's either way. Rows follow ``users``' order.
     """
     heard = sp.csr_matrix(heard)
     users = np.arange(heard.shape[0]) if users is None else np.asarray(users)
+    two_stage = None if dense or (dense is None and heard.shape[1] < TWO_STAGE_MIN_ARTISTS) else two_stage_parts(scorer)
+    if two_stage is not None:
+        ranked = blend_top_n(two_stage, heard, n, users)
+        redo = np.flatnonzero(~ranked.certified)
+        if len(redo):
+            again = user_top_n(scorer, heard, n, batch_size, users[redo], dense=True)
+            ranked.top.ids[redo], ranked.top.scores[redo] = again.ids, again.scores
+        return ranked.top
     step = batch_size or _block(scorer, heard.shape[1])
     parts = []
     for lo in range(0, len(users), step):
@@ -232,17 +164,17 @@ def user_top_n(
         scores = np.asarray(scorer.score(block, seen), dtype=np.float32)
         scores[np.repeat(np.arange(len(block)), np.diff(seen.indptr)), seen.indices] = -np.inf
         parts.append(top_n(scores, n))
-    return _stack(parts, n)
+    return stacked(parts, n)
 
 
 def _factor_top_n(model: Factors, block: np.ndarray, seen: sp.csr_matrix, n: int) -> TopN:
     """``user_top_n`` for one block of a factor model, by implicit's ``topk``, which marks the
     slots left after filtering heard artists with the lowest float32."""
     k = min(n, model.artist_factors.shape[0])
-    ids, scores = _topk(model.artist_factors, model.user_factors[block], k, filter_query_items=seen)
+    ids, scores = inner_topk(model.artist_factors, model.user_factors[block], k, filter_query_items=seen)
     missing = scores <= np.finfo(np.float32).min
     ids[missing] = -1
-    return _padded(ids, np.where(missing, np.nan, scores), n)
+    return padded(ids, np.where(missing, np.nan, scores), n)
 
 
 def user_top_n_approx(
@@ -283,6 +215,12 @@ def user_top_n_approx(
     return TopN(ids=ids, scores=scores)
 
 
+def related_lists(index: ArtistIndex | None, artist_factors: np.ndarray, n: int) -> TopN:
+    """Related artists of every artist (``artist_factors``: artists x f float32): through ``index``,
+    or by exact search when there is none (``index.engine`` exact)."""
+    return related_exact(artist_factors, n) if index is None else related_approx(index, artist_factors, n)
+
+
 def sample_rows(count: int, size: int, seed: int) -> np.ndarray:
     """A sorted, seeded sample of ``min(size, count)`` distinct row numbers below ``count``."""
     return np.sort(np.random.default_rng(seed).choice(count, size=min(size, count), replace=False))
@@ -291,40 +229,50 @@ def sample_rows(count: int, size: int, seed: int) -> np.ndarray:
 def recommend(
     related_model: Factors,
     user_model: Scorer,
-    related_index: ArtistIndex,
+    related_index: ArtistIndex | None,
     user_index: ArtistIndex | None,
     heard: sp.csr_matrix,
     n: int,
     cfg: IndexConfig,
     seed: int = 0,
-    compared: dict[str, tuple[Factors, ArtistIndex]] | None = None,
+    compared: dict[str, tuple[Factors, ArtistIndex | None]] | None = None,
 ) -> Recommended:
-    """The recommend stage: related artists from ``related_index`` for every artist, and the
-    top ``n`` artists for every user with everything in ``heard`` (CSR, users x artists)
-    excluded, through ``user_index`` when given (a factor model's inner-product index) or else
-    exactly, each with the heard artist behind it (``tasks.explain.because``). Each index's
-    recall@n against exact search is measured on ``cfg.recall_sample`` rows drawn with ``seed``.
-    ``compared``: other factor models (name -> model and its index over its artist factors), whose
-    related artists are listed the same way, for comparison."""
+    """The recommend stage: related artists for every artist, from ``related_index`` or else by
+    exact search, and the top ``n`` artists for every user with everything in ``heard`` (CSR,
+    users x artists) excluded, each with the heard artist behind it (``tasks.explain.because``).
+    ``user_index`` (inner product, over ``retrieval_factors(user_model)``) serves a factor model's
+    lists or a blend's factor candidates; without it the lists are exact. ``compared``: other
+    factor models (name -> model and its index over its similarity factors, or None for exact
+    search), whose related artists are listed the same way, for comparison.
+
+    ``cfg`` is the resolved config (``IndexConfig.resolved``). Measured on ``cfg.recall_sample``
+    rows drawn with ``seed`` and returned as metrics: each index's recall@n against exact search
+    (model: the engine), and a two-stage blend's recall@n against the dense blend (model
+    ``two-stage``, with ``certified_share``, the share of sampled users whose two-stage list is
+    provably the dense one).
+    """
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     artist_factors = related_model.similarity_factors
-    related = related_approx(related_index, artist_factors, n)
+    related = related_lists(related_index, artist_factors, n)
     others = {
-        name: related_approx(index, model.similarity_factors, n) for name, (model, index) in (compared or {}).items()
+        name: related_lists(index, model.similarity_factors, n) for name, (model, index) in (compared or {}).items()
     }
     seconds["related"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    if user_index is not None:
-        if not isinstance(user_model, Factors):
-            raise RecsError(
-                f"user model {user_model.name!r} has no factors to search an index with; "
-                "set index.approximate_users to false"
-            )
-        users = user_top_n_approx(user_index, user_model.user_factors, user_model.artist_factors, heard, n)
+    parts = two_stage_parts(user_model) if cfg.two_stage or user_index is not None else None
+    factors = retrieval_factors(user_model)
+    if user_index is not None and factors is None:  # a pinned approximate_users on a model without factors
+        raise RecsError(
+            f"user model {user_model.name!r} has no factors to search an index with; set index.approximate_users to false"
+        )
+    if user_index is not None and factors is not None and parts is not None:
+        users = blend_top_n(parts, heard, n, np.arange(heard.shape[0]), search=(factors, user_index.searcher())).top
+    elif user_index is not None and factors is user_model:
+        users = user_top_n_approx(user_index, factors.user_factors, factors.artist_factors, heard, n)
     else:
-        users = user_top_n(user_model, heard, n)
+        users = user_top_n(user_model, heard, n, dense=None if cfg.two_stage is None else not cfg.two_stage)
     seconds["users"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -332,12 +280,18 @@ def recommend(
     seconds["because"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    rows = sample_rows(len(artist_factors), cfg.recall_sample, seed)
-    recall = [
-        Metric(cfg.engine, "related_recall", n, recall_at_n(related, related_exact(artist_factors, n, rows), rows))
-    ]
-    if user_index is not None:
-        rows = sample_rows(heard.shape[0], cfg.recall_sample, seed)
+    recall = []
+    if related_index is not None:
+        rows = sample_rows(len(artist_factors), cfg.recall_sample, seed)
+        exact = related_exact(artist_factors, n, rows)
+        recall.append(Metric(cfg.engine, "related_recall", n, recall_at_n(related, exact, rows)))
+    rows = sample_rows(heard.shape[0], cfg.recall_sample, seed)
+    if parts is not None:
+        dense = user_top_n(user_model, heard, n, users=rows, dense=True)
+        recall.append(Metric("two-stage", "user_recall", n, recall_at_n(users, dense, rows)))
+        certified = blend_top_n(parts, heard, n, rows).certified
+        recall.append(Metric("two-stage", "certified_share", None, float(certified.mean())))
+    elif user_index is not None:
         exact = user_top_n(user_model, heard, n, users=rows)
         recall.append(Metric(cfg.engine, "user_recall", n, recall_at_n(users, exact, rows)))
     seconds["recall_check"] = time.perf_counter() - start
@@ -346,26 +300,12 @@ def recommend(
     )
 
 
-# users x artists from which the HetRec-sized defaults get slow (Last.fm 360K is 1.1e11)
-LARGE_CELLS = 10**10
-
-
-def scale_advice(user_model: Scorer, engine: str, n_users: int, n_artists: int) -> str | None:
-    """One line to log when the data is large and the run still has what only suits small
-    catalogues (docs/performance.md): a user model without factors (item-kNN, blends), which
-    scores every artist for every user, or the Annoy engine, no quicker than exact search
-    there. None otherwise."""
-    if n_users * n_artists < LARGE_CELLS:
-        return None
-    slow = []
-    if not isinstance(user_model, Factors):
-        slow.append(f"user_model {user_model.name!r} scores all {n_artists:,} artists for every user")
-    if engine == "annoy":
-        slow.append("the annoy index is no quicker than exact search at this size")
-    if not slow:
-        return None
-    return (
-        f"{n_users:,} users x {n_artists:,} artists: "
-        + "; ".join(slow)
-        + "; for this size run with --config deployments/lastfm-360k.yaml (ALS + faiss)"
-    )
+def user_path(user_model: Scorer, indexed: bool, cfg: IndexConfig) -> str:
+    """How ``recommend`` ranks users with ``user_model`` (``indexed``: with a user index; ``cfg``
+    resolved), for the run's record: ``two-stage, index candidates`` / ``two-stage, exact
+    candidates`` / ``dense`` (a blend), ``index`` or ``exact`` (anything else)."""
+    if two_stage_parts(user_model) is not None:
+        if indexed:
+            return "two-stage, index candidates"
+        return "two-stage, exact candidates" if cfg.two_stage else "dense"
+    return "index" if indexed else "exact"

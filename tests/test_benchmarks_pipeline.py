@@ -21,21 +21,23 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-# --quick evaluates every one of its 3,000 users, so, like the flow, it fits the published model
-# again on all pairs ("refit"); at full size the 10,000 evaluated users hold < 1 % of the pairs
+# --quick evaluates every one of its 3,000 users, so, like the flow, it fits the published models
+# again on all pairs ("refit"); at full size the 10,000 evaluated users hold < 1 % of the pairs.
+# The default config: ALS for related artists, the blend for users, then the single-ALS yardstick;
+# 4,000 artists x 3,000 users is small enough for exact search (index.engine auto), so no index.
 STAGES = (
     "download",
     "parse",
     "encode",
     "split",
-    "weight",
-    "factorize",
-    "refit",
-    "index_related",
-    "index_users",
+    "fit_als",
+    "fit_blend",
+    "refit_als",
+    "refit_blend",
     "recommend",
     "evaluate",
     "publish_sqlite",
+    "single_als_fit",
 )
 # the recommend stage times its own parts (tasks.recommend.recommend -> Recommended.seconds)
 RECOMMEND_PARTS = ("related", "users", "because", "recall_check")
@@ -77,20 +79,34 @@ def test_every_stage_is_timed_with_its_peak_memory(quick):
 
 def test_ratios_against_the_raw_libraries_are_measured(quick):
     ratios = quick["ratios"]
-    for name in ("fit_ratio", "related_speedup", "user_speedup", "publish_sqlite_vs_executemany"):
+    for name in (
+        "pipeline_vs_raw_fit",
+        "fit_ratio",
+        "related_speedup",
+        "user_speedup",
+        "publish_sqlite_vs_executemany",
+    ):
         assert math.isfinite(ratios[name]) and ratios[name] > 0, name
     assert ratios["flow_overhead"] > -1
     raw = quick["raw"]
     assert raw["exact_similar_sample"] > 0 and raw["batch_recommend_sample"] > 0
 
 
-def test_approximate_steps_are_checked_against_exact(quick):
+def test_every_list_is_checked_and_the_choices_recorded(quick):
+    assert quick["config"] == "default"
+    assert quick["choices"]["index_engine"] == "exact" and quick["choices"]["user_top_n"] == "dense"
+    # exact related artists against implicit's exact similar_items: misaligned codes would score
+    # near the random rate (10 / artists); dense blend lists are the yardstick itself
+    assert 0.95 < quick["raw"]["related_recall"] <= 1.0
+    assert quick["raw"]["user_recall"] == 1.0
     for name in ("related_recall", "user_recall"):
-        value = quick["raw"][name]
-        # the profile's faiss index on a few thousand artists finds most true neighbours;
-        # a broken index or misaligned codes would score near the random rate (10 / artists).
-        assert 0.5 < value <= 1.0, (name, value)
-        assert quick["targets"][name]["value"] == value
+        assert quick["targets"][name]["value"] == quick["raw"][name]
+    precision = quick["precision_at_10"]
+    assert set(precision) == {"configuration", "single_als", "popularity"}
+    assert all(0 < p < 1 for p in precision.values())
+    assert quick["targets"]["precision_vs_single_als"]["value"] == pytest.approx(
+        precision["configuration"] / precision["single_als"], abs=1e-3
+    )
 
 
 def test_the_flow_ran_and_published(quick):

@@ -201,3 +201,23 @@ def test_recs_run_missing_postgresql_database_is_one_line_without_traceback(tmp_
     assert not list((tmp_path / "data" / "cache").iterdir())  # the preflight made the folder; nothing downloaded
     verbose = _recs(tmp_path, "run", "--dataset", "lastfm-2k", "--db", missing, "--verbose", timeout=300)
     assert "does not exist" in _one_line_error(verbose) and "Traceback" in verbose.stderr
+
+
+def test_recs_run_on_a_360k_format_file_runs_the_default_without_warnings(tmp_path):
+    """No config, no profile: a Last.fm 360K-format play file runs the shipped default, every
+    choice left to the data recorded with the run, and nothing is logged as a warning."""
+    import json
+
+    from tasks.data.synthetic import generate
+
+    plays = generate(tmp_path / "usersha1-artmbid-artname-plays.tsv", 1_500, 3_000, 60_000)
+    db = tmp_path / "out.db"
+    done = _recs(tmp_path, "run", "--source", str(plays), "--db", f"sqlite:///{db}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "WARNING" not in log and "Warning:" not in log, log[-3000:]
+    with sqlite3.connect(db) as con:
+        [(dataset, config, choices)] = con.execute("SELECT dataset, config, choices FROM runs").fetchall()
+    assert dataset == "lastfm-360k" and json.loads(config)["index"]["engine"] == "auto"
+    assert json.loads(choices)["index_engine"] == "exact"  # 4.5M cells: exact search is cheaper
+    assert json.loads(choices)["user_top_n"] == "dense"  # 3,000 artists: below TWO_STAGE_MIN_ARTISTS

@@ -118,13 +118,14 @@ def test_flow_publishes_and_reports(two_runs):
 
     # the model is measured beside the popularity baseline of the same run, and beats it
     value = {(m.model, m.metric, m.k): m.value for m in second.metrics}
-    models = {m.model for m in second.metrics} - {"popularity", "random", "annoy"}
+    models = {m.model for m in second.metrics} - {"popularity", "random", "two-stage"}
     with sqlite3.connect(tmp / "recs.db") as con:
         [published] = con.execute("SELECT related_model, user_model FROM runs WHERE run_id = ?", (run_id,))
     assert set(published) == models
     for model in models:
         assert value[(model, "precision", 10)] > value[("popularity", "precision", 10)]
-    assert value[("annoy", "related_recall", config.n)] >= 0.8
+    # HetRec is small: index.engine auto searches exactly, and the blend's two-stage lists are the dense blend's
+    assert value[("two-stage", "user_recall", config.n)] == 1.0
 
     artifacts, _, _ = _read(states[1].state_details.flow_run_id)
     by_key = {a.key: a for a in artifacts}
@@ -135,6 +136,7 @@ def test_flow_publishes_and_reports(two_runs):
     for section in (*sections, "## Embedding map", "## Training curves"):
         assert section in report
     assert "### Coldplay\n" in report and "![training curves](data:image/png;base64," in report
+    assert "Chosen for this data: index_engine `exact`" in report
     # the gate's figures (off here: the CLI default) and stability against run 1, in the report and runs
     assert f"quality gate off: precision@10 of {second.user_model} is" in report
     assert f"(current run {first.run_id}: " in report
@@ -153,7 +155,10 @@ def test_flow_publishes_and_reports(two_runs):
     assert record["flow_run_id"] == str(states[1].state_details.flow_run_id)
     assert 0 < record["seconds"] < 3600 and record["seconds"] >= sum(json.loads(record["timings"]).values())
     assert {"encode", "factorize", "evaluate"} <= set(json.loads(record["timings"]))  # download: cached
-    assert json.loads(record["choices"])["index_engine"] == config.index.engine
+    choices = json.loads(record["choices"])
+    assert config.index.engine == "auto" and json.loads(record["config"])["index"]["engine"] == "auto"
+    assert choices["index_engine"] == "exact" and choices["approximate_users"] is False
+    assert choices["user_top_n"] == "two-stage, exact candidates" and choices["two_stage"] is True
     # the forced run has the same config hash as the first: forcing is no setting of what a run makes
     assert len(record["config_hash"]) == 64 and record["config_hash"] == rows[first.run_id]["config_hash"]
     assert json.loads(record["config"])["storage"]["db"] == config.storage.db
@@ -164,10 +169,9 @@ def test_published_lists_come_from_models_fitted_on_every_pair(two_runs, hetrec_
     """On HetRec every user is evaluated and a fifth of the pairs is held out, so the metrics come
     from fits on the train part and the published lists from siblings fitted on all the pairs
     with the same config and seed: equal to a reference fitted here on the full matrix."""
-    from tasks.index import build_index
     from tasks.models.base import fit
     from tasks.models.store import load
-    from tasks.recommend import related_approx, user_top_n
+    from tasks.recommend import related_exact, user_top_n
     from tasks.weight import weight
 
     tmp, config, states = two_runs
@@ -182,16 +186,14 @@ def test_published_lists_come_from_models_fitted_on_every_pair(two_runs, hetrec_
     published = load(tmp / "runs" / str(states[1].state_details.flow_run_id) / config.related_model.name)
     np.testing.assert_array_equal(published.artist_factors, reference.artist_factors)
     # the shipped related model's lists, then each part of the cosine blend's, under its name
-    expected_related = {}
-    for model in (reference, *reference.parts):
-        vectors = model.similarity_factors
-        index = build_index(
-            vectors, config.index, tmp / f"reference-{model.name}.annoy", seed=config.related_model.random_state
-        )
-        expected_related[model.name] = related_approx(index, vectors, config.n)
+    # (index.engine auto: exact search at this size)
+    expected_related = {
+        model.name: related_exact(model.similarity_factors, config.n) for model in (reference, *reference.parts)
+    }
     users = np.arange(100)
+    # the published two-stage lists are the dense blend's
     expected_users = user_top_n(
-        fit(weight(plays, config.user_model.weight), config.user_model), plays, config.n, users=users
+        fit(weight(plays, config.user_model.weight), config.user_model), plays, config.n, users=users, dense=True
     )
     with sqlite3.connect(tmp / "recs.db") as con:
         related = {

@@ -22,7 +22,7 @@ def test_normalise_keeps_zero_rows():
 
 def test_cosine_index_finds_cosine_neighbours(tmp_path):
     x = _factors()
-    info = build_index(x, IndexConfig(n_trees=20, search_k=-1), tmp_path / "related.ann")
+    info = build_index(x, IndexConfig(engine="annoy", n_trees=20, search_k=-1), tmp_path / "related.ann")
     assert info.path.is_file() and (info.dim, info.n_items, info.n_trees) == (8, 300, 20)
     assert not info.inner_product and info.build_seconds > 0
     index = info.load()
@@ -37,7 +37,7 @@ def test_cosine_index_finds_cosine_neighbours(tmp_path):
 def test_inner_product_index_ranks_by_dot_product(tmp_path):
     x = _factors() * np.random.default_rng(1).uniform(0.1, 3, (300, 1)).astype(np.float32)  # varied norms
     user = _factors(1, seed=2)[0]
-    info = build_index(x, IndexConfig(n_trees=20), tmp_path / "users.ann", inner_product=True)
+    info = build_index(x, IndexConfig(engine="annoy", n_trees=20), tmp_path / "users.ann", inner_product=True)
     assert info.dim == 9 and info.inner_product
     found = info.load().get_nns_by_vector(np.append(user, 0), 10, search_k=10**6)
     assert found == np.argsort(-(x @ user))[:10].tolist()
@@ -92,3 +92,26 @@ def test_bad_input_and_paths(tmp_path, engine):
     info.path.unlink()
     with pytest.raises(RecsError, match="cannot load"):
         info.load()
+
+
+def test_auto_engine_is_exact_for_small_catalogues_and_faiss_for_large_ones(tmp_path):
+    from tasks.index import AUTO_EXACT_CELLS
+
+    auto = IndexConfig()
+    assert auto.engine == "auto" and auto.approximate_users is None
+    hetrec = auto.resolved(1_892, 17_632)  # 3.4e8 inner products for exact search
+    assert (hetrec.engine, hetrec.approximate_users) == ("exact", False)
+    lastfm_360k = auto.resolved(360_000, 300_000)  # 2e11
+    assert (lastfm_360k.engine, lastfm_360k.approximate_users) == ("faiss", True)
+    # the boundary as documented: (users + artists) x artists against AUTO_EXACT_CELLS
+    assert auto.resolved(AUTO_EXACT_CELLS // 50_000 - 50_000, 50_000).engine == "exact"
+    assert auto.resolved(AUTO_EXACT_CELLS // 50_000 - 49_999, 50_000).engine == "faiss"
+    # pinned choices stay pinned
+    assert IndexConfig(engine="annoy").resolved(360_000, 300_000).engine == "annoy"
+    assert IndexConfig(approximate_users=False).resolved(360_000, 300_000).approximate_users is False
+    assert IndexConfig(engine="faiss").resolved(10, 10).approximate_users is True
+    # a blend's users go two-stage from TWO_STAGE_MIN_ARTISTS artists up, unless pinned
+    assert (hetrec.two_stage, auto.resolved(3_000, 4_000).two_stage, lastfm_360k.two_stage) == (True, False, True)
+    assert IndexConfig(two_stage=False).resolved(360_000, 300_000).two_stage is False
+    with pytest.raises(RecsError, match="resolve the config first"):
+        build_index(_factors(), auto, tmp_path / "unused.idx")

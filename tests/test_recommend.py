@@ -165,23 +165,3 @@ def test_user_top_n_approx_default_search_never_recommends_heard(tmp_path, engin
     approx = user_top_n_approx(info, USERS, ARTISTS, HEARD, 10)
     assert not HEARD[np.repeat(np.arange(150), 10), np.maximum(approx.ids.ravel(), 0)].any()
     assert 0.5 < recall_at_n(approx, exact, np.arange(150)) <= 1.0
-
-
-def test_scale_advice_points_large_runs_at_the_360k_profile():
-    from pathlib import Path
-
-    from flows.config import RetrainConfig
-    from tasks.models.base import fit
-    from tasks.recommend import scale_advice
-
-    plays = sp.random(60, 40, density=0.2, format="csr", dtype=np.float32, random_state=0)
-    default = RetrainConfig()
-    blend = fit(plays, default.user_model)  # the shipped user model, fitted for real on a tiny matrix
-    engine = default.index.engine
-    assert scale_advice(blend, engine, 1_892, 17_632) is None  # HetRec size: the defaults are fine
-    advice = scale_advice(blend, engine, 360_000, 300_000)
-    assert advice is not None
-    assert "'blend' scores all 300,000 artists" in advice and "annoy" in advice
-    assert "deployments/lastfm-360k.yaml" in advice and "\n" not in advice
-    profile = RetrainConfig.from_file(Path(__file__).resolve().parents[1] / "deployments" / "lastfm-360k.yaml")
-    assert scale_advice(fit(plays, profile.user_model), profile.index.engine, 360_000, 300_000) is None

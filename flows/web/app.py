@@ -10,6 +10,7 @@ artist or user (with close names), 503 when the database has nothing to serve or
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -99,7 +100,7 @@ class Problem:
     suggestions: list[str]
 
 
-def _ranked(rows: list[queries.RelatedRow]) -> list[Ranked]:
+def _ranked(rows: Sequence[queries.RelatedRow | queries.RecommendationRow]) -> list[Ranked]:
     return [Ranked(r.rank, r.artist_key, r.artist_name, r.score) for r in rows]
 
 

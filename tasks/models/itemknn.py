@@ -57,9 +57,13 @@ class ItemKNN:
         self.fit_seconds = fit_seconds
 
     def score(self, users: np.ndarray, heard: sp.csr_matrix) -> np.ndarray:
+        return self.sparse_score(users, heard).toarray()
+
+    def sparse_score(self, users: np.ndarray, heard: sp.csr_matrix) -> sp.csr_matrix:
+        """``score`` without the zeros: CSR, len(users) x artists, float32 (the two-stage blend's input)."""
         heard = sp.csr_matrix(heard, dtype=np.float32, copy=True)
         heard.data[:] = 1.0
-        return (heard @ self.similarity).toarray()
+        return sp.csr_matrix(heard @ self.similarity)
 
 
 def similarity(train: sp.csr_matrix, cfg: ItemKNNConfig) -> sp.csr_matrix:

@@ -61,7 +61,11 @@ class RP3beta:
         self.fit_seconds = fit_seconds
 
     def score(self, users: np.ndarray, heard: sp.csr_matrix) -> np.ndarray:
-        return (sp.csr_matrix(heard, dtype=np.float32) @ self.weights).toarray()
+        return self.sparse_score(users, heard).toarray()
+
+    def sparse_score(self, users: np.ndarray, heard: sp.csr_matrix) -> sp.csr_matrix:
+        """``score`` without the zeros: CSR, len(users) x artists, float32 (the two-stage blend's input)."""
+        return sp.csr_matrix(sp.csr_matrix(heard, dtype=np.float32) @ self.weights)
 
 
 def _row_normalised(x: sp.csr_matrix, alpha: float) -> sp.csr_matrix:

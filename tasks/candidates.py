@@ -1,0 +1,299 @@
+"""Two-stage top-N for blends: a few candidates from each part, the exact blend score on them only.
+
+A blend (``tasks.models.blend``) standardises each part per user over the artists the user has
+not heard (mean 0, standard deviation 1) and mixes them with weights. Scoring every artist for
+every user costs users x artists (about 36 minutes at Last.fm 360K size, docs/performance.md).
+Here, per block of users:
+
+1. **statistics, exact, without dense scores.** A factor part's sum and sum of squares of
+   ``u . a`` over all artists are ``u . s`` and ``u^T G u`` (``s``: the artists' summed factors,
+   ``G = A^T A``, f x f, both computed once), less the heard artists' terms (one dot product per
+   heard pair). A sparse part (item-kNN, RP3beta: ``heard @ W``) is zero off its support, so its
+   sums are those of its sparse scores less the heard entries. Same mean and deviation as
+   ``tasks.models.blend.standardise`` over the dense row;
+2. **candidates**: each factor part's ``depth`` best unheard artists (implicit's exact ``topk``,
+   or the ANN index for the part an index was built on), and each sparse part's ``depth`` largest
+   unheard entries;
+3. **the exact blend score** of every distinct candidate, and its top ``n``.
+
+**Certificate.** An artist outside every part's candidates scores at most
+``sum_p w_p z_p(last_p)`` (``last_p``: the part's ``depth``-th candidate; for a sparse part the
+larger of that and 0, the score off its support), so a user whose ``n``-th best candidate beats
+that bound has exactly the dense blend's list. With exact factor candidates the users without a
+certificate are ranked densely by the caller, so every list is the dense blend's; with an ANN index
+the recall against the dense blend is measured on a sample (``tasks.recommend.recommend``).
+
+A blend with a part that is neither (EASE: dense weights) has no sparse support to draw from and
+is ranked densely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import scipy.sparse as sp
+
+from tasks.contracts import Factors, Scorer, TopN
+from tasks.models.blend import Blend
+from tasks.topn import MAX_BLOCK_CELLS, first_unheard, inner_topk, pair_keys, top_n
+
+# Candidates per part for lists of n: on HetRec 2K with the shipped blend, 5n certified 99 % of
+# users (tests/test_candidates.py prints the share); fewer certify fewer, and each uncertified
+# user is ranked densely.
+DEPTH_PER_N = 5
+# From this many artists up, exact user top-N of a blend goes two-stage (user_top_n's default):
+# with the shipped blend (1 core free of 2, a loaded machine) on 3,000 users x 4,000 synthetic
+# artists the sparse part's support is nearly every artist and two-stage took 10.0 s against
+# 3.9 s dense; on HetRec 2K (1,892 x 17,632) 10.8 s against 19.9 s; at 300K artists dense scoring
+# is about 36 minutes for all users (docs/performance.md).
+TWO_STAGE_MIN_ARTISTS = 10_000
+# Users per block: their candidates are block x parts x depth, gathered factor rows that times f
+USER_BLOCK = 2048
+
+Search = Callable[[np.ndarray, int | np.ndarray], np.ndarray]
+
+
+@runtime_checkable
+class SparseScorer(Protocol):
+    """A ``Scorer`` whose scores are a sparse product (item-kNN, RP3beta): zero off the support."""
+
+    def sparse_score(self, users: np.ndarray, heard: sp.csr_matrix) -> sp.csr_matrix: ...
+
+
+@dataclass(frozen=True)
+class Part:
+    """One blend part ready for two-stage scoring: its ``weight`` in the mix and fitted ``scorer``
+    (``Factors`` or ``SparseScorer``); for a factor part also the artists' summed factors
+    (``total``, float64, f) and Gram matrix ``A^T A`` (``gram``, float64, f x f)."""
+
+    weight: float
+    scorer: Scorer
+    total: np.ndarray | None = None
+    gram: np.ndarray | None = None
+
+
+def two_stage_parts(scorer: Scorer) -> list[Part] | None:
+    """The parts of a blend ranked in two stages (weight-0 parts add nothing and are left out);
+    None when ``scorer`` is no blend or a part is neither ``Factors`` nor ``SparseScorer``."""
+    parts = [(w, p) for w, p in scorer.parts if w > 0] if isinstance(scorer, Blend) else []
+    if not parts or not all(isinstance(p, (Factors, SparseScorer)) for _, p in parts):
+        return None
+    out = []
+    for w, p in parts:
+        if isinstance(p, Factors):
+            a = p.artist_factors.astype(np.float64)
+            out.append(Part(w, p, a.sum(axis=0), a.T @ a))
+        else:
+            out.append(Part(w, p))
+    return out
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """``top``: lists of the users asked for, in their order; ``certified``: bool per user, the list
+    is provably the dense blend's (only meaningful without an ANN search)."""
+
+    top: TopN
+    certified: np.ndarray
+
+
+def blend_top_n(
+    parts: list[Part],
+    heard: sp.csr_matrix,
+    n: int,
+    users: np.ndarray,
+    depth: int | None = None,
+    search: tuple[Factors, Search] | None = None,
+    batch_size: int = USER_BLOCK,
+) -> Ranked:
+    """Top ``n`` unheard artists of the blend of ``parts`` for ``users`` (codes), two-stage.
+
+    ``heard``: CSR, users x artists; its non-zeros are never recommended and are left out of the
+    statistics. ``depth``: candidates per part (default ``DEPTH_PER_N * n``). ``search``: a factor
+    part and the searcher of an inner-product index over its artist factors
+    (``ArtistIndex.searcher``), which then gives that part's candidates instead of exact ``topk``.
+    Users go in blocks of similar history length (an index searches a block at its widest count).
+    """
+    heard = sp.csr_matrix(heard)
+    depth = min(depth or DEPTH_PER_N * n, heard.shape[1])
+    counts = np.diff(heard.indptr)[users]
+    ids = np.full((len(users), n), -1, dtype=np.int32)
+    scores = np.full((len(users), n), np.nan, dtype=np.float32)
+    certified = np.zeros(len(users), dtype=bool)
+    by_count = np.argsort(counts, kind="stable")
+    for lo in range(0, len(users), batch_size):
+        pos = by_count[lo : lo + batch_size]
+        top, certified[pos] = _block_top_n(parts, users[pos], heard[users[pos]], n, depth, search)
+        ids[pos], scores[pos] = top.ids, top.scores
+    return Ranked(TopN(ids=ids, scores=scores), certified)
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """One part on one block: ``candidates`` (block x depth artist codes, -1 none), the value
+    at the last candidate slot that bounds what the part gives an artist outside them
+    (``last``, raw score; NaN: every unheard artist is a candidate), and ``z(codes)``: the part's
+    standardised score of block x k artist codes."""
+
+    candidates: np.ndarray
+    last: np.ndarray
+    z: Callable[[np.ndarray], np.ndarray]
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def _block_top_n(
+    parts: list[Part], block: np.ndarray, seen: sp.csr_matrix, n: int, depth: int, search: tuple[Factors, Search] | None
+) -> tuple[TopN, np.ndarray]:
+    n_artists = seen.shape[1]
+    unheard = np.maximum(n_artists - np.diff(seen.indptr), 1).astype(np.float64)
+    scored = [
+        _factor_part(p, block, seen, unheard, depth, search)
+        if isinstance(p.scorer, Factors)
+        else _sparse_part(p, block, seen, unheard, depth)
+        for p in parts
+    ]
+    cand = _distinct(np.hstack([s.candidates for s in scored]).astype(np.int64))
+    valid = cand >= 0
+    mix = np.zeros(cand.shape, dtype=np.float64)
+    bound = np.zeros(len(block), dtype=np.float64)
+    exhausted = np.zeros(len(block), dtype=bool)
+    for part, s in zip(parts, scored):
+        mix += part.weight * s.z(np.maximum(cand, 0))
+        exhausted |= np.isnan(s.last)
+        bound += part.weight * (np.nan_to_num(s.last) - s.mean) / s.std
+    mix[~valid] = -np.inf
+    best = top_n(mix.astype(np.float32), n)
+    picked = best.ids >= 0
+    ids = np.where(picked, np.take_along_axis(cand, np.maximum(best.ids, 0), axis=1), -1).astype(np.int32)
+    # exhausted: every unheard artist was a candidate of some factor part, so nothing is outside
+    certified = exhausted | (best.scores[:, n - 1] > bound)
+    return TopN(ids=ids, scores=best.scores), certified
+
+
+def _moments(total: np.ndarray, squares: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation from sums over ``count`` entries (1 where constant), as
+    ``tasks.models.blend.standardise`` computes them."""
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    std[std < 1e-12] = 1.0
+    return mean, std
+
+
+def _factor_part(
+    part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np.ndarray, depth: int, search
+) -> _Scored:
+    model = part.scorer
+    assert isinstance(model, Factors) and part.total is not None and part.gram is not None
+    users, artists = model.user_factors[block], model.artist_factors
+    rows = np.repeat(np.arange(len(block)), np.diff(seen.indptr))
+    at_heard = np.einsum("ij,ij->i", users[rows], artists[seen.indices], dtype=np.float64)
+    u64 = users.astype(np.float64)
+    total = u64 @ part.total - np.bincount(rows, at_heard, minlength=len(block))
+    squares = np.einsum("ij,ij->i", u64 @ part.gram, u64) - np.bincount(rows, at_heard**2, minlength=len(block))
+    mean, std = _moments(total, squares, unheard)
+    if search is not None and search[0] is model:
+        asked = np.minimum(depth + np.diff(seen.indptr), len(artists))
+        found = search[1](np.hstack([users, np.zeros((len(block), 1), np.float32)]), asked)
+        ids = first_unheard(found, seen, depth).astype(np.int64)
+    else:
+        ids, raw = inner_topk(artists, users, depth, filter_query_items=seen)
+        ids = np.where(raw <= np.finfo(np.float32).min, -1, ids).astype(np.int64)
+
+    def z(codes: np.ndarray) -> np.ndarray:
+        return (np.einsum("bf,bkf->bk", users, artists[codes], dtype=np.float64) - mean[:, None]) / std[:, None]
+
+    last_code = ids[:, -1]
+    last = np.einsum("bf,bf->b", users, artists[np.maximum(last_code, 0)], dtype=np.float64)
+    # fewer than depth from exact topk: the unheard artists ran out (nothing outside the
+    # candidates); from an index: it found no more, which proves nothing
+    last[last_code < 0] = -np.inf if search is not None and search[0] is model else np.nan
+    return _Scored(ids, last, z, mean, std)
+
+
+def _sparse_part(part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np.ndarray, depth: int) -> _Scored:
+    model = part.scorer
+    assert isinstance(model, SparseScorer)
+    scores = sp.csr_matrix(model.sparse_score(block, seen), dtype=np.float32)
+    scores.sum_duplicates()
+    scores.sort_indices()
+    binary = sp.csr_matrix((np.ones(seen.nnz, np.float32), seen.indices, seen.indptr), shape=seen.shape)
+    at_heard = scores.multiply(binary).tocsr()  # the heard artists' scores: out of the statistics
+    count = len(block)
+    total = _row_sums(scores) - _row_sums(at_heard)
+    squares = _row_sums(scores.power(2)) - _row_sums(at_heard.power(2))
+    mean, std = _moments(total, squares, unheard)
+    fresh = (scores - at_heard).tocsr()
+    fresh.eliminate_zeros()
+    ids, best = _row_top(fresh, depth)
+    # an artist outside the candidates scores at most the last one, or 0 off the support
+    last = np.maximum(np.where(ids[:, -1] >= 0, best[:, -1], 0.0), 0.0)
+    keys = pair_keys(scores)
+
+    def z(codes: np.ndarray) -> np.ndarray:
+        query = np.arange(count, dtype=np.int64)[:, None] * seen.shape[1] + codes
+        if not len(keys):
+            return np.broadcast_to((-mean / std)[:, None], query.shape)
+        at = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+        value = np.where(keys[at] == query, scores.data[at], 0.0)
+        return (value - mean[:, None]) / std[:, None]
+
+    return _Scored(ids, last, z, mean, std)
+
+
+def _row_sums(matrix: sp.csr_matrix) -> np.ndarray:
+    """float64 sum of each row of ``matrix`` (CSR)."""
+    return np.asarray(matrix.sum(axis=1, dtype=np.float64)).ravel()
+
+
+def _row_top(matrix: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest positive entries of each row of ``matrix`` (CSR, rows x artists):
+    ``(ids, values)``, rows x k, best first, -1 / -inf padded. Each row's entries are laid out
+    left-aligned in a dense block (by scipy, with 0 as padding, which is no candidate), in groups
+    of rows of similar length within ``MAX_BLOCK_CELLS`` cells."""
+    n_rows = matrix.shape[0]
+    widths = np.diff(matrix.indptr)
+    ids = np.full((n_rows, k), -1, dtype=np.int64)
+    best = np.full((n_rows, k), -np.inf, dtype=np.float64)
+    order = np.argsort(widths, kind="stable")
+    sorted_widths = np.maximum(widths[order], k)
+    start = 0
+    while start < n_rows:
+        # the group grows while (its rows) x (its widest row, the last) stays within the budget
+        fits = np.arange(1, n_rows - start + 1) * sorted_widths[start:] <= MAX_BLOCK_CELLS
+        size = len(fits) if fits.all() else max(1, int(np.argmin(fits)))
+        rows = order[start : start + size]
+        start += size
+        group = matrix[rows]
+        lengths = np.diff(group.indptr)
+        offset = np.arange(group.nnz) - np.repeat(group.indptr[:-1], lengths)
+        width = max(int(lengths.max(initial=0)), k)
+        dense = sp.csr_matrix((group.data, offset, group.indptr), shape=(len(rows), width)).toarray()
+        dense[dense <= 0] = -np.inf
+        top = top_n(dense, k)
+        got = top.ids >= 0
+        at = np.minimum(group.indptr[:-1, None] + np.maximum(top.ids, 0), max(group.nnz - 1, 0))
+        ids[rows] = np.where(got, group.indices[at] if group.nnz else -1, -1)
+        best[rows] = np.where(got, top.scores, -np.inf)
+    return ids, best
+
+
+def _distinct(candidates: np.ndarray) -> np.ndarray:
+    """``candidates`` (rows x width artist codes, -1 none) with repeats within a row set to -1."""
+    order = np.argsort(candidates, axis=1, kind="stable")
+    ranked = np.take_along_axis(candidates, order, axis=1)
+    repeat = np.zeros(candidates.shape, dtype=bool)
+    np.put_along_axis(repeat, order[:, 1:], ranked[:, 1:] == ranked[:, :-1], axis=1)
+    return np.where(repeat, -1, candidates)
+
+
+def retrieval_factors(scorer: Scorer) -> Factors | None:
+    """The factor model an inner-product index is built on for ``scorer``'s user top-N: the model
+    itself when it is one, else the heaviest factor part of a two-stage blend; None otherwise."""
+    if isinstance(scorer, Factors):
+        return scorer
+    factors = [(p.weight, p.scorer) for p in two_stage_parts(scorer) or [] if isinstance(p.scorer, Factors)]
+    return max(factors, key=lambda part: part[0])[1] if factors else None
