@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import Field
@@ -23,6 +24,7 @@ from tasks.models.blend import BlendConfig
 from tasks.models.implicit_mf import ALSConfig
 from tasks.models.itemknn import ItemKNNConfig
 from tasks.models.registry import ModelConfig
+from tasks.spark.config import SparkConfig
 from tasks.transient import RetryConfig
 from tasks.weight import WeightConfig
 
@@ -31,6 +33,11 @@ class RetrainConfig(StageConfig):
     """Everything one retrain needs."""
 
     data: DataConfig = DataConfig()
+    engine: Literal["local", "spark"] = Field(
+        "local",
+        description="local: pandas/NumPy/implicit in this process; spark: parse to publish on Spark (see spark)",
+    )
+    spark: SparkConfig = Field(SparkConfig(), description="engine: spark only: where it runs, its ALS model")
     # Chosen on HetRec 2K by tag coherence@10 and label-split synonyms (tests/test_related_quality.py,
     # docs/models.md "How the related-artists model was chosen"): few factors keep a split
     # label's halves together.

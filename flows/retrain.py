@@ -403,6 +403,19 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
     elif fetched.name == "Cached":
         downloaded = replace(downloaded, from_cache=True, check=check_of_cached(resolve(unmasked(data))))
     logger.info("data %s: %s, sha256 %s", downloaded.source, downloaded.check, downloaded.sha256)
+    if config.engine == "spark":  # the heavy stages on Spark (imported here: it builds on this module)
+        from flows.retrain_spark import retrain_on_spark
+
+        return retrain_on_spark(
+            config,
+            downloaded,
+            dataset,
+            started=started,
+            started_at=started_at,
+            flow_run_id=flow_run_id,
+            flow_run_url=flow_run_url,
+            timings=timings,
+        )
     keep = config.storage.retention
     parsed = parse_task(downloaded, dataset, parsed_dir, keep)
     if not cached_parse_intact(parsed):  # deleted, truncated or edited since it was cached

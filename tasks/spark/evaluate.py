@@ -9,14 +9,19 @@ path's ``precision`` / ``ndcg`` / ``map``. Users ranked: the test users, or a se
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from tasks.contracts import Metric
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-SPARK_METRICS = {"precision": "precisionAtK", "ndcg": "ndcgAtK", "map": "meanAveragePrecisionAtK"}
+SparkMetric = Literal["precisionAtK", "ndcgAtK", "meanAveragePrecisionAtK"]
+SPARK_METRICS: dict[str, SparkMetric] = {
+    "precision": "precisionAtK",
+    "ndcg": "ndcgAtK",
+    "map": "meanAveragePrecisionAtK",
+}
 
 
 def ranked_users(test: DataFrame, max_users: int | None, seed: int) -> DataFrame:

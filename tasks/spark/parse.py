@@ -46,6 +46,7 @@ from tasks.data.parse import (
     hetrec_artists,
 )
 from tasks.errors import RecsError
+from tasks.spark.session import first
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -55,7 +56,14 @@ _REPLACEMENT = "\ufffd"
 # a delimiter outside double quotes: an even number of quotes follows it to the end of the line
 _OUTSIDE_QUOTES = '(?=(?:[^"]*"[^"]*")*[^"]*$)'
 # a text file's column -> the field it fills (360K: mbid is the artist key, name the display name)
-_TARGETS = {"user": "user", "artist": "artist", "mbid": "artist", "artist_name": "name", "name": "name", "plays": "plays"}
+_TARGETS = {
+    "user": "user",
+    "artist": "artist",
+    "mbid": "artist",
+    "artist_name": "name",
+    "name": "name",
+    "plays": "plays",
+}
 
 
 @dataclass(frozen=True)
@@ -102,11 +110,13 @@ def parse(spark: SparkSession, path: Path, dataset: str | None = None) -> SparkP
         )
         .cache()
     )
-    totals = merged.agg(
-        F.count("*").alias("pairs"),
-        F.sum(F.col("rows") - 1).alias("duplicates"),
-        F.sum((F.col("total") > _FLOAT32_MAX).cast("long")).alias("overflowed"),
-    ).first()
+    totals = first(
+        merged.agg(
+            F.count("*").alias("pairs"),
+            F.sum(F.col("rows") - 1).alias("duplicates"),
+            F.sum((F.col("total") > _FLOAT32_MAX).cast("long")).alias("overflowed"),
+        )
+    )
     checked.unpersist()
     if totals["duplicates"]:
         bad["duplicate_pairs"] = int(totals["duplicates"])

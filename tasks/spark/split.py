@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tasks.errors import RecsError
+from tasks.spark.session import first
 from tasks.split import SHARED_FIT_MAX_HOLDOUT
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def per_user_holdout(
         users = counted.where(F.col("n_test") > 0).groupBy("user").agg(F.first("n_test").alias("n_test"))
         if users.count() > max_users:
             sample = users.orderBy(F.xxhash64(F.lit(seed), "user"), "user").limit(max_users).cache()
-            if (sample.agg(F.sum("n_test")).first()[0] or 0) <= SHARED_FIT_MAX_HOLDOUT * plays.count():
+            if (first(sample.agg(F.sum("n_test")))[0] or 0) <= SHARED_FIT_MAX_HOLDOUT * plays.count():
                 chosen = sample.select("user", F.lit(True).alias("sampled"))
                 counted = counted.join(F.broadcast(chosen), "user", "left").withColumn(
                     "n_test", F.when(F.col("sampled"), F.col("n_test")).otherwise(0)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tasks.spark.session import first
+
 if TYPE_CHECKING:
     from pyspark.ml.recommendation import ALSModel
     from pyspark.sql import DataFrame
@@ -19,7 +21,7 @@ def _most_heard(heard: DataFrame, users: DataFrame | None) -> int:
     from pyspark.sql import functions as F
 
     counted = heard if users is None else heard.join(users, "user", "left_semi")
-    return int(counted.groupBy("user").count().agg(F.max("count")).first()[0] or 0)
+    return int(first(counted.groupBy("user").count().agg(F.max("count")))[0] or 0)
 
 
 def _unheard_top(candidates: DataFrame, heard: DataFrame, n: int) -> DataFrame:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tasks.errors import RecsError
+from tasks.spark.session import first
 from tasks.weight import WeightConfig
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ def weight(plays: DataFrame, n_artists: int, cfg: WeightConfig) -> DataFrame:
     p = F.col("plays").cast("double")
     if cfg.scheme == "bm25":
         artist_totals = plays.groupBy("artist").agg(F.sum(p).alias("total"))
-        mean_total = (plays.agg(F.sum(p)).first()[0] or 0.0) / n_artists
+        mean_total = (first(plays.agg(F.sum(p)))[0] or 0.0) / n_artists
         per_user = plays.groupBy("user").agg(F.count("*").alias("heard"))
         idf = F.log(F.lit(float(n_artists))) - F.log1p(F.col("heard"))
         norm = (1.0 - cfg.b) + cfg.b * F.col("total") / F.lit(mean_total)
