@@ -19,8 +19,9 @@ run stays ``loading`` with detached partitions, which the next publish (of eithe
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -196,18 +197,19 @@ def _as_batch(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {name: frame[name].to_numpy(dtype=DTYPES[name]) for name in frame.columns}
 
 
-def _copy_partition(conninfo: str, table: sa.Table, target: str) -> Callable:
-    """A ``mapInPandas`` function: COPY its batches into ``target`` over one connection per
-    task, committed when the task's rows are in; yields how many rows it wrote."""
+def _copy_partition(
+    conninfo: str, table_name: str, target: str, batches: Iterator[pd.DataFrame]
+) -> Iterator[pd.DataFrame]:
+    """The ``mapInPandas`` function of one Spark task: COPY its batches into ``target`` (a
+    partition of the run table ``table_name``) over its own connection, committed when the
+    task's rows are in; yields how many rows it wrote. A module-level function bound to strings
+    (``functools.partial``), so it pickles by reference, not with the schema objects."""
+    import psycopg
 
-    def copy(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import psycopg
-
-        with psycopg.connect(conninfo) as conn:
-            written = _copy_batches(conn, sql.Identifier(target), table, (_as_batch(b) for b in batches))
-        yield pd.DataFrame({"rows": [written]})
-
-    return copy
+    table = next(t for t in BULK_TABLES if t.name == table_name)
+    with psycopg.connect(conninfo) as conn:
+        written = _copy_batches(conn, sql.Identifier(target), table, (_as_batch(b) for b in batches))
+    yield pd.DataFrame({"rows": [written]})
 
 
 def _load_postgres(engine: Engine, run_id: int, outputs: SparkRunOutputs, partitions: int, batch_rows: int) -> None:
@@ -224,7 +226,9 @@ def _load_postgres(engine: Engine, run_id: int, outputs: SparkRunOutputs, partit
     outputs.artists.sparkSession.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_rows))
     for table, frame in outputs.frames():
         rows = _rows(frame, table, run_id).repartition(partitions)
-        copied = rows.mapInPandas(_copy_partition(conninfo, table, partition_name(table, run_id)), schema="rows long")
+        copied = rows.mapInPandas(
+            functools.partial(_copy_partition, conninfo, table.name, partition_name(table, run_id)), schema="rows long"
+        )
         written = first(copied.agg(F.sum("rows")))[0] or 0
         expected = outputs.counts()[_COUNT_OF[table.name]]
         if written != expected:
