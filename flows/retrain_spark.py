@@ -14,30 +14,18 @@ out (``SparkSplit.shares_fit``), fitted again on every pair for publishing.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from prefect import get_run_logger
 
 from flows.config import RetrainConfig
 from flows.report import METRICS_KEY, metrics_rows
-from flows.retrain import (
-    IN_MEMORY,
-    RetrainResult,
-    _retry_transient,
-    _retrying,
-    database_url,
-    recorded_config,
-    stage,
-    unchanged_task,
-)
-from storage.config import masked_url
+from flows.stages import IN_MEMORY, _retry_transient, _retrying, stage
 from storage.engine import make_engine
 from storage.publish import RunIdentity
 from storage.spark_publish import SparkRunOutputs, publish_spark
-from tasks.contracts import Downloaded, Metric
+from tasks.contracts import Metric
 from tasks.models.spark_als import SparkALSConfig
 from tasks.spark import evaluate as spark_evaluate
 from tasks.spark import topn
@@ -45,12 +33,22 @@ from tasks.spark.als import fit_frame
 from tasks.spark.encode import SparkEncoded, encode
 from tasks.spark.parse import SparkParsed, parse
 from tasks.spark.related import recall_on_sample, related_artists
-from tasks.spark.session import spark_session
+from tasks.spark.session import first, spark_session
 from tasks.spark.split import SparkSplit, per_user_holdout
 from tasks.spark.weight import weight
-from tasks.workspace import code_version
 
 RECALL_SAMPLE = 200  # artists whose related lists are checked against exact search
+
+
+@dataclass(frozen=True)
+class SparkRun:
+    """What a Spark retrain published: its run_id, metrics, the model behind both lists and the
+    most listened artist (for an example query)."""
+
+    run_id: int
+    metrics: list[Metric]
+    model: str
+    example_artist: str
 
 
 @dataclass(frozen=True)
@@ -113,8 +111,9 @@ def evaluate_task(fit: SparkFit, split: SparkSplit, config: RetrainConfig, name:
 
 
 @stage("spark-publish", retry_jitter_factor=0.5, retry_condition_fn=_retry_transient, **IN_MEMORY)
-def publish_task(config: RetrainConfig, outputs: SparkRunOutputs) -> int:
-    engine = make_engine(database_url(config.storage))
+def publish_task(config: RetrainConfig, outputs: SparkRunOutputs, db_url: str) -> int:
+    """The run's rows in parallel from the Spark tasks, then the one-transaction switch."""
+    engine = make_engine(db_url)
     try:
         return publish_spark(
             engine,
@@ -128,54 +127,17 @@ def publish_task(config: RetrainConfig, outputs: SparkRunOutputs) -> int:
         engine.dispose()
 
 
-def retrain_on_spark(
-    config: RetrainConfig,
-    downloaded: Downloaded,
-    dataset: str | None,
-    *,
-    started: float,
-    started_at: datetime,
-    flow_run_id: str | None,
-    flow_run_url: str | None,
-    timings: dict[str, float],
-) -> RetrainResult:
-    """The stages after the download on Spark, then the publish; ``flows.retrain`` calls this
-    inside its flow run when ``config.engine == "spark"``."""
+def retrain_on_spark(config: RetrainConfig, path: Path, identity: RunIdentity, db_url: str) -> SparkRun:
+    """The stages after the download on Spark, then the publish into ``db_url``; ``flows.retrain``
+    calls this inside its flow run when ``config.engine == "spark"``. ``path``: the downloaded
+    file or folder; ``identity``: the run's data, config and code (as recorded)."""
     from prefect.artifacts import create_table_artifact
     from pyspark.sql import functions as F
 
     logger = get_run_logger()
     spark = spark_session(config.spark)
     logger.info("spark %s (%s)", spark.version, config.spark.connect or config.spark.master)
-    parsed = parse_task(spark, downloaded.path, dataset)
-    identity = RunIdentity(
-        dataset=parsed.dataset,
-        source=downloaded.source,
-        data_sha256=downloaded.sha256,
-        config=recorded_config(config),
-        code_version=code_version(),
-        started_at=started_at,
-        flow_run_id=flow_run_id,
-        flow_run_url=flow_run_url,
-    )
-    skipped = _retrying(unchanged_task, config)(config, identity) if config.storage.skip_unchanged else None
-    if skipped:
-        message = (
-            f"run {skipped[0]} unchanged: same data, config and code as current run {skipped[1]} of {parsed.dataset}"
-        )
-        logger.info("%s; nothing retrained", message)
-        return RetrainResult(
-            run_id=skipped[0],
-            db=masked_url(config.storage.db),
-            metrics=[],
-            timings=dict(timings),
-            seconds=time.perf_counter() - started,
-            example_artist="",
-            related_model="",
-            user_model="",
-            status="unchanged",
-            message=message,
-        )
+    parsed = parse_task(spark, path, identity.dataset)
     encoded = encode_task(parsed, config)
     logger.info(
         "%s on spark: %d users x %d artists, %d pairs; %d bad rows",
@@ -206,16 +168,15 @@ def retrain_on_spark(
         n_recommendations=n_recommendations,
         metrics=metrics,
         config=identity.config,
-        dataset=parsed.dataset,
-        source=downloaded.source,
-        data_sha256=downloaded.sha256,
+        dataset=identity.dataset,
+        source=identity.source,
+        data_sha256=identity.data_sha256,
         related_model=model.name,
         user_model=model.name,
         code_version=identity.code_version,
-        started_at=started_at,
-        flow_run_id=flow_run_id,
-        flow_run_url=flow_run_url,
-        timings=dict(timings),
+        started_at=identity.started_at,
+        flow_run_id=identity.flow_run_id,
+        flow_run_url=identity.flow_run_url,
         choices={
             "engine": "spark",
             "spark_master": config.spark.connect or config.spark.master,
@@ -223,22 +184,9 @@ def retrain_on_spark(
             "split": split.rule,
         },
     )
-    run_id = _retrying(publish_task, config)(config, outputs)
+    run_id = _retrying(publish_task, config)(config, outputs, db_url)
     create_table_artifact(
         table=metrics_rows(metrics), key=METRICS_KEY, description=f"Holdout metrics of Spark run {run_id}"
     )
-    top = encoded.artists.orderBy(F.desc("listeners"), "artist").first()
-    seconds = time.perf_counter() - started
-    logger.info(
-        "published run %d (%s, spark) to %s in %.1f s", run_id, parsed.dataset, masked_url(config.storage.db), seconds
-    )
-    return RetrainResult(
-        run_id=run_id,
-        db=masked_url(config.storage.db),
-        metrics=metrics,
-        timings=dict(timings),
-        seconds=seconds,
-        example_artist=str(top["name"]) if top else "",
-        related_model=model.name,
-        user_model=model.name,
-    )
+    top = first(encoded.artists.orderBy(F.desc("listeners"), "artist").limit(1))
+    return SparkRun(run_id=run_id, metrics=metrics, model=model.name, example_artist=str(top["name"]))

@@ -11,10 +11,10 @@ if TYPE_CHECKING:
     from pyspark.ml.recommendation import ALSModel
     from pyspark.sql import DataFrame
 
-    from tasks.models.spark_als import SparkALSConfig
+    from tasks.models.implicit_mf import ALSParams
 
 
-def fit_frame(ratings: DataFrame, config: SparkALSConfig) -> tuple[ALSModel, float]:
+def fit_frame(ratings: DataFrame, config: ALSParams) -> tuple[ALSModel, float]:
     """Fit ALS on ``ratings`` (``user int, artist int, confidence float``; cache it first).
 
     Returns the model, its factor DataFrames cached and counted, and the wall seconds of that
