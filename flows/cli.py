@@ -93,7 +93,7 @@ def config_schema() -> None:
     sys.stdout.write(json.dumps(RetrainConfig.model_json_schema(), indent=2) + "\n")
 
 
-def _run_config(config_file, dataset, source, db, model):
+def _run_config(config_file, dataset, source, db, model, engine=None):
     """RetrainConfig from an optional file, then the flags on top (validated as a whole)."""
     import yaml
     from pydantic import ValidationError
@@ -108,6 +108,8 @@ def _run_config(config_file, dataset, source, db, model):
             raw["data"]["source"] = source
         if db:
             raw["storage"]["db"] = db
+        if engine:
+            raw["engine"] = engine
         if model:
             raw["related_model"] = _switched(raw["related_model"], model)
             raw["user_model"] = _switched(raw["user_model"], model)
@@ -212,6 +214,7 @@ def run(
         None, envvar="RECS_DB", help="SQLAlchemy URL to publish into (default sqlite:///data/recs.db)."
     ),
     model: str = typer.Option(None, help="Model for both related artists and user recommendations."),
+    engine: str = typer.Option(None, help="local (default) | spark: every stage after the download on Spark."),
     verbose: bool = typer.Option(
         False, "--verbose", help="Show tracebacks here too (the Prefect log always has them)."
     ),
@@ -237,7 +240,7 @@ def run(
     from flows.report import metrics_rows
     from flows.retrain import ORIGIN_ENV, retrain
 
-    config = _without_secrets(_run_config(config_file, dataset, source, db, model))
+    config = _without_secrets(_run_config(config_file, dataset, source, db, model, engine))
     origin = os.environ.get(ORIGIN_ENV)
     os.environ[ORIGIN_ENV] = "cli"  # failure messages name the fix as a flag of this command
     if not verbose:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import Field
@@ -25,6 +26,7 @@ from tasks.models.implicit_mf import ALSConfig
 from tasks.models.itemknn import ItemKNNConfig
 from tasks.models.registry import ModelConfig
 from tasks.models.rp3beta import RP3betaConfig
+from tasks.spark.config import SparkConfig
 from tasks.transient import RetryConfig
 from tasks.weight import WeightConfig
 
@@ -33,6 +35,11 @@ class RetrainConfig(StageConfig):
     """Everything one retrain needs."""
 
     data: DataConfig = DataConfig()
+    engine: Literal["local", "spark"] = Field(
+        "local",
+        description="local: pandas/NumPy/implicit in this process; spark: parse to publish on Spark (see spark)",
+    )
+    spark: SparkConfig = Field(SparkConfig(), description="engine: spark only: where it runs, its ALS model")
     # Chosen on HetRec 2K by tag coherence@10 and label-split synonyms (tests/test_related_quality.py,
     # docs/models.md "How the related-artists model was chosen"): ALS and LSA cosines blended
     # (its defaults); each part's related lists are published too.

@@ -15,29 +15,25 @@ lengths, user idf) of the matrix the models are fitted on.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
 import re
 import time
-from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
+from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
-from prefect.tasks import exponential_backoff
 from prefect.utilities.urls import url_for
 
 from flows.config import RetrainConfig
 from flows.report import RunReport, publish_artifacts, publish_failure_report
+from flows.stages import _FAILED, _TIMINGS, IN_MEMORY, _retry_transient, _retrying, stage
 from storage.config import StorageConfig, masked_url
 from storage.engine import make_engine
 from storage.preflight import check_database
@@ -62,18 +58,8 @@ from tasks.models.store import save
 from tasks.preflight import check_folders, check_source
 from tasks.recommend import recommend, user_path
 from tasks.split import evaluation_holdout, publish_refit
-from tasks.transient import is_transient
 from tasks.weight import weight
 from tasks.workspace import code_version, prune_run_dirs, run_dir
-
-# Large values (matrices, factors, top-N arrays) pass between tasks in memory only: no result
-# persistence, and no input hashing for a cache key (hashing a 17 M-pair matrix costs seconds).
-IN_MEMORY: dict[str, Any] = {"cache_policy": NONE, "persist_result": False}
-
-# Wall seconds per stage of the running flow, filled by ``stage`` (None outside a retrain).
-_TIMINGS: ContextVar[dict[str, float] | None] = ContextVar("recs_stage_timings", default=None)
-# The stages that raised in the running flow, first failure first (None outside a retrain).
-_FAILED: ContextVar[list[str] | None] = ContextVar("recs_failed_stages", default=None)
 
 # RecsError messages name the fix as a `recs run` flag; a run from anywhere else (a deployment, a
 # Python call) is told the config field the flag sets instead. `recs run` sets ORIGIN_ENV to "cli".
@@ -95,42 +81,6 @@ def in_words_of_origin(message: str) -> str:
     if os.environ.get(ORIGIN_ENV) == "cli":
         return message
     return _FLAGS.sub(lambda m: FLAG_FIELDS[m.group()], message)
-
-
-def stage(name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
-    """A Prefect task named ``name`` whose wall time (summed over calls and attempts) is recorded
-    for the run's report, and logged as one line per call: the one place timings come from."""
-
-    def wrap(fn: Callable[..., Any]) -> Any:
-        @functools.wraps(fn)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                result = fn(*args, **kwargs)
-                get_run_logger().info("%s done in %.1f s", name, time.perf_counter() - start)
-                return result
-            except BaseException:
-                failed = _FAILED.get()
-                if failed is not None:
-                    failed.append(name)
-                raise
-            finally:
-                timings = _TIMINGS.get()
-                if timings is not None:
-                    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-
-        return task(name=name, **options)(timed)
-
-    return wrap
-
-
-def _retry_transient(task, task_run, state) -> bool:
-    """Prefect ``retry_condition_fn``: retry only errors another attempt can fix."""
-    try:
-        state.result()
-    except Exception as exc:  # the failed state re-raises the task's exception
-        return is_transient(exc)
-    return False
 
 
 def _digest(*parts: object) -> str:
@@ -398,16 +348,98 @@ def _fit_all(models: list[ModelConfig], plays: sp.csr_matrix, folder: Path) -> l
     return fitted
 
 
-def _retrying(t, config: RetrainConfig, backoff_seconds: float | None = None):
-    """``t`` with the run's retry count and exponential back-off (transient errors only), from
-    ``backoff_seconds`` or else the config's first delay."""
-    first = config.retry.backoff_seconds if backoff_seconds is None else backoff_seconds
-    return t.with_options(retries=config.retry.attempts, retry_delay_seconds=exponential_backoff(backoff_factor=first))
-
-
 def _run_name() -> str:
     ctx = FlowRunContext.get()
     return str(ctx.flow_run.id) if ctx and ctx.flow_run else time.strftime("%Y%m%dT%H%M%S")
+
+
+def _identity(
+    config: RetrainConfig,
+    dataset: str,
+    downloaded: Downloaded,
+    started_at: datetime,
+    flow_run_id: str | None,
+    flow_run_url: str | None,
+) -> RunIdentity:
+    return RunIdentity(
+        dataset=dataset,
+        source=downloaded.source,
+        data_sha256=downloaded.sha256,
+        config=recorded_config(config),
+        code_version=code_version(),
+        started_at=started_at,
+        flow_run_id=flow_run_id,
+        flow_run_url=flow_run_url,
+    )
+
+
+def _unchanged(
+    config: RetrainConfig, identity: RunIdentity, logger, started: float, timings: dict[str, float]
+) -> RetrainResult | None:
+    """The result of a run that would repeat its dataset's current run (recorded as
+    ``unchanged``), or None when it must retrain."""
+    skipped = _retrying(unchanged_task, config)(config, identity) if config.storage.skip_unchanged else None
+    if not skipped:
+        return None
+    message = (
+        f"run {skipped[0]} unchanged: same data, config and code as current run {skipped[1]} of {identity.dataset}"
+    )
+    logger.info("%s; nothing retrained (storage.skip_unchanged: false or --force retrains)", message)
+    return RetrainResult(
+        run_id=skipped[0],
+        db=masked_url(config.storage.db),
+        metrics=[],
+        timings=dict(timings),
+        seconds=time.perf_counter() - started,
+        example_artist="",
+        related_model="",
+        user_model="",
+        status="unchanged",
+        message=message,
+    )
+
+
+def _on_spark(
+    config: RetrainConfig,
+    logger,
+    downloaded: Downloaded,
+    dataset: str | None,
+    started: float,
+    started_at: datetime,
+    flow_run_id: str | None,
+    flow_run_url: str | None,
+    timings: dict[str, float],
+) -> RetrainResult:
+    """``engine: spark``: the same unchanged check, then ``flows.retrain_spark`` from the
+    downloaded files to the published run."""
+    from flows.retrain_spark import retrain_on_spark
+    from tasks.data.parse import detect
+
+    identity = _identity(
+        config, dataset or detect(downloaded.path)[0], downloaded, started_at, flow_run_id, flow_run_url
+    )
+    unchanged = _unchanged(config, identity, logger, started, timings)
+    if unchanged:
+        return unchanged
+    run = retrain_on_spark(config, downloaded.path, identity, database_url(config.storage))
+    seconds = time.perf_counter() - started
+    logger.info(
+        "published run %d (%s, spark) to %s in %.1f s",
+        run.run_id,
+        identity.dataset,
+        masked_url(config.storage.db),
+        seconds,
+    )
+    return RetrainResult(
+        run_id=run.run_id,
+        db=masked_url(config.storage.db),
+        metrics=run.metrics,
+        timings=dict(timings),
+        seconds=seconds,
+        example_artist=run.example_artist,
+        related_model=run.model,
+        user_model=run.model,
+    )
 
 
 def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> RetrainResult:
@@ -423,38 +455,16 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
     elif fetched.name == "Cached":
         downloaded = replace(downloaded, from_cache=True, check=check_of_cached(resolve(unmasked(data))))
     logger.info("data %s: %s, sha256 %s", downloaded.source, downloaded.check, downloaded.sha256)
+    if config.engine == "spark":  # every stage after the download on Spark
+        return _on_spark(config, logger, downloaded, dataset, started, started_at, flow_run_id, flow_run_url, timings)
     keep = config.storage.retention
     parsed = parse_task(downloaded, dataset, parsed_dir, keep)
     if not cached_parse_intact(parsed):  # deleted, truncated or edited since it was cached
         parsed = parse_task.with_options(refresh_cache=True)(downloaded, dataset, parsed_dir, keep)
-    identity = RunIdentity(
-        dataset=parsed.dataset,
-        source=downloaded.source,
-        data_sha256=downloaded.sha256,
-        config=recorded_config(config),
-        code_version=code_version(),
-        started_at=started_at,
-        flow_run_id=flow_run_id,
-        flow_run_url=flow_run_url,
-    )
-    skipped = _retrying(unchanged_task, config)(config, identity) if config.storage.skip_unchanged else None
-    if skipped:
-        message = (
-            f"run {skipped[0]} unchanged: same data, config and code as current run {skipped[1]} of {parsed.dataset}"
-        )
-        logger.info("%s; nothing retrained (storage.skip_unchanged: false or --force retrains)", message)
-        return RetrainResult(
-            run_id=skipped[0],
-            db=masked_url(config.storage.db),
-            metrics=[],
-            timings=dict(timings),
-            seconds=time.perf_counter() - started,
-            example_artist="",
-            related_model="",
-            user_model="",
-            status="unchanged",
-            message=message,
-        )
+    identity = _identity(config, parsed.dataset, downloaded, started_at, flow_run_id, flow_run_url)
+    unchanged = _unchanged(config, identity, logger, started, timings)
+    if unchanged:
+        return unchanged
     folder = run_dir(config.work_dir, _run_name())
     encoded = encode_task(parsed, data)
     logger.info(

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -118,6 +118,38 @@ class RunOutputs:
     fold_in: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+class RunDescription(Protocol):
+    """What recording a run reads besides its rows: ``RunOutputs``, or a Spark run's
+    ``storage.spark_publish.SparkRunOutputs`` (field meanings as in ``RunOutputs``)."""
+
+    @property
+    def metrics(self) -> list[Metric]: ...
+    @property
+    def config(self) -> dict: ...
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def data_sha256(self) -> str: ...
+    @property
+    def related_model(self) -> str: ...
+    @property
+    def user_model(self) -> str: ...
+    @property
+    def code_version(self) -> str: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def flow_run_id(self) -> str | None: ...
+    @property
+    def flow_run_url(self) -> str | None: ...
+    @property
+    def timings(self) -> dict[str, float]: ...
+    @property
+    def choices(self) -> dict: ...
+
+
 class RunRejected(RecsError):
     """The quality gate refused the run; it is recorded as ``rejected`` with its metrics."""
 
@@ -154,7 +186,7 @@ def publish(
     _validate(outputs, gate=max_regression is not None)
     with database_errors(engine), publish_lock(engine, lock_timeout_seconds):
         _fail_leftovers(engine)
-        run_id, rejection = _start_run(engine, outputs, max_regression)
+        run_id, rejection = start_run(engine, outputs, max_regression, run_counts(outputs))
         if rejection:
             raise RunRejected(run_id, f"run {run_id} rejected by the quality gate: {rejection}")
         try:
@@ -224,7 +256,7 @@ def _validate(outputs: RunOutputs, *, gate: bool) -> None:
         raise RecsError("cannot publish: " + "; ".join(problems) + "; nothing was written")
 
 
-def _gate_value(outputs: RunOutputs) -> float | None:
+def _gate_value(outputs: RunDescription) -> float | None:
     for m in outputs.metrics:
         if m.model == outputs.user_model and m.metric == GATE_METRIC and m.k == GATE_K:
             return m.value
@@ -307,7 +339,12 @@ def _pg_lock_holder(conn: Connection) -> str:
 
 
 def _fail_leftovers(engine: Engine) -> None:
+    """Mark ``loading`` runs failed and drop any rows they left: a Spark publish
+    (storage/spark_publish.py) commits its partitions before the switch, this one never does."""
     with write_transaction(engine) as conn:
+        leftovers = list(conn.execute(sa.select(Run.run_id).where(Run.status == "loading")).scalars())
+        for table in BULK_TABLES if leftovers else ():
+            drop_run_rows(conn, table, leftovers)
         conn.execute(
             sa.update(Run)
             .where(Run.status == "loading")
@@ -319,12 +356,25 @@ def _fail_leftovers(engine: Engine) -> None:
         )
 
 
-def _start_run(engine: Engine, outputs: RunOutputs, max_regression: float | None) -> tuple[int, str | None]:
+def run_counts(outputs: RunOutputs) -> dict[str, int]:
+    """Rows the run adds per table: ``n_artists``, ``n_users``, ``n_related``, ``n_recommendations``."""
+    return {
+        "n_artists": outputs.encoded.n_artists,
+        "n_users": outputs.encoded.n_users,
+        "n_related": sum(int((topn.ids >= 0).sum()) for _, topn in _related_lists(outputs)),
+        "n_recommendations": int((outputs.recommendations.ids >= 0).sum()),
+    }
+
+
+def start_run(
+    engine: Engine, outputs: RunDescription, max_regression: float | None, counts: dict[str, int]
+) -> tuple[int, str | None]:
     """Record the run (``loading`` with the gate's figures, or ``rejected`` with the reason) and
-    its metrics; returns the run_id and the rejection, if any."""
+    its metrics; returns the run_id and the rejection, if any. ``outputs`` is read for its
+    description only (dataset, models, metrics, config...), so any object with those attributes
+    (``storage.spark_publish.SparkRunOutputs``) does; ``counts`` as ``run_counts`` gives them."""
     with write_transaction(engine) as conn:
         decision, rejected = _quality_gate(conn, outputs, max_regression)
-        enc = outputs.encoded
         started = outputs.started_at or datetime.now(UTC)
         now = datetime.now(UTC)
         run_id = conn.execute(
@@ -347,10 +397,7 @@ def _start_run(engine: Engine, outputs: RunOutputs, max_regression: float | None
                 code_version=outputs.code_version,
                 related_model=outputs.related_model,
                 user_model=outputs.user_model,
-                n_artists=enc.n_artists,
-                n_users=enc.n_users,
-                n_related=sum(int((topn.ids >= 0).sum()) for _, topn in _related_lists(outputs)),
-                n_recommendations=int((outputs.recommendations.ids >= 0).sum()),
+                **counts,
             )
             .returning(Run.run_id)
         ).scalar_one()
@@ -365,7 +412,7 @@ def _start_run(engine: Engine, outputs: RunOutputs, max_regression: float | None
     return run_id, decision if rejected else None
 
 
-def _quality_gate(conn: Connection, outputs: RunOutputs, max_regression: float | None) -> tuple[str | None, bool]:
+def _quality_gate(conn: Connection, outputs: RunDescription, max_regression: float | None) -> tuple[str | None, bool]:
     """The gate's decision as one line with both figures (None when there is nothing to compare),
     and whether it rejects the run. Compared with the current run of the same dataset only."""
     label = f"{GATE_METRIC}@{GATE_K} of {outputs.user_model}"

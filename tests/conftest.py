@@ -76,3 +76,13 @@ def db_url(request, tmp_path):
 
     with scratch_schema(url, "recs_test") as scratch:
         yield scratch
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """One local Spark session per test module (local[2], few shuffle partitions), stopped after."""
+    from tasks.spark.session import SparkConfig, spark_session
+
+    session = spark_session(SparkConfig(master="local[2]", shuffle_partitions=4, driver_memory="1g"))
+    yield session
+    session.stop()

@@ -255,7 +255,21 @@ def _hetrec_batches(path: Path, bad: Counter[str]) -> Iterator[pa.RecordBatch]:
     artists_file = path.with_name(HETREC_ARTISTS)
     if not artists_file.is_file():
         raise RecsError(f"{artists_file} is missing beside {path.name}; extract the whole HetRec 2K archive")
-    # 17,632 lines of metadata: pandas is simplest, and a bad name here must not cost plays.
+    artists = hetrec_artists(artists_file)
+    ids = pa.array(artists["id"].tolist(), pa.string())
+    names = pa.array(artists["name"].tolist(), pa.string())
+    columns = ["user", "artist", "plays"]
+    for batch in _delimited(path, columns, columns, bad, delimiter="\t", quoted=False, header=True):
+        artist = batch["artist"]
+        name = pc.take(names, pc.index_in(pc.utf8_trim_whitespace(_lenient(artist)), value_set=ids))
+        yield _cleaned(batch["user"], artist, name, batch["plays"], bad, False)
+
+
+def hetrec_artists(artists_file: Path) -> pd.DataFrame:
+    """HetRec's ``artists.dat`` as columns ``id`` (trimmed str) and ``name`` (str), file order.
+
+    17,632 lines of metadata: pandas is simplest, and a bad name here must not cost plays
+    (undecodable bytes become U+FFFD, malformed lines are skipped)."""
     artists = pd.read_csv(
         artists_file,
         sep="\t",
@@ -267,13 +281,7 @@ def _hetrec_batches(path: Path, bad: Counter[str]) -> Iterator[pa.RecordBatch]:
         encoding_errors="replace",
         on_bad_lines="skip",
     )
-    ids = pa.array(artists.iloc[:, 0].str.strip().tolist(), pa.string())
-    names = pa.array(artists.iloc[:, 1].tolist(), pa.string())
-    columns = ["user", "artist", "plays"]
-    for batch in _delimited(path, columns, columns, bad, delimiter="\t", quoted=False, header=True):
-        artist = batch["artist"]
-        name = pc.take(names, pc.index_in(pc.utf8_trim_whitespace(_lenient(artist)), value_set=ids))
-        yield _cleaned(batch["user"], artist, name, batch["plays"], bad, False)
+    return pd.DataFrame({"id": artists.iloc[:, 0].str.strip(), "name": artists.iloc[:, 1]})
 
 
 def _table_batches(path: Path, bad: Counter[str]) -> Iterator[pa.RecordBatch]:

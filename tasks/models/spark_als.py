@@ -14,7 +14,6 @@ The session is local-mode by default (``local[2]``, small shuffle, little memory
 from __future__ import annotations
 
 import os
-import time
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -89,30 +88,13 @@ def fit_model(spark: SparkSession, weighted: sp.csr_matrix, config: SparkALSConf
     Returns the model and the wall seconds of ``ALS.fit`` alone (the DataFrame is cached and
     materialised first so its transfer is not counted as fitting).
     """
-    from pyspark.ml.recommendation import ALS
+    from tasks.spark.als import fit_frame
 
     if weighted.nnz == 0:
         raise RecsError("spark_als got an empty matrix; check the data and its filters (min_listeners/min_artists)")
     ratings = interactions_frame(spark, weighted).cache()
     ratings.count()
-    als = ALS(
-        rank=config.factors,
-        maxIter=config.iterations,
-        regParam=config.regularization,
-        alpha=config.alpha,
-        implicitPrefs=True,
-        userCol="user",
-        itemCol="artist",
-        ratingCol="confidence",
-        seed=config.random_state,
-        coldStartStrategy="drop",
-    )
-    started = time.perf_counter()
-    model = als.fit(ratings)
-    # Spark is lazy about the factor DataFrames; counting them makes fit_seconds the real cost.
-    model.userFactors.count()
-    model.itemFactors.count()
-    seconds = time.perf_counter() - started
+    model, seconds = fit_frame(ratings, config)
     ratings.unpersist()
     return model, seconds
 
