@@ -21,7 +21,7 @@ from flows.report import (
 from tasks.contracts import BadRows, Encoded, Metric
 from tasks.curves import als_curves, curve_model
 from tasks.evaluate import ranking_at_k
-from tasks.models.blend import BlendConfig
+from tasks.models.blend import BlendConfig, BlendPart
 from tasks.models.cosine_blend import CosineBlendConfig
 from tasks.models.implicit_mf import ALSConfig
 from tasks.models.itemknn import ItemKNNConfig
@@ -194,7 +194,7 @@ def test_training_curves_fall_and_rise_on_a_validation_split_and_are_drawn(hetre
     assert curve_model(ItemKNNConfig(), cfg) is cfg and curve_model(ItemKNNConfig()) is None
     # the shipped models: the related cosine blend's ALS part comes before the user blend's
     assert curve_model(CosineBlendConfig(), BlendConfig()) == CosineBlendConfig().parts[0]
-    assert curve_model(ItemKNNConfig(), BlendConfig(factor=cfg)) is not None
+    assert curve_model(ItemKNNConfig(), BlendConfig(parts=[BlendPart(model=cfg, weight=1.0)])) is not None
     curves = als_curves(split, cfg, k=10, max_users=500)
     assert len(curves.loss) == len(curves.precision) == 8 and curves.users == 500
     assert curves.loss[-1] < curves.loss[0]  # ALS's loss falls
