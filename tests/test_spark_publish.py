@@ -53,7 +53,7 @@ def synthetic_outputs(spark, n_artists: int, n_users: int, tag: str) -> SparkRun
     return SparkRunOutputs(
         artists=artists,
         users=users,
-        related=related,
+        related=related.withColumn("model", F.lit("spark_als")),
         recommendations=recommendations,
         n_artists=n_artists,
         n_users=n_users,

@@ -8,12 +8,14 @@ aggregation and one join, and rounds are few (the counts only fall).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tasks.errors import RecsError
 
 if TYPE_CHECKING:
+    import pandas as pd
     from pyspark.sql import DataFrame
 
 
@@ -61,17 +63,13 @@ def encode(frame: DataFrame, min_listeners: int = 1, min_artists: int = 1) -> Sp
     )
     plays = coded.select("user", "artist", "plays").cache()
     users = coded.select("user", "user_key").distinct().cache()
-    artists = (
-        coded.groupBy("artist")
-        .agg(
-            F.first("artist_key").alias("artist_key"),
-            F.min_by("artist_name", "row").alias("name"),
-            F.count("*").cast("int").alias("listeners"),
-            F.sum(F.col("plays").cast("double")).alias("plays"),
-        )
-        .withColumn("search_key", _search_keys("name"))
-        .cache()
+    artists = coded.groupBy("artist").agg(
+        F.first("artist_key").alias("artist_key"),
+        F.min_by("artist_name", "row").alias("name"),
+        F.count("*").cast("int").alias("listeners"),
+        F.sum(F.col("plays").cast("double")).alias("plays"),
     )
+    artists = _with_search_keys(artists).cache()
     n_users, n_artists = (len(labels) for labels in indexer.labelsArray)
     n_pairs = plays.count()
     pairs.unpersist()
@@ -95,16 +93,14 @@ def _filtered(frame: DataFrame, min_listeners: int, min_artists: int) -> DataFra
         kept, size = still, now
 
 
-def _search_keys(column: str):
-    """``tasks.names.search_keys`` of a string column as a vectorised (pandas) UDF, so a Spark run
-    stores the same lookup keys as a local one."""
-    import pandas as pd
-    from pyspark.sql.functions import pandas_udf
+def _with_search_keys(artists: DataFrame) -> DataFrame:
+    """``artists`` with ``search_key``: ``tasks.names.search_keys`` of ``name``, batch by batch on
+    the executors, so a Spark run stores the same lookup keys as a local one."""
+    return artists.mapInPandas(_add_search_keys, schema=artists.schema.add("search_key", "string"))
 
+
+def _add_search_keys(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     from tasks.names import search_keys
 
-    @pandas_udf("string")  # type: ignore[call-overload]
-    def keys(names: pd.Series) -> pd.Series:
-        return pd.Series(search_keys(names.to_numpy(dtype=object)), index=names.index)
-
-    return keys(column)
+    for frame in batches:
+        yield frame.assign(search_key=search_keys(frame["name"].to_numpy(dtype=object)))
