@@ -96,7 +96,11 @@ def _filtered(frame: DataFrame, min_listeners: int, min_artists: int) -> DataFra
 def _with_search_keys(artists: DataFrame) -> DataFrame:
     """``artists`` with ``search_key``: ``tasks.names.search_keys`` of ``name``, batch by batch on
     the executors, so a Spark run stores the same lookup keys as a local one."""
-    return artists.mapInPandas(_add_search_keys, schema=artists.schema.add("search_key", "string"))
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    # a new StructType: ``schema.add`` would change the one ``artists`` caches
+    schema = StructType([*artists.schema.fields, StructField("search_key", StringType())])
+    return artists.mapInPandas(_add_search_keys, schema=schema)
 
 
 def _add_search_keys(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
