@@ -60,7 +60,7 @@ TARGETS = {
 
 # The profile the targets are for: one ALS model (64 factors x 15 iterations on BM25 weights) in
 # both roles, faiss for related artists and user top-N. The shipped defaults are the HetRec 2K
-# choices (an ALS + item-kNN blend for users, Annoy), which do not carry over to this size.
+# choices (an ALS + item-kNN + RP3beta blend for users, Annoy), which do not carry over to this size.
 PROFILE = Path(__file__).resolve().parents[1] / "deployments" / "lastfm-360k.yaml"
 
 
