@@ -96,12 +96,11 @@ def _env(tmp: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory, hetrec_dir) -> Path:
-    """A SQLite database with one real HetRec 2K run (ALS), published by `recs run`."""
+    """A SQLite database with one real HetRec 2K run of the shipped models (related artists from a
+    cosine blend of ALS and LSA, and each part's lists too), published by `recs run`."""
     tmp = tmp_path_factory.mktemp("web")
     db = tmp / "recs.db"
-    done = _recs(
-        tmp, "run", "--dataset", "lastfm-2k", "--source", str(hetrec_dir), "--db", f"sqlite:///{db}", "--model", "als"
-    )
+    done = _recs(tmp, "run", "--dataset", "lastfm-2k", "--source", str(hetrec_dir), "--db", f"sqlite:///{db}")
     assert done.returncode == 0, done.stderr[-3000:]
     return db
 
