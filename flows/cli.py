@@ -503,7 +503,7 @@ def recommend(
         result = recommendations(engine, user, n, dataset)
         title, rows, document = f"for user {result.user_key}", result.rows, result
     else:
-        from storage.foldin import listened_recommendations
+        from storage.foldin import listened_recommendations, parse_listened
 
         history = parse_listened(listened) if listened is not None else read_listened(listened_file)
         folded = listened_recommendations(engine, history, n, dataset)
@@ -515,19 +515,6 @@ def recommend(
         document=document,
     )
     emit(listing, fmt, console)
-
-
-def parse_listened(text: str) -> list[tuple[str, float]]:
-    """``name[:plays],...`` -> (name, plays) pairs; plays default to 1. A ``:`` followed by
-    something that is no number stays part of the name (e.g. ``Sunn O))):live``)."""
-    history = []
-    for item in text.split(","):
-        name, _, plays = item.rpartition(":")
-        try:
-            history.append((name.strip(), float(plays)) if name.strip() else (item.strip(), 1.0))
-        except ValueError:
-            history.append((item.strip(), 1.0))
-    return [(name, plays) for name, plays in history if name]
 
 
 def read_listened(path: Path) -> list[tuple[str, float]]:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from storage.engine import database_errors
-from storage.queries import RecommendationRow, _require_run, _unknown_names, find_artists
+from storage.queries import RecommendationRow, UnknownName, _require_run, _unknown_names, find_artists, similar_names
 from storage.schema import Artist, FoldInArray, Run
 from tasks.errors import RecsError
 from tasks.foldin import fold_in
@@ -119,7 +119,7 @@ def listened_recommendations(
         matches = find_artists(conn, run_id, names)
         unknown = [name for name in names if matches[name] is None]
         if unknown:
-            raise RecsError(_unknown_names(conn, run_id, dataset, unknown))
+            raise UnknownName(_unknown_names(conn, run_id, dataset, unknown), similar_names(conn, run_id, unknown[0]))
         raw = conn.execute(sa.select(Run.config).where(Run.run_id == run_id)).scalar_one()
         arrays = _arrays_of(conn, engine.url.render_as_string(hide_password=False), run_id)
         n_artists = conn.execute(sa.select(sa.func.count()).where(Artist.run_id == run_id)).scalar_one()
@@ -156,3 +156,16 @@ def listened_recommendations(
     ]
     heard = [Heard(artists[code].artist_key, artists[code].name, plays) for code, plays in plays_of.items()]
     return ListenerRecommendations(run_id, dataset, heard, rows)
+
+
+def parse_listened(text: str) -> list[tuple[str, float]]:
+    """``name[:plays],...`` -> (name, plays) pairs; plays default to 1. A ``:`` followed by
+    something that is no number stays part of the name (e.g. ``Sunn O))):live``)."""
+    history = []
+    for item in text.split(","):
+        name, _, plays = item.rpartition(":")
+        try:
+            history.append((name.strip(), float(plays)) if name.strip() else (item.strip(), 1.0))
+        except ValueError:
+            history.append((item.strip(), 1.0))
+    return [(name, plays) for name, plays in history if name]

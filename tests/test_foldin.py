@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app, parse_listened
+from flows.cli import app
 from flows.config import RetrainConfig
 from storage.engine import make_engine
-from storage.foldin import listened_recommendations, read_fold_in
+from storage.foldin import listened_recommendations, parse_listened, read_fold_in
 from storage.publish import RunOutputs, publish
 from storage.queries import recommendations, related_artists
 from tasks.contracts import Metric

@@ -27,6 +27,7 @@ from test_flows_cli import RECS, ROOT, _one_line_error, _recs
 from test_storage import expected_related, make_outputs
 
 from storage.engine import make_engine
+from storage.foldin import listened_recommendations
 from storage.publish import publish
 from tasks.errors import RecsError
 from tasks.evaluate import MAX_N
@@ -96,12 +97,11 @@ def _env(tmp: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory, hetrec_dir) -> Path:
-    """A SQLite database with one real HetRec 2K run (ALS), published by `recs run`."""
+    """A SQLite database with one real HetRec 2K run of the shipped models (related artists from a
+    cosine blend of ALS and LSA, and each part's lists too), published by `recs run`."""
     tmp = tmp_path_factory.mktemp("web")
     db = tmp / "recs.db"
-    done = _recs(
-        tmp, "run", "--dataset", "lastfm-2k", "--source", str(hetrec_dir), "--db", f"sqlite:///{db}", "--model", "als"
-    )
+    done = _recs(tmp, "run", "--dataset", "lastfm-2k", "--source", str(hetrec_dir), "--db", f"sqlite:///{db}")
     assert done.returncode == 0, done.stderr[-3000:]
     return db
 
@@ -128,6 +128,10 @@ def test_api_answers_what_the_database_holds(server, published):
         user_rows = con.execute(
             "SELECT artist_key, artist_name FROM current_user_recommendations WHERE user_key = '2' ORDER BY rank"
         ).fetchall()
+        because = con.execute(
+            "SELECT because_artist_key, because_artist_name FROM current_user_recommendations "
+            "WHERE user_key = '2' ORDER BY rank"
+        ).fetchall()
     assert body["run_id"] == run_id and only["model"] == related_model
     assert [(r["artist_key"], r["artist_name"]) for r in only["rows"]] == db_related(published, "Radiohead")[:5]
     assert [r["rank"] for r in only["rows"]] == [1, 2, 3, 4, 5]
@@ -142,6 +146,27 @@ def test_api_answers_what_the_database_holds(server, published):
 
     status, body = get(server, "/api/recommend", user="2", n=7)
     assert status == 200 and [(r["artist_key"], r["artist_name"]) for r in body["rows"]] == user_rows[:7]
+    assert [(r["because_artist_key"], r["because_artist_name"]) for r in body["rows"]] == because[:7]
+    assert all(name is not None for _, name in because[:7])
+
+    # a listener not in the data, folded into the run's user model: what storage.foldin gives
+    engine = make_engine(f"sqlite:///{published}")
+    try:
+        folded = listened_recommendations(engine, [("radiohead", 40.0), ("Coldplay", 1.0), ("muse", 1.0)], 8)
+    finally:
+        engine.dispose()
+    status, body = get(server, "/api/recommend", listened="radiohead:40,Coldplay,muse", n=8)
+    assert status == 200 and body["user_key"] is None
+    assert [h["artist_name"] for h in body["heard"]] == ["Radiohead", "Coldplay", "Muse"]
+    assert [(r["artist_key"], r["because_artist_name"]) for r in body["rows"]] == [
+        (r.artist_key, r.because_artist_name) for r in folded.rows
+    ]
+    assert not {"Radiohead", "Coldplay", "Muse"} & {r["artist_name"] for r in body["rows"]}
+    status, body = get(server, "/api/recommend", listened="radiohed,muse")
+    assert status == 404 and "Radiohead" in body["suggestions"]
+    assert get(server, "/api/recommend", listened="muse:0")[0] == 422  # plays must be positive
+    assert get(server, "/api/recommend")[0] == 422  # neither user nor listened
+    assert get(server, "/api/recommend", user="2", listened="muse")[0] == 422
 
     # n is capped at the published length; n < 1 is refused by validation
     status, body = get(server, "/api/related", artist="Radiohead", n=10 * MAX_N)
@@ -153,6 +178,9 @@ def test_api_answers_what_the_database_holds(server, published):
     assert status == 404 and "Radiohead" in body["suggestions"] and "\n" not in body["detail"]
     status, body = get(server, "/api/recommend", user="no-such-user")
     assert status == 404 and body["detail"].startswith("unknown user 'no-such-user'")
+    # Unicode-aware lookups: the search key folds case beyond ASCII
+    status, body = get(server, "/api/related", artist="DIE ÄRZTE", n=3)
+    assert status == 200 and body["artist_name"] == "Die Ärzte"
     # parameters are bound, never spliced into SQL
     status, body = get(server, "/api/related", artist="x' OR '1'='1")
     assert status == 404

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
 
 from storage import queries
+from storage.foldin import listened_recommendations, parse_listened
 from tasks.errors import RecsError
 from tasks.evaluate import MAX_N
 
@@ -59,13 +60,36 @@ class RelatedAnswer:
 
 
 @dataclass(frozen=True)
+class Recommended:
+    """One recommended artist, with the heard artist that contributed most to it (None: none did)."""
+
+    rank: int
+    artist_key: str
+    artist_name: str
+    score: float
+    because_artist_key: str | None
+    because_artist_name: str | None
+
+
+@dataclass(frozen=True)
+class HeardArtist:
+    """An artist of a new listener's history as the run matched it."""
+
+    artist_key: str
+    artist_name: str
+    plays: float
+
+
+@dataclass(frozen=True)
 class RecommendAnswer:
-    """``/api/recommend``: top-N new artists for one user of the run."""
+    """``/api/recommend``: top-N new artists for one user of the run (``user_key``), or for a
+    listener not in the data (``heard``: their history as matched; ``user_key`` None)."""
 
     run_id: int
     dataset: str
-    user_key: str
-    rows: list[Ranked]
+    user_key: str | None
+    rows: list[Recommended]
+    heard: list[HeardArtist]
 
 
 @dataclass(frozen=True)
@@ -100,8 +124,19 @@ class Problem:
     suggestions: list[str]
 
 
-def _ranked(rows: Sequence[queries.RelatedRow | queries.RecommendationRow]) -> list[Ranked]:
+def _ranked(rows: Sequence[queries.RelatedRow]) -> list[Ranked]:
     return [Ranked(r.rank, r.artist_key, r.artist_name, r.score) for r in rows]
+
+
+def _recommended(rows: Sequence[queries.RecommendationRow]) -> list[Recommended]:
+    return [
+        Recommended(r.rank, r.artist_key, r.artist_name, r.score, r.because_artist_key, r.because_artist_name)
+        for r in rows
+    ]
+
+
+def _problem(detail: str, status: int) -> JSONResponse:
+    return JSONResponse({"detail": detail, "suggestions": []}, status_code=status)
 
 
 N = Annotated[int, Query(ge=1, description=f"How many artists (capped at {MAX_N}, the published length).")]
@@ -149,15 +184,39 @@ def create_app(engine: Engine) -> FastAPI:
         lists = [ModelList(name, _ranked(rows)) for name, rows in found.lists.items()]
         return RelatedAnswer(found.run_id, found.dataset, found.artist_key, found.artist_name, lists)
 
-    @app.get("/api/recommend", responses=ERRORS)
+    @app.get(
+        "/api/recommend",
+        responses=ERRORS
+        | {422: {"model": Problem, "description": "Neither or both of user and listened, or a bad history."}},
+    )
     def recommend(
-        user: Annotated[str, Query(min_length=1, description="The dataset's own user id.")],
+        user: Annotated[str | None, Query(min_length=1, description="The dataset's own user id.")] = None,
+        listened: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                description="A listener not in the data: artist names separated by commas, each "
+                "optionally name:plays (plays default to 1); folded into the run's user model.",
+            ),
+        ] = None,
         n: N = DEFAULT_N,
         dataset: DATASET = None,
-    ) -> RecommendAnswer:
-        """New artists for USER from the current run."""
-        found = queries.recommendations(engine, user, min(n, MAX_N), dataset)
-        return RecommendAnswer(found.run_id, found.dataset, found.user_key, _ranked(found.rows))
+    ) -> RecommendAnswer | JSONResponse:
+        """New artists for USER, or for the LISTENED history, from the current run, each with the
+        heard artist behind it."""
+        if (user is None) == (listened is None):
+            return _problem("give either user or listened", 422)
+        if user is not None:
+            found = queries.recommendations(engine, user, min(n, MAX_N), dataset)
+            return RecommendAnswer(found.run_id, found.dataset, found.user_key, _recommended(found.rows), [])
+        try:
+            folded = listened_recommendations(engine, parse_listened(listened or ""), min(n, MAX_N), dataset)
+        except queries.UnknownName:
+            raise
+        except RecsError as exc:  # a bad history or a run that cannot fold in: the request's fault
+            return _problem(str(exc), 422)
+        heard = [HeardArtist(h.artist_key, h.artist_name, h.plays) for h in folded.heard]
+        return RecommendAnswer(folded.run_id, folded.dataset, None, _recommended(folded.rows), heard)
 
     @app.get("/api/artists", responses=ERRORS)
     def artists(
