@@ -61,6 +61,7 @@ class SparkStages(Stages):
         status = (self.jvm / "status").read_text()
         peak = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
         self.figures[stage]["jvm_peak_rss_mb"] = round(int(peak.split()[1]) / 1024, 1)
+        print(f"  {stage} JVM peak: {self.figures[stage]['jvm_peak_rss_mb']} MB", file=sys.stderr, flush=True)
 
 
 def run_spark(tsv: str, db: str, master: str, seed: int) -> dict:

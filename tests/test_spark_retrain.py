@@ -11,7 +11,8 @@ import pytest
 
 from tests.test_flows_cli import _recs
 
-pytestmark = pytest.mark.slow
+# a JVM and a Prefect API server start in the subprocess: slower than the suite's 900 s on a busy machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def test_recs_run_engine_spark_publishes_a_run_the_readers_serve(hetrec_url, tmp_path):
