@@ -674,29 +674,55 @@ def tune(
     ),
     dataset: str = typer.Option(None, help="lastfm-2k | lastfm-360k | synthetic"),
     source: str = typer.Option(None, help="A path or URL overriding the dataset's own location."),
-    trials: int = typer.Option(30, min=1, help="Random candidates besides the two anchors."),
-    seed: int = typer.Option(0, help="Seed of the candidate sample."),
-    workers: int = typer.Option(None, min=1, help="Parallel trials (default: the cores available)."),
+    trials: int = typer.Option(
+        30, min=1, help="Optuna trials to add to the study (besides the two anchors, run once per study)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the TPE sampler."),
+    workers: int = typer.Option(
+        None, "--workers", "--n-jobs", min=1, help="Parallel worker processes (default: the cores available)."
+    ),
     objective: str = typer.Option("precision", help="precision | ndcg | map | recall, at K=10."),
     out: Path = typer.Option(
         None,
         help="Where trials.json/.csv and best.yaml go (default data/tune/<time>, outside the pruned run folders).",
     ),
+    storage: str = typer.Option(
+        None, help="SQLAlchemy URL of Optuna's trial storage (default sqlite:///data/tune.db); a rerun resumes it."
+    ),
+    folds: int = typer.Option(2, min=1, help="Validation folds per trial (a trial may be pruned after each)."),
+    models: str = typer.Option(
+        "als,itemknn,ease,rp3beta,blend", help="Models searched, comma-separated (blend: blends of the others)."
+    ),
 ) -> None:
-    """Search models, weightings and hyper-parameters on a validation split; print the trial table."""
-    from flows.tune import run_tune
-    from tasks.tune import describe_params, format_table
+    """Search models, weightings and hyper-parameters with Optuna on validation folds; print the trial table."""
+    from flows.tune import TUNE_DB, run_tune
+    from tasks.tune import describe_params, format_recheck, format_table
 
     config = _run_config(config_file, dataset, source, None, None)
 
     def progress(t) -> None:
-        what = f"error: {t.error}" if t.error else f"{t.model['name']} {describe_params(t.model)}"
+        what = f"error: {t.error}" if t.error else f"{t.state} {t.model.get('name')} {describe_params(t.model)}"
         err_console.print(f"trial {t.number}: {escape(what)}", highlight=False, soft_wrap=True)
 
-    result, out_dir = run_tune(config, trials, seed, workers, objective, out, on_trial=progress)
+    result, out_dir = run_tune(
+        config,
+        trials,
+        seed,
+        workers,
+        objective,
+        out,
+        on_trial=progress,
+        storage=storage or TUNE_DB,
+        folds=folds,
+        models=[m.strip() for m in models.split(",") if m.strip()],
+    )
     console.print(escape(format_table(result)), highlight=False, soft_wrap=True)
+    console.print(escape(format_recheck(result)), highlight=False, soft_wrap=True)
     console.print(
-        f"best by validation {result.objective}: trial {result.best_trial} ({result.validation_rule})",
+        escape(
+            f"best by validation {result.objective}: trial {result.best_trial} ({result.validation_rule}); "
+            f"study {result.study} at {result.storage}, {len(result.trials)} trials"
+        ),
         highlight=False,
         soft_wrap=True,
     )

@@ -112,9 +112,10 @@ def shares_fit(split: Split) -> bool:
     return split.test.nnz <= SHARED_FIT_MAX_HOLDOUT * (split.train.nnz + split.test.nnz)
 
 
-def validation_split(split: Split, fraction: float = 0.2, min_artists: int = 5) -> Split:
-    """A per-user holdout of ``split.train`` (for tuning), seeded apart from the test split."""
-    inner = per_user_holdout(split.train, fraction, min_artists, seed=split.seed + 1_000_003)
+def validation_split(split: Split, fraction: float = 0.2, min_artists: int = 5, fold: int = 0) -> Split:
+    """A per-user holdout of ``split.train`` (for tuning), seeded apart from the test split;
+    ``fold`` 0, 1, ... draws independent validation holdouts of the same train part."""
+    inner = per_user_holdout(split.train, fraction, min_artists, seed=split.seed + 1_000_003 + fold)
     return Split(inner.train, inner.test, f"validation of ({split.rule}): {inner.rule}", inner.seed)
 
 

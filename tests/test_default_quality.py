@@ -2,12 +2,15 @@
 
 Per-user 20 % holdout, 3 seeds, averaged. The reference is implicit's ``AlternatingLeastSquares``
 with its default hyper-parameters on log1p(plays), fitted directly through implicit (not through
-our wrapper); the popularity baseline is ours. The shipped default must beat the reference by 4 %
-relative in both precision@10 and nDCG@10, reach precision@10 >= 0.19, and be 2.5 x popularity.
+our wrapper); the popularity baseline is ours. The shipped default (chosen by `recs tune` on
+validation folds of the train part, never on these test pairs) must beat the reference by 15 %
+relative in both precision@10 and nDCG@10, reach precision@10 >= 0.20, and be 2.5 x popularity;
+the precision@10 lift is a strict xfail until a default reaches it.
 
 Beside them it prints, on the same test splits (measured, not chosen on them), the item models
-alone with their own defaults on the shipped log1p weighting: item-kNN (the shipped blend's part),
-EASE and RP3beta; each must beat popularity, nothing more is asserted about them.
+alone with their own defaults on the shipped log1p weighting: item-kNN (the previous shipped
+blend's tuned part), EASE and RP3beta; each must beat popularity, nothing more is asserted about
+them.
 """
 
 from __future__ import annotations
@@ -47,11 +50,14 @@ def _implicit_default_als(train, seed: int) -> Factors:
     return Factors("implicit-als-default", {}, model.user_factors, model.item_factors, 0.0)
 
 
-def test_shipped_user_model_beats_implicit_default_als_and_popularity(hetrec_encoded):
+@pytest.fixture(scope="module")
+def quality(hetrec_encoded) -> dict[str, dict[str, float]]:
+    """Mean precision@10 and nDCG@10 per model over ``SEEDS`` on the same test splits, printed
+    (with precision@10 per seed) beside each other."""
     cfg = RetrainConfig().user_model
-    # the item models alone, each with its own defaults on the shipped blend's weighting
+    # the item models alone on the shipped blend's weighting: EASE and RP3beta with their own defaults
     items = {
-        "item-kNN": ItemKNNConfig(weight=cfg.weight, neighbours=200, k1=0.5, b=0.6),
+        "item-kNN (K 200, k1 0.5, b 0.6)": ItemKNNConfig(weight=cfg.weight, neighbours=200, k1=0.5, b=0.6),
         "EASE": EASEConfig(weight=cfg.weight),
         "RP3beta": RP3betaConfig(weight=cfg.weight),
     }
@@ -70,14 +76,25 @@ def test_shipped_user_model_beats_implicit_default_als_and_popularity(hetrec_enc
     mean = {
         name: {m: float(np.mean([r[m] for r in runs])) for m in ("precision", "ndcg")} for name, runs in results.items()
     }
-    print(f"\nHetRec 2K test split, mean over seeds {SEEDS}\n{'model':<30} precision@10  ndcg@10")
+    print(f"\nHetRec 2K test split, mean over seeds {SEEDS} (per seed: precision@10)")
+    print(f"{'model':<32} precision@10  ndcg@10  per seed")
     for name, m in mean.items():
-        print(f"{name:<30} {m['precision']:.4f}        {m['ndcg']:.4f}")
+        seeds = " ".join(f"{r['precision']:.4f}" for r in results[name])
+        print(f"{name:<32} {m['precision']:.4f}        {m['ndcg']:.4f}   {seeds}")
+    return mean
 
-    default, reference, popularity = mean["default"], mean["reference"], mean["popularity"]
-    assert default["precision"] >= 1.04 * reference["precision"], mean
-    assert default["ndcg"] >= 1.04 * reference["ndcg"], mean
-    assert default["precision"] >= 0.19, mean
-    assert default["precision"] >= 2.5 * popularity["precision"], mean
-    for name in items:
-        assert mean[name]["precision"] > popularity["precision"], (name, mean)
+
+def test_shipped_user_model_beats_implicit_default_als_and_popularity(quality):
+    default, reference, popularity = quality["default"], quality["reference"], quality["popularity"]
+    assert default["ndcg"] >= 1.15 * reference["ndcg"], quality
+    assert default["precision"] >= 0.20, quality
+    assert default["precision"] >= 2.5 * popularity["precision"], quality
+    for name in ("item-kNN (K 200, k1 0.5, b 0.6)", "EASE", "RP3beta"):
+        assert quality[name]["precision"] > popularity["precision"], (name, quality)
+
+
+# Measured (docs/models.md): +14.3 %, precision@10 0.2026 against 0.1772. strict: once a default
+# reaches the target this fails as XPASS, and the mark must go.
+@pytest.mark.xfail(strict=True, reason="issue 12 target not yet met: the tuned default is short of +15 % precision@10")
+def test_shipped_user_model_lifts_precision_15_percent_over_implicit_default_als(quality):
+    assert quality["default"]["precision"] >= 1.15 * quality["reference"]["precision"], quality
