@@ -135,6 +135,10 @@ def _recommended(rows: Sequence[queries.RecommendationRow]) -> list[Recommended]
     ]
 
 
+class Unprocessable(Exception):
+    """A request the API understood but cannot answer as asked (422)."""
+
+
 def _problem(detail: str, status: int) -> JSONResponse:
     return JSONResponse({"detail": detail, "suggestions": []}, status_code=status)
 
@@ -156,6 +160,10 @@ def create_app(engine: Engine) -> FastAPI:
         summary="Related artists and per-user recommendations of the current published run (read-only).",
         version="1",
     )
+
+    @app.exception_handler(Unprocessable)
+    def _unprocessable(_request: Request, exc: Unprocessable) -> JSONResponse:
+        return _problem(str(exc), 422)
 
     @app.exception_handler(RecsError)
     def _recs_error(_request: Request, exc: RecsError) -> JSONResponse:
@@ -201,11 +209,11 @@ def create_app(engine: Engine) -> FastAPI:
         ] = None,
         n: N = DEFAULT_N,
         dataset: DATASET = None,
-    ) -> RecommendAnswer | JSONResponse:
+    ) -> RecommendAnswer:
         """New artists for USER, or for the LISTENED history, from the current run, each with the
         heard artist behind it."""
         if (user is None) == (listened is None):
-            return _problem("give either user or listened", 422)
+            raise Unprocessable("give either user or listened")
         if user is not None:
             found = queries.recommendations(engine, user, min(n, MAX_N), dataset)
             return RecommendAnswer(found.run_id, found.dataset, found.user_key, _recommended(found.rows), [])
@@ -214,7 +222,7 @@ def create_app(engine: Engine) -> FastAPI:
         except queries.UnknownName:
             raise
         except RecsError as exc:  # a bad history or a run that cannot fold in: the request's fault
-            return _problem(str(exc), 422)
+            raise Unprocessable(str(exc)) from None
         heard = [HeardArtist(h.artist_key, h.artist_name, h.plays) for h in folded.heard]
         return RecommendAnswer(folded.run_id, folded.dataset, None, _recommended(folded.rows), heard)
 
