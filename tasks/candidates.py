@@ -183,9 +183,20 @@ def _moments(total: np.ndarray, squares: np.ndarray, count: np.ndarray) -> tuple
     return mean, std
 
 
-def _factor_part(
-    part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np.ndarray, depth: int, search
-) -> _Scored:
+def standardised(part: Part, block: np.ndarray, seen: sp.csr_matrix) -> Callable[[np.ndarray], np.ndarray]:
+    """``z(codes)``: ``part``'s score of block x k artist codes for the users ``block`` (``seen``:
+    their heard rows, CSR), standardised as ``tasks.models.blend.standardise`` does over the dense
+    row, from the statistics above (no artist scored but the asked ones and a sparse part's support)."""
+    unheard = np.maximum(seen.shape[1] - np.diff(seen.indptr), 1).astype(np.float64)
+    if isinstance(part.scorer, Factors):
+        return _factor_moments(part, block, seen, unheard)[0]
+    return _sparse_moments(part, block, seen, unheard)[0]
+
+
+def _factor_moments(
+    part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np.ndarray
+) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray, np.ndarray]:
+    """(z, mean, std) of a factor part over each user's unheard artists."""
     model = part.scorer
     assert isinstance(model, Factors) and part.total is not None and part.gram is not None
     users, artists = model.user_factors[block], model.artist_factors
@@ -195,6 +206,20 @@ def _factor_part(
     total = u64 @ part.total - np.bincount(rows, at_heard, minlength=len(block))
     squares = np.einsum("ij,ij->i", u64 @ part.gram, u64) - np.bincount(rows, at_heard**2, minlength=len(block))
     mean, std = _moments(total, squares, unheard)
+
+    def z(codes: np.ndarray) -> np.ndarray:
+        return (np.einsum("bf,bkf->bk", users, artists[codes], dtype=np.float64) - mean[:, None]) / std[:, None]
+
+    return z, mean, std
+
+
+def _factor_part(
+    part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np.ndarray, depth: int, search
+) -> _Scored:
+    model = part.scorer
+    assert isinstance(model, Factors)
+    users, artists = model.user_factors[block], model.artist_factors
+    z, mean, std = _factor_moments(part, block, seen, unheard)
     if search is not None and search[0] is model:
         asked = np.minimum(depth + np.diff(seen.indptr), len(artists))
         found = search[1](np.hstack([users, np.zeros((len(block), 1), np.float32)]), asked)
@@ -202,10 +227,6 @@ def _factor_part(
     else:
         ids, raw = inner_topk(artists, users, depth, filter_query_items=seen)
         ids = np.where(raw <= np.finfo(np.float32).min, -1, ids).astype(np.int64)
-
-    def z(codes: np.ndarray) -> np.ndarray:
-        return (np.einsum("bf,bkf->bk", users, artists[codes], dtype=np.float64) - mean[:, None]) / std[:, None]
-
     last_code = ids[:, -1]
     last = np.einsum("bf,bf->b", users, artists[np.maximum(last_code, 0)], dtype=np.float64)
     # fewer than depth from exact topk: the unheard artists ran out (nothing outside the
@@ -214,7 +235,10 @@ def _factor_part(
     return _Scored(ids, last, z, mean, std)
 
 
-def _sparse_part(part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np.ndarray, depth: int) -> _Scored:
+def _sparse_moments(
+    part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np.ndarray
+) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray, np.ndarray, sp.csr_matrix]:
+    """(z, mean, std, unheard scores as CSR) of a sparse part over each user's unheard artists."""
     model = part.scorer
     assert isinstance(model, SparseScorer)
     scores = sp.csr_matrix(model.sparse_score(block, seen), dtype=np.float32)
@@ -229,9 +253,6 @@ def _sparse_part(part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np
     # cancel badly where heard artists score far above the rest (RP3beta's squares at 0.05 %)
     wide = fresh.astype(np.float64)
     mean, std = _moments(_row_sums(wide), _row_sums(wide.power(2)), unheard)
-    ids, best = _row_top(fresh, depth)
-    # an artist outside the candidates scores at most the last one, or 0 off the support
-    last = np.maximum(np.where(ids[:, -1] >= 0, best[:, -1], 0.0), 0.0)
     keys = pair_keys(scores)
 
     def z(codes: np.ndarray) -> np.ndarray:
@@ -242,6 +263,14 @@ def _sparse_part(part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np
         value = np.where(keys[at] == query, scores.data[at], 0.0)
         return (value - mean[:, None]) / std[:, None]
 
+    return z, mean, std, fresh
+
+
+def _sparse_part(part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np.ndarray, depth: int) -> _Scored:
+    z, mean, std, fresh = _sparse_moments(part, block, seen, unheard)
+    ids, best = _row_top(fresh, depth)
+    # an artist outside the candidates scores at most the last one, or 0 off the support
+    last = np.maximum(np.where(ids[:, -1] >= 0, best[:, -1], 0.0), 0.0)
     return _Scored(ids, last, z, mean, std)
 
 

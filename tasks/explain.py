@@ -25,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 
+from tasks.candidates import USER_BLOCK, standardised, two_stage_parts
 from tasks.contracts import Factors, Scorer
 from tasks.index import normalise
 from tasks.models.blend import Blend, standardise
@@ -151,13 +152,22 @@ def _blend(scorer: Blend, heard: sp.csr_matrix, ids: np.ndarray, users: np.ndarr
     or of the next part when that one names none."""
     parts = scorer.parts
     share = np.full((len(parts), *ids.shape), -np.inf, dtype=np.float32)
-    step = max(1, BLOCK_CELLS // max(heard.shape[1], 1))  # users whose dense scores fit a block
+    # a blend of factor and sparse parts: each part's z of the picks from its exact statistics
+    # (tasks.candidates), never a dense row; any other blend: dense rows, a block at a time
+    staged = {id(p.scorer): p for p in two_stage_parts(scorer) or []}
+    dense = len(staged) < sum(w > 0 for w, _ in parts)
+    step = max(1, BLOCK_CELLS // max(heard.shape[1], 1)) if dense else USER_BLOCK
     for lo in range(0, len(ids), step):
         block, seen = users[lo : lo + step], heard[lo : lo + step]
         picks = np.maximum(ids[lo : lo + step], 0)
         for p, (weight, part) in enumerate(parts):
-            z = standardise(np.asarray(part.score(block, seen), dtype=np.float32), seen)
-            share[p, lo : lo + step] = weight * np.take_along_axis(z, picks, axis=1)
+            if weight == 0:
+                share[p, lo : lo + step] = 0.0
+            elif not dense:
+                share[p, lo : lo + step] = weight * standardised(staged[id(part)], block, seen)(picks)
+            else:
+                z = standardise(np.asarray(part.score(block, seen), dtype=np.float32), seen)
+                share[p, lo : lo + step] = weight * np.take_along_axis(z, picks, axis=1)
     named = np.stack([because(part, heard, ids, users) for _, part in parts])
     share[np.isnan(share) | (named < 0)] = -np.inf  # NaN: a zero weight times -inf; a part naming nobody cannot win
     winner = np.argmax(share, axis=0)
