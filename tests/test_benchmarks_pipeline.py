@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from flows.config import RetrainConfig
+
 # the benchmark as a subprocess, through the real flow
 pytestmark = pytest.mark.slow
 
@@ -25,15 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # again on all pairs ("refit"); at full size the 10,000 evaluated users hold < 1 % of the pairs.
 # The default config: ALS for related artists, the blend for users, then the single-ALS yardstick;
 # 4,000 artists x 3,000 users is small enough for exact search (index.engine auto), so no index.
+DEFAULT = RetrainConfig()
 STAGES = (
     "download",
     "parse",
     "encode",
     "split",
-    "fit_als",
-    "fit_blend",
-    "refit_als",
-    "refit_blend",
+    # one fit per distinct model of the default config (related, then user), on train and on all pairs
+    *(f"{stage}_{m.name}" for stage in ("fit", "refit") for m in (DEFAULT.related_model, DEFAULT.user_model)),
     "recommend",
     "evaluate",
     "publish_sqlite",
