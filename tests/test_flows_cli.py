@@ -106,7 +106,11 @@ def test_recs_run_unreachable_source_fails_with_one_line(tmp_path):
         ("eval:\n  k: [10, 0]\n", "eval.k.1:"),
         ("eval:\n  k: [501]\n", "eval.k.0:"),
         ("related_model:\n  name: als\n  regularization: -0.1\n", "related_model.als.regularization:"),
-        ("user_model:\n  name: blend\n  factor:\n    name: bpr\n    regularization: -1\n", ".regularization:"),
+        (
+            "user_model:\n  name: blend\n  parts:\n    - model:\n        name: bpr\n        regularization: -1\n"
+            "      weight: 1\n",
+            ".regularization:",
+        ),
         ("index:\n  search_k: -2\n", "index.search_k:"),
         ("storage:\n  db: 'sqlite://'\n", "in-memory SQLite"),
         ("storage:\n  db: 'sqlite:///:memory:'\n", "in-memory SQLite"),
