@@ -10,7 +10,6 @@ artist or user (with close names), 503 when the database has nothing to serve or
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
 
 from storage import queries
-from storage.foldin import listened_recommendations, parse_listened
+from storage.foldin import Heard, listened_recommendations, parse_listened
 from tasks.errors import RecsError
 from tasks.evaluate import MAX_N
 
@@ -33,19 +32,9 @@ RUNS_SHOWN = 20
 
 
 @dataclass(frozen=True)
-class Ranked:
-    """One artist of a ranked list: 1 = best; ``score`` is the model's (higher = closer/better)."""
-
-    rank: int
-    artist_key: str
-    artist_name: str
-    score: float
-
-
-@dataclass(frozen=True)
 class ModelList:
     model: str
-    rows: list[Ranked]
+    rows: list[queries.RelatedRow]
 
 
 @dataclass(frozen=True)
@@ -60,27 +49,6 @@ class RelatedAnswer:
 
 
 @dataclass(frozen=True)
-class Recommended:
-    """One recommended artist, with the heard artist that contributed most to it (None: none did)."""
-
-    rank: int
-    artist_key: str
-    artist_name: str
-    score: float
-    because_artist_key: str | None
-    because_artist_name: str | None
-
-
-@dataclass(frozen=True)
-class HeardArtist:
-    """An artist of a new listener's history as the run matched it."""
-
-    artist_key: str
-    artist_name: str
-    plays: float
-
-
-@dataclass(frozen=True)
 class RecommendAnswer:
     """``/api/recommend``: top-N new artists for one user of the run (``user_key``), or for a
     listener not in the data (``heard``: their history as matched; ``user_key`` None)."""
@@ -88,8 +56,8 @@ class RecommendAnswer:
     run_id: int
     dataset: str
     user_key: str | None
-    rows: list[Recommended]
-    heard: list[HeardArtist]
+    rows: list[queries.RecommendationRow]
+    heard: list[Heard]
 
 
 @dataclass(frozen=True)
@@ -122,17 +90,6 @@ class ServerInfo:
 class Problem:
     detail: str
     suggestions: list[str]
-
-
-def _ranked(rows: Sequence[queries.RelatedRow]) -> list[Ranked]:
-    return [Ranked(r.rank, r.artist_key, r.artist_name, r.score) for r in rows]
-
-
-def _recommended(rows: Sequence[queries.RecommendationRow]) -> list[Recommended]:
-    return [
-        Recommended(r.rank, r.artist_key, r.artist_name, r.score, r.because_artist_key, r.because_artist_name)
-        for r in rows
-    ]
 
 
 class Unprocessable(Exception):
@@ -186,10 +143,10 @@ def create_app(engine: Engine) -> FastAPI:
         if model is not None:
             one = queries.related_artists(engine, artist, min(n, MAX_N), dataset, model)
             return RelatedAnswer(
-                one.run_id, one.dataset, one.artist_key, one.artist_name, [ModelList(one.model, _ranked(one.rows))]
+                one.run_id, one.dataset, one.artist_key, one.artist_name, [ModelList(one.model, one.rows)]
             )
         found = queries.related_by_model(engine, artist, min(n, MAX_N), dataset)
-        lists = [ModelList(name, _ranked(rows)) for name, rows in found.lists.items()]
+        lists = [ModelList(name, rows) for name, rows in found.lists.items()]
         return RelatedAnswer(found.run_id, found.dataset, found.artist_key, found.artist_name, lists)
 
     @app.get(
@@ -216,15 +173,14 @@ def create_app(engine: Engine) -> FastAPI:
             raise Unprocessable("give either user or listened")
         if user is not None:
             found = queries.recommendations(engine, user, min(n, MAX_N), dataset)
-            return RecommendAnswer(found.run_id, found.dataset, found.user_key, _recommended(found.rows), [])
+            return RecommendAnswer(found.run_id, found.dataset, found.user_key, found.rows, [])
         try:
             folded = listened_recommendations(engine, parse_listened(listened or ""), min(n, MAX_N), dataset)
         except queries.UnknownName:
             raise
         except RecsError as exc:  # a bad history or a run that cannot fold in: the request's fault
             raise Unprocessable(str(exc)) from None
-        heard = [HeardArtist(h.artist_key, h.artist_name, h.plays) for h in folded.heard]
-        return RecommendAnswer(folded.run_id, folded.dataset, None, _recommended(folded.rows), heard)
+        return RecommendAnswer(folded.run_id, folded.dataset, None, folded.rows, folded.heard)
 
     @app.get("/api/artists", responses=ERRORS)
     def artists(
