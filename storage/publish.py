@@ -62,6 +62,11 @@ from tasks.names import search_keys
 from tasks.transient import data_error
 
 PRUNE_LOCK_TIMEOUT = "5s"
+# The switch's wait for readers planned before it (``_lock_current_runs``): one try, the pause
+# between tries (when new readers run freely), and the whole wait.
+SWITCH_LOCK_TRY = "1s"
+SWITCH_LOCK_PAUSE_SECONDS = 2.0
+SWITCH_WAIT_SECONDS = 600.0
 # the per-run tables as Core tables (the declarative ``__table__`` is typed as a plain FromClause)
 ARTISTS, USERS, RELATED, RECOMMENDATIONS = (
     cast(sa.Table, model.__table__) for model in (Artist, User, RelatedArtist, UserRecommendation)
@@ -492,9 +497,47 @@ def _related_lists(outputs: RunOutputs) -> list[tuple[str, TopN]]:
 
 
 def _make_current(conn: Connection, dataset: str, run_id: int) -> None:
-    """Point ``current_runs`` for ``dataset`` at ``run_id`` (inside the caller's transaction)."""
+    """Point ``current_runs`` for ``dataset`` at ``run_id`` (inside the caller's transaction).
+
+    On PostgreSQL it first takes ``current_runs`` exclusively, held to the commit: a READ
+    COMMITTED statement is planned before it takes the snapshot it reads with, so a view query
+    planned while the run's partitions were still unattached could otherwise read with a snapshot
+    taken after the commit and find the new run current but none of its rows in the plan. Every
+    view joins ``current_runs``, so the lock waits out statements planned before the switch and
+    makes later ones plan after it (see ``_lock_current_runs``).
+    """
+    if conn.dialect.name == "postgresql":
+        _lock_current_runs(conn)
     conn.execute(sa.delete(CurrentRun).where(CurrentRun.dataset == dataset))
     conn.execute(sa.insert(CurrentRun).values(dataset=dataset, run_id=run_id, since=datetime.now(UTC)))
+
+
+def _lock_current_runs(conn: Connection) -> None:
+    """Take ``current_runs`` in ACCESS EXCLUSIVE mode inside the caller's transaction.
+
+    Tries for ``SWITCH_LOCK_TRY`` at a time, stepping out of the queue between tries: a waiting
+    ACCESS EXCLUSIVE request queues every new reader behind it, so one long reader transaction
+    must not stall the others for the whole wait. RecsError (one line) after
+    ``SWITCH_WAIT_SECONDS``; the caller's transaction then rolls back and readers keep the
+    previous run.
+    """
+    deadline = time.monotonic() + SWITCH_WAIT_SECONDS
+    while True:
+        try:
+            with conn.begin_nested():
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{SWITCH_LOCK_TRY}'")
+                conn.exec_driver_sql("LOCK TABLE current_runs IN ACCESS EXCLUSIVE MODE")
+                conn.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
+            return
+        except sa.exc.OperationalError as exc:
+            if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):
+                raise
+        if time.monotonic() >= deadline:
+            raise RecsError(
+                f"readers held current_runs for over {SWITCH_WAIT_SECONDS:.0f} s (an open transaction? see "
+                "pg_stat_activity); the run was not published and readers keep the previous one — retry when they end"
+            )
+        time.sleep(SWITCH_LOCK_PAUSE_SECONDS)
 
 
 def _mark_published(conn: Connection, run_id: int) -> None:
