@@ -39,6 +39,7 @@ from pathlib import Path
 
 from benchmarks.measure import Stages
 from benchmarks.pipeline import FULL, QUICK, _config, fresh_schema, run_plain
+from flows.config import RetrainConfig
 
 SPARK_STAGES = ("parse", "encode", "split", "factorize", "related", "recommend", "evaluate", "publish")
 
@@ -66,11 +67,10 @@ class SparkStages(Stages):
 
 def run_spark(tsv: str, db: str, master: str, seed: int) -> dict:
     """The Spark path's stages on ``tsv``, published into ``db``; per-stage figures."""
-    from pyspark.sql import functions as F
-
-    from flows.config import RetrainConfig
+    from flows.retrain_spark import spark_outputs
     from storage.engine import make_engine
-    from storage.spark_publish import SparkRunOutputs, publish_spark
+    from storage.publish import RunIdentity
+    from storage.spark_publish import publish_spark
     from tasks.spark import topn
     from tasks.spark.als import fit_frame
     from tasks.spark.config import SparkConfig
@@ -110,23 +110,15 @@ def run_spark(tsv: str, db: str, master: str, seed: int) -> dict:
             model.name, topn.model_top_n(evaluated, split.train, 10, users), split.test, users, [10]
         )
         metrics += ranking_metrics("popularity", topn.popularity_top_n(split.train, users, 10), split.test, users, [10])
-    outputs = SparkRunOutputs(
-        artists=encoded.artists.select(F.col("artist").alias("artist_id"), "artist_key", "name", "listeners", "plays"),
-        users=encoded.users.select(F.col("user").alias("user_id"), "user_key"),
-        related=related,
-        recommendations=recommendations,
-        n_artists=encoded.n_artists,
-        n_users=encoded.n_users,
-        n_related=n_related,
-        n_recommendations=n_recommendations,
-        metrics=metrics,
-        config=config.model_dump(mode="json"),
+    identity = RunIdentity(
         dataset="synthetic",
         source=tsv,
         data_sha256="0" * 64,
-        related_model=model.name,
-        user_model=model.name,
+        config=config.model_dump(mode="json"),
         code_version="benchmark",
+    )
+    outputs = spark_outputs(
+        config, identity, encoded, split, (related, n_related), (recommendations, n_recommendations), metrics
     )
     engine = make_engine(db)
     try:
@@ -150,7 +142,7 @@ def run_spark(tsv: str, db: str, master: str, seed: int) -> dict:
 
 def run_single(tsv: str, work: str, postgres: str | None, seed: int) -> dict:
     stages = Stages()
-    config = _config(Path(tsv), Path(work), f"sqlite:///{Path(work) / 'single.db'}", seed)
+    config = _config(RetrainConfig(), Path(tsv), Path(work), f"sqlite:///{Path(work) / 'single.db'}", seed)
     with fresh_schema(postgres) as schema:
         run_plain(config, stages, schema)
     return {"stages": stages.figures, "total": stages.total()}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger
 
@@ -36,6 +37,9 @@ from tasks.spark.related import recall_on_sample, related_artists
 from tasks.spark.session import first, spark_session
 from tasks.spark.split import SparkSplit, per_user_holdout
 from tasks.spark.weight import weight
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 RECALL_SAMPLE = 200  # artists whose related lists are checked against exact search
 
@@ -157,17 +161,44 @@ def retrain_on_spark(config: RetrainConfig, path: Path, identity: RunIdentity, d
     metrics.append(Metric(model.name, "fit_seconds", None, published.seconds))
     for m in metrics:
         logger.info("%-14s %-16s %.4f", m.model, m.metric if m.k is None else f"{m.metric}@{m.k}", m.value)
-    outputs = SparkRunOutputs(
+    outputs = spark_outputs(
+        config, identity, encoded, split, (related, n_related), (recommendations, n_recommendations), metrics
+    )
+    run_id = _retrying(publish_task, config)(config, outputs, db_url)
+    create_table_artifact(
+        table=metrics_rows(metrics), key=METRICS_KEY, description=f"Holdout metrics of Spark run {run_id}"
+    )
+    top = first(encoded.artists.orderBy(F.desc("listeners"), "artist").limit(1))
+    return SparkRun(run_id=run_id, metrics=metrics, model=model.name, example_artist=str(top["name"]))
+
+
+def spark_outputs(
+    config: RetrainConfig,
+    identity: RunIdentity,
+    encoded: SparkEncoded,
+    split: SparkSplit,
+    related: tuple[DataFrame, int],
+    recommendations: tuple[DataFrame, int],
+    metrics: list[Metric],
+) -> SparkRunOutputs:
+    """What ``publish_spark`` loads for one run: the encoded artists and users, the related
+    artists (``related_task``'s frame and count, labelled with the model) and the user top-N
+    (``recommend_task``'s), with the run's identity and automatic choices. The flow and
+    ``benchmarks.spark`` both build it here, so the benchmark publishes what the flow does."""
+    from pyspark.sql import functions as F
+
+    model = config.spark.model
+    return SparkRunOutputs(
         artists=encoded.artists.select(
             F.col("artist").alias("artist_id"), "artist_key", "name", "listeners", "plays", "search_key"
         ),
         users=encoded.users.select(F.col("user").alias("user_id"), "user_key"),
-        related=related.withColumn("model", F.lit(model.name)),
-        recommendations=recommendations,
+        related=related[0].withColumn("model", F.lit(model.name)),
+        recommendations=recommendations[0],
         n_artists=encoded.n_artists,
         n_users=encoded.n_users,
-        n_related=n_related,
-        n_recommendations=n_recommendations,
+        n_related=related[1],
+        n_recommendations=recommendations[1],
         metrics=metrics,
         config=identity.config,
         dataset=identity.dataset,
@@ -186,9 +217,3 @@ def retrain_on_spark(config: RetrainConfig, path: Path, identity: RunIdentity, d
             "split": split.rule,
         },
     )
-    run_id = _retrying(publish_task, config)(config, outputs, db_url)
-    create_table_artifact(
-        table=metrics_rows(metrics), key=METRICS_KEY, description=f"Holdout metrics of Spark run {run_id}"
-    )
-    top = first(encoded.artists.orderBy(F.desc("listeners"), "artist").limit(1))
-    return SparkRun(run_id=run_id, metrics=metrics, model=model.name, example_artist=str(top["name"]))
