@@ -38,6 +38,33 @@ RELATED_SHOWN = 10  # rows of the side-by-side related lists
 
 
 @dataclass(frozen=True)
+class ReportSummary:
+    """What every report states about a run, whichever engine made it. No arrays: a Spark run,
+    whose matrices stay on the executors, fills it from counts and metrics alone.
+
+    ``shape``: users, artists, pairs and total plays of the encoded data. ``stability``: None when
+    the engine does not measure it (the Spark path). Other fields as ``RunReport``'s.
+    """
+
+    run_id: str
+    dataset: str
+    source: str
+    sha256: str
+    shape: tuple[int, int, int, float]
+    bad_rows: BadRows
+    split_rule: str
+    test_pairs: int
+    models: dict[str, dict]
+    metrics: list[Metric]
+    timings: dict[str, float] = field(default_factory=dict)
+    gate: str | None = None
+    stability: dict[str, float] | None = field(default_factory=dict)
+    data_check: str = ""
+    database: str = ""
+    choices: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RunReport:
     """Everything the report shows about one run, gathered by the flow.
 
@@ -73,6 +100,27 @@ class RunReport:
     curves: Curves | None = None  # an ALS model's training curves (None: the run has no ALS model)
     related_by_model: dict[str, TopN] = field(default_factory=dict)  # every related model's TopN, shipped first
     choices: dict = field(default_factory=dict)
+
+    def summary(self) -> ReportSummary:
+        enc = self.encoded
+        return ReportSummary(
+            run_id=self.run_id,
+            dataset=self.dataset,
+            source=self.source,
+            sha256=self.sha256,
+            shape=(enc.n_users, enc.n_artists, enc.plays.nnz, float(enc.plays.sum())),
+            bad_rows=self.bad_rows,
+            split_rule=self.split_rule,
+            test_pairs=self.test_pairs,
+            models=self.models,
+            metrics=self.metrics,
+            timings=self.timings,
+            gate=self.gate,
+            stability=self.stability,
+            data_check=self.data_check,
+            database=self.database,
+            choices=self.choices,
+        )
 
 
 def _label(metric: Metric) -> str:
@@ -330,57 +378,11 @@ def render_report(report: RunReport) -> str:
     stability against the previous current run, index recall, the related artists of each model
     for a few well-known artists side by side, timings per stage, and embedded PNG plots (ranking
     quality, embedding map, embedding norm vs popularity), each under its own heading."""
-    enc = report.encoded
-    nnz = enc.plays.nnz
-    density = nnz / max(1, enc.n_users * enc.n_artists)
-    lines = [
-        f"# Retrain report — run `{report.run_id}`",
-        "",
-        f"Published to `{report.database}`." if report.database else "Not published (no database named).",
-        "",
-        "## Dataset",
-        "",
-        f"- **{report.dataset}** from `{report.source}` (sha256 `{report.sha256[:12]}…`)",
-        f"- data check: **{report.data_check}** (`tasks.contracts.Downloaded.check`)",
-        f"- {enc.n_users:,} users × {enc.n_artists:,} artists, {nnz:,} pairs "
-        f"(density {density:.2e}), {float(enc.plays.sum()):,.0f} plays",
-        f"- split: {report.split_rule}; {report.test_pairs:,} held-out pairs",
-        "",
-        "## Bad rows",
-        "",
-        f"{report.bad_rows.rows_read:,} rows read, {report.bad_rows.rows_kept:,} kept, "
-        f"{report.bad_rows.total:,} dropped or merged.",
-        "",
-    ]
-    if report.bad_rows.counts:
-        lines += _md_table(["kind", "rows"], [[k, f"{v:,}"] for k, v in sorted(report.bad_rows.counts.items())])
-        lines.append("")
-    lines += ["## Models", ""]
-    lines += _md_table(*params_rows(report.models))
-    if report.choices:
-        lines += ["", "Chosen for this data: " + ", ".join(f"{k} `{v}`" for k, v in report.choices.items())]
-    lines += ["", "## What was published, and what was measured", ""]
-    lines += _md_table(["model", "fitted on (pairs)", "metrics from"], fit_rows(report.metrics))
-    lines += ["", "## Metrics (holdout, train-heard artists excluded)", ""]
-    rows = metrics_rows(report.metrics)
-    lines += _md_table(
-        ["model", "metric", "value", "popularity", "random", "× popularity"],
-        [[r["model"], r["metric"], r["value"], r["popularity"], r["random"], r["vs_popularity"]] for r in rows],
-    )
-    recall = [m for m in report.metrics if m.metric in RECALL_METRICS]
-    lines += ["", "## Index recall vs exact search", ""]
-    lines += [f"- {m.model} {m.metric}@{m.k}: **{m.value:.3f}**" for m in recall] or ["- not measured"]
-    lines += ["", "## Quality gate", "", report.gate or "not applied: no current run of this dataset to compare with"]
-    lines += ["", "## Stability vs the previous current run (overlap@10, matched by source key)", ""]
-    lines += [f"- {metric}: **{value:.3f}**" for metric, value in report.stability.items()] or [
-        "- not measured: the dataset's first published run"
-    ]
-    ranking = ranking_plot(report.metrics)
-    if ranking:
-        lines += ["", "## Ranking quality by model", "", f"![ranking quality by model]({ranking})"]
+    summary = report.summary()
+    lines = _summary_lines(summary)
     lines += ["", f"## Related artists of each model (first {RELATED_SHOWN})", ""]
     lines += related_side_by_side(report)
-    lines += ["## Embedding map", "", f"![embedding map]({embedding_map(report.artist_factors, enc)})", ""]
+    lines += ["## Embedding map", "", f"![embedding map]({embedding_map(report.artist_factors, report.encoded)})", ""]
     lines += ["## Training curves", ""]
     if report.curves is None:
         lines += ["- not drawn: the run has no ALS model"]
@@ -392,27 +394,97 @@ def render_report(report: RunReport) -> str:
             f"![training curves]({curves_plot(report.curves)})",
         ]
     lines += ["", "## Embedding norm vs popularity", ""]
-    lines += [f"![embedding norm vs popularity]({norm_plot(report.artist_factors, enc.listeners)})"]
-    lines += ["", "## Timings (wall seconds per stage)", ""]
-    lines += _md_table(["stage", "seconds"], [[k, f"{v:.2f}"] for k, v in report.timings.items()])
-    lines.append(f"| **total** | **{sum(report.timings.values()):.2f}** |")
-    return "\n".join(lines) + "\n"
+    lines += [f"![embedding norm vs popularity]({norm_plot(report.artist_factors, report.encoded.listeners)})"]
+    return "\n".join(lines + _timing_lines(summary)) + "\n"
 
 
-def publish_artifacts(report: RunReport) -> None:
-    """Create the keyed table and markdown artifacts for the current flow run."""
+def render_spark_report(summary: ReportSummary) -> str:
+    """The markdown report of a Spark run (``engine: spark``): the sections of ``render_report``
+    that need no driver-side arrays. The lists themselves are in the database; the embedding
+    plots are left out because the factors stay on the executors."""
+    lines = _summary_lines(summary)
+    lines += [
+        "",
+        "## Embedding plots",
+        "",
+        "- not drawn on the Spark path: the factors stay on the executors (query the published lists "
+        "with `recs related` / `recs recommend`, or the explorer page)",
+    ]
+    return "\n".join(lines + _timing_lines(summary)) + "\n"
+
+
+def _summary_lines(summary: ReportSummary) -> list[str]:
+    """The report's sections up to the ranking plot: where it was published, the data, bad rows,
+    models, what was fitted on what, metrics, index recall, quality gate and stability."""
+    users, artists, pairs, plays = summary.shape
+    density = pairs / max(1, users * artists)
+    bad = summary.bad_rows
+    lines = [
+        f"# Retrain report — run `{summary.run_id}`",
+        "",
+        f"Published to `{summary.database}`." if summary.database else "Not published (no database named).",
+        "",
+        "## Dataset",
+        "",
+        f"- **{summary.dataset}** from `{summary.source}` (sha256 `{summary.sha256[:12]}…`)",
+        f"- data check: **{summary.data_check}** (`tasks.contracts.Downloaded.check`)",
+        f"- {users:,} users × {artists:,} artists, {pairs:,} pairs (density {density:.2e}), {plays:,.0f} plays",
+        f"- split: {summary.split_rule}; {summary.test_pairs:,} held-out pairs",
+        "",
+        "## Bad rows",
+        "",
+        f"{bad.rows_read:,} rows read, {bad.rows_kept:,} kept, {bad.total:,} dropped or merged.",
+        "",
+    ]
+    if bad.counts:
+        lines += _md_table(["kind", "rows"], [[k, f"{v:,}"] for k, v in sorted(bad.counts.items())])
+        lines.append("")
+    lines += ["## Models", ""]
+    lines += _md_table(*params_rows(summary.models))
+    if summary.choices:
+        lines += ["", "Chosen for this data: " + ", ".join(f"{k} `{v}`" for k, v in summary.choices.items())]
+    lines += ["", "## What was published, and what was measured", ""]
+    lines += _md_table(["model", "fitted on (pairs)", "metrics from"], fit_rows(summary.metrics))
+    lines += ["", "## Metrics (holdout, train-heard artists excluded)", ""]
+    rows = metrics_rows(summary.metrics)
+    lines += _md_table(
+        ["model", "metric", "value", "popularity", "random", "× popularity"],
+        [[r["model"], r["metric"], r["value"], r["popularity"], r["random"], r["vs_popularity"]] for r in rows],
+    )
+    recall = [m for m in summary.metrics if m.metric in RECALL_METRICS]
+    lines += ["", "## Index recall vs exact search", ""]
+    lines += [f"- {m.model} {m.metric}@{m.k}: **{m.value:.3f}**" for m in recall] or ["- not measured"]
+    lines += ["", "## Quality gate", "", summary.gate or "not applied: no current run of this dataset to compare with"]
+    lines += ["", "## Stability vs the previous current run (overlap@10, matched by source key)", ""]
+    if summary.stability is None:
+        lines += ["- not measured on this engine"]
+    else:
+        lines += [f"- {metric}: **{value:.3f}**" for metric, value in summary.stability.items()] or [
+            "- not measured: the dataset's first published run"
+        ]
+    ranking = ranking_plot(summary.metrics)
+    if ranking:
+        lines += ["", "## Ranking quality by model", "", f"![ranking quality by model]({ranking})"]
+    return lines
+
+
+def _timing_lines(summary: ReportSummary) -> list[str]:
+    lines = ["", "## Timings (wall seconds per stage)", ""]
+    lines += _md_table(["stage", "seconds"], [[k, f"{v:.2f}"] for k, v in summary.timings.items()])
+    return [*lines, f"| **total** | **{sum(summary.timings.values()):.2f}** |"]
+
+
+def publish_artifacts(run_id: str, metrics: list[Metric], markdown: str) -> None:
+    """Create the keyed table (``metrics``) and markdown (the rendered report) artifacts of run
+    ``run_id`` for the current flow run."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     create_table_artifact(
-        table=metrics_rows(report.metrics),
+        table=metrics_rows(metrics),
         key=METRICS_KEY,
-        description=f"Holdout metrics of run {report.run_id}, each model beside the baselines",
+        description=f"Holdout metrics of run {run_id}, each model beside the baselines",
     )
-    create_markdown_artifact(
-        markdown=render_report(report),
-        key=REPORT_KEY,
-        description=f"Retrain report of run {report.run_id}",
-    )
+    create_markdown_artifact(markdown=markdown, key=REPORT_KEY, description=f"Retrain report of run {run_id}")
 
 
 def render_failure(stage: str, reason: str, timings: dict[str, float]) -> str:

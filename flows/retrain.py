@@ -32,7 +32,7 @@ from prefect.context import FlowRunContext
 from prefect.utilities.urls import url_for
 
 from flows.config import RetrainConfig
-from flows.report import RunReport, publish_artifacts, publish_failure_report
+from flows.report import RunReport, publish_artifacts, publish_failure_report, render_report
 from flows.stages import _FAILED, _TIMINGS, IN_MEMORY, _retry_transient, _retrying, stage
 from storage.config import StorageConfig, masked_url
 from storage.engine import make_engine
@@ -421,7 +421,7 @@ def _on_spark(
     unchanged = _unchanged(config, identity, logger, started, timings)
     if unchanged:
         return unchanged
-    run = retrain_on_spark(config, downloaded.path, identity, database_url(config.storage))
+    run = retrain_on_spark(config, downloaded, identity, database_url(config.storage), timings)
     seconds = time.perf_counter() - started
     logger.info(
         "published run %d (%s, spark) to %s in %.1f s",
@@ -571,7 +571,7 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         related_by_model={related.scorer.name: recommended.related, **recommended.other_related},
         choices=outputs.choices,
     )
-    publish_artifacts(run_report)
+    publish_artifacts(run_report.run_id, run_report.metrics, render_report(run_report))
     prune_run_dirs(config.work_dir, keep=config.storage.retention, current=folder)
     top = str(encoded.artist_names[int(np.argmax(encoded.listeners))])
     seconds = time.perf_counter() - started

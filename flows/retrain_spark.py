@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger
 
 from flows.config import RetrainConfig
-from flows.report import METRICS_KEY, metrics_rows
+from flows.report import ReportSummary, publish_artifacts, render_spark_report
 from flows.stages import IN_MEMORY, _retry_transient, _retrying, stage
+from storage.config import masked_url
 from storage.engine import make_engine
 from storage.publish import RunIdentity
+from storage.queries import run_details
 from storage.spark_publish import SparkRunOutputs, publish_spark
-from tasks.contracts import Metric
+from tasks.contracts import Downloaded, Metric
 from tasks.models.spark_als import SparkALSConfig
 from tasks.spark import evaluate as spark_evaluate
 from tasks.spark import topn
@@ -131,17 +133,19 @@ def publish_task(config: RetrainConfig, outputs: SparkRunOutputs, db_url: str) -
         engine.dispose()
 
 
-def retrain_on_spark(config: RetrainConfig, path: Path, identity: RunIdentity, db_url: str) -> SparkRun:
-    """The stages after the download on Spark, then the publish into ``db_url``; ``flows.retrain``
-    calls this inside its flow run when ``config.engine == "spark"``. ``path``: the downloaded
-    file or folder; ``identity``: the run's data, config and code (as recorded)."""
-    from prefect.artifacts import create_table_artifact
+def retrain_on_spark(
+    config: RetrainConfig, downloaded: Downloaded, identity: RunIdentity, db_url: str, timings: dict[str, float]
+) -> SparkRun:
+    """The stages after the download on Spark, then the publish into ``db_url`` and the run's
+    report; ``flows.retrain`` calls this inside its flow run when ``config.engine == "spark"``.
+    ``downloaded``: the downloaded file or folder; ``identity``: the run's data, config and code (as
+    recorded); ``timings``: the flow run's seconds per stage, which the stages add to."""
     from pyspark.sql import functions as F
 
     logger = get_run_logger()
     spark = spark_session(config.spark)
     logger.info("spark %s (%s)", spark.version, config.spark.connect or config.spark.master)
-    parsed = parse_task(spark, path, identity.dataset)
+    parsed = parse_task(spark, downloaded.path, identity.dataset)
     encoded = encode_task(parsed, config)
     logger.info(
         "%s on spark: %d users x %d artists, %d pairs; %d bad rows",
@@ -158,18 +162,47 @@ def retrain_on_spark(config: RetrainConfig, path: Path, identity: RunIdentity, d
     related, n_related, recall = related_task(published, encoded, config)
     recommendations, n_recommendations = recommend_task(published, encoded, config)
     metrics = evaluate_task(evaluated, split, config, model.name) + [recall]
-    metrics.append(Metric(model.name, "fit_seconds", None, published.seconds))
+    metrics += [
+        Metric(model.name, "fit_seconds", None, published.seconds),
+        Metric(model.name, "fit_pairs", None, float(split.pairs if published is not evaluated else split.train_pairs)),
+        Metric(model.name, "evaluated_fit_pairs", None, float(split.train_pairs)),
+    ]
     for m in metrics:
         logger.info("%-14s %-16s %.4f", m.model, m.metric if m.k is None else f"{m.metric}@{m.k}", m.value)
     outputs = spark_outputs(
         config, identity, encoded, split, (related, n_related), (recommendations, n_recommendations), metrics
     )
     run_id = _retrying(publish_task, config)(config, outputs, db_url)
-    create_table_artifact(
-        table=metrics_rows(metrics), key=METRICS_KEY, description=f"Holdout metrics of Spark run {run_id}"
+    summary = ReportSummary(
+        run_id=str(run_id),
+        dataset=identity.dataset,
+        source=identity.source,
+        sha256=identity.data_sha256,
+        shape=(encoded.n_users, encoded.n_artists, encoded.n_pairs, float(first(encoded.plays.agg(F.sum("plays")))[0])),
+        bad_rows=parsed.bad_rows,
+        split_rule=split.rule,
+        test_pairs=split.test_pairs,
+        models={"related artists and user recommendations": model.model_dump(mode="json")},
+        metrics=metrics,
+        timings=dict(timings),
+        gate=_run_message(db_url, run_id),
+        stability=None,
+        data_check=downloaded.check,
+        database=masked_url(db_url),
+        choices=outputs.choices,
     )
+    publish_artifacts(summary.run_id, metrics, render_spark_report(summary))
     top = first(encoded.artists.orderBy(F.desc("listeners"), "artist").limit(1))
     return SparkRun(run_id=run_id, metrics=metrics, model=model.name, example_artist=str(top["name"]))
+
+
+def _run_message(db_url: str, run_id: int) -> str | None:
+    """``runs.message`` of the published run: the quality gate's decision and both figures."""
+    engine = make_engine(db_url)
+    try:
+        return run_details(engine, run_id).row["message"]
+    finally:
+        engine.dispose()
 
 
 def spark_outputs(

@@ -34,6 +34,10 @@ class SparkSplit:
     pairs: int
 
     @property
+    def train_pairs(self) -> int:
+        return self.pairs - self.test_pairs
+
+    @property
     def shares_fit(self) -> bool:
         """Whether a fit on ``train`` may be published as it is (``tasks.split.shares_fit``)."""
         return self.test_pairs <= SHARED_FIT_MAX_HOLDOUT * self.pairs
