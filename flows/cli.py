@@ -806,6 +806,10 @@ def tune(
     models: str = typer.Option(
         "als,itemknn,ease,rp3beta,blend", help="Models searched, comma-separated (blend: blends of the others)."
     ),
+    blends: str = typer.Option(
+        None,
+        help="Only these blends, comma-separated, e.g. als+itemknn+rp3beta (with --models blend: that blend alone).",
+    ),
 ) -> None:
     """Search models, weightings and hyper-parameters with Optuna on validation folds; print the trial table."""
     from flows.tune import TUNE_DB, run_tune
@@ -828,6 +832,7 @@ def tune(
         storage=storage or TUNE_DB,
         folds=folds,
         models=[m.strip() for m in models.split(",") if m.strip()],
+        blends=[b.strip() for b in blends.split(",") if b.strip()] if blends else None,
     )
     console.print(escape(format_table(result)), highlight=False, soft_wrap=True)
     console.print(escape(format_recheck(result)), highlight=False, soft_wrap=True)

@@ -47,27 +47,28 @@ class RetrainConfig(StageConfig):
         default_factory=CosineBlendConfig,
         description="the factor model related artists come from (nearest artists in its factor space)",
     )
-    # Tuned on HetRec 2K by `recs tune` (Optuna, 53 trials on validation folds of the train part;
-    # docs/models.md "Evaluation and tuning"), exactly as its best.yaml wrote it: ALS, BM25 item-kNN
-    # and RP3beta on log1p(plays / 3.3), each standardised per user, mixed 0.40/0.40/0.20. Every
-    # part is sparse or low-rank, so it fits at Last.fm 360K size too (no dense EASE inverse).
+    # Tuned on HetRec 2K by `recs tune` (Optuna, 222 trials of the ALS + item-kNN + RP3beta blend on
+    # validation folds of the train part; docs/models.md "Evaluation and tuning"), exactly as its
+    # best.yaml wrote it: ALS, BM25 item-kNN and RP3beta on log1p(plays / 0.40), each standardised
+    # per user, mixed 0.61/0.30/0.09. Every part is sparse or low-rank, so it fits at Last.fm 360K
+    # size too (no dense EASE inverse).
     user_model: ModelConfig = Field(
         BlendConfig(
-            weight=WeightConfig(scheme="log", alpha=1.0, eps=3.298222222442483),
+            weight=WeightConfig(scheme="log", alpha=1.0, eps=0.4004779170395047),
             parts=[
                 BlendPart(
                     model=ALSConfig(
-                        factors=24, regularization=0.30810773301806854, alpha=1.3344130857569276, iterations=16
+                        factors=19, regularization=0.22442963561336007, alpha=1.7290460075030514, iterations=27
                     ),
-                    weight=0.39669123799003964,
+                    weight=0.6144924356200718,
                 ),
                 BlendPart(
-                    model=ItemKNNConfig(similarity="bm25", neighbours=278, k1=1.0653062015482746, b=0.8172657656589734),
-                    weight=0.40357475807295123,
+                    model=ItemKNNConfig(similarity="bm25", neighbours=876, k1=2.5591469811953527, b=0.9958445940264574),
+                    weight=0.2986732353128183,
                 ),
                 BlendPart(
-                    model=RP3betaConfig(alpha=1.3511590172408772, beta=0.03405989733740691, neighbours=115),
-                    weight=0.1997340039370091,
+                    model=RP3betaConfig(alpha=0.7796971570689982, beta=0.35407930503643315, neighbours=139),
+                    weight=0.08683432906710983,
                 ),
             ],
         ),

@@ -42,7 +42,7 @@ def study_name(dataset: str, shape: tuple[int, int, int], settings: Settings, sp
     """``<dataset>-<12 hex>``: one study per dataset and search space. The hash covers the
     space's version and models, the data's shape (users, artists, pairs) and how trials are
     scored (``settings``), so trials in one study are always comparable."""
-    key = json.dumps([SPACE_VERSION, space.models, shape, asdict(settings)], sort_keys=True)
+    key = json.dumps([SPACE_VERSION, space.models, space.blends, shape, asdict(settings)], sort_keys=True)
     return f"{dataset}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -67,11 +67,13 @@ def run_tune(
     storage: str = TUNE_DB,
     folds: int = 2,
     models: Sequence[str] = MODELS,
+    blends: Sequence[str] | None = None,
 ) -> tuple[TuneResult, Path]:
-    """Add ``trials`` Optuna trials of ``models`` (sampler seed ``seed``, ``folds`` validation
-    folds each) to the study of ``config``'s dataset and that space at ``storage``; returns the result and the directory its records
-    were written to (default ``DATA_DIR / "tune" / "<UTC time>"``: outside ``config.work_dir``,
-    whose run folders retention prunes)."""
+    """Add ``trials`` Optuna trials of ``models`` (of the blends in ``blends`` only, if given;
+    sampler seed ``seed``, ``folds`` validation folds each) to the study of ``config``'s dataset
+    and that space at ``storage``; returns the result and the directory its records were written
+    to (default ``DATA_DIR / "tune" / "<UTC time>"``: outside ``config.work_dir``, whose run
+    folders retention prunes)."""
     encoded = prepare(config.data).encoded
     settings = Settings(
         holdout=config.eval.holdout,
@@ -82,7 +84,7 @@ def run_tune(
         objective=objective,
     )
     plays = encoded.plays
-    space = SearchSpace(models)
+    space = SearchSpace(models, blends)
     _make_sqlite_folder(storage)
     result = tune(
         plays,

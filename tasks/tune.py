@@ -59,7 +59,7 @@ REFERENCE = ALSConfig(
 )
 
 # What ``SearchSpace`` searches; a change to it is a new search space, hence a new study
-SPACE_VERSION = 1
+SPACE_VERSION = 2  # 2: RP3beta alpha up to 2.5, ALS iterations 8-40, --blends
 MODELS = ("als", "itemknn", "ease", "rp3beta", "blend")
 BLENDS = ("als+itemknn", "als+ease", "als+rp3beta", "ease+rp3beta", "als+itemknn+rp3beta", "als+ease+rp3beta")
 RECHECK_FOLDS = 3  # validation folds the finalists are compared on
@@ -70,16 +70,25 @@ Space = Callable[[optuna.Trial], ModelConfig]
 
 class SearchSpace:
     """The ``Space`` TPE samples: a model of ``models`` (a subset of ``MODELS``) on log weights
-    (eps searched); a blend picks one of the ``BLENDS`` made only of ``models`` and a share per
-    part. A part's hyper-parameters have the same names alone and in a blend (``als.factors``),
-    so TPE learns them from both. A class, not a closure: spawned workers unpickle it."""
+    (eps searched); a blend picks one of ``blends`` (default: the ``BLENDS`` made only of
+    ``models``; given, any of ``BLENDS``, so ``models=("blend",)`` with one blend searches that
+    blend alone) and a share per part. A part's hyper-parameters have the same names alone and
+    in a blend (``als.factors``), so TPE learns them from both. A class, not a closure: spawned workers unpickle it."""
 
-    def __init__(self, models: Sequence[str] = MODELS):
+    def __init__(self, models: Sequence[str] = MODELS, blends: Sequence[str] | None = None):
         unknown = sorted(set(models) - set(MODELS))
         if unknown or not models:
             raise RecsError(f"cannot search {', '.join(unknown) or 'no model'}; choose among {', '.join(MODELS)}")
         self.models = tuple(m for m in MODELS if m in models)
-        self.blends = tuple(b for b in BLENDS if set(b.split("+")) <= set(self.models))
+        if blends is None:
+            self.blends = tuple(b for b in BLENDS if set(b.split("+")) <= set(self.models))
+        else:
+            unknown = sorted(set(blends) - set(BLENDS))
+            if unknown:
+                raise RecsError(f"cannot search the blend {', '.join(unknown)}; choose among {', '.join(BLENDS)}")
+            if "blend" not in self.models:
+                raise RecsError("blends are searched only with blend among the models; add blend")
+            self.blends = tuple(b for b in BLENDS if b in blends)
         if "blend" in self.models and not self.blends:
             raise RecsError(f"no blend of {', '.join(self.models)} is searched; add two of {', '.join(MODELS[:-1])}")
 
@@ -102,7 +111,7 @@ def _part(trial: optuna.Trial, name: str) -> dict:
             "factors": trial.suggest_int("als.factors", 16, 512, log=True),
             "regularization": trial.suggest_float("als.regularization", 0.01, 300.0, log=True),
             "alpha": trial.suggest_float("als.alpha", 0.25, 8.0, log=True),
-            "iterations": trial.suggest_int("als.iterations", 10, 30),
+            "iterations": trial.suggest_int("als.iterations", 8, 40),
         }
     if name == "itemknn":
         return {
@@ -117,7 +126,7 @@ def _part(trial: optuna.Trial, name: str) -> dict:
     if name == "rp3beta":
         return {
             "name": "rp3beta",
-            "alpha": trial.suggest_float("rp3beta.alpha", 0.2, 1.5),
+            "alpha": trial.suggest_float("rp3beta.alpha", 0.2, 2.5),
             "beta": trial.suggest_float("rp3beta.beta", 0.0, 1.0),
             "neighbours": trial.suggest_int("rp3beta.neighbours", 20, 1000, log=True),
         }

@@ -89,8 +89,15 @@ def test_the_search_space_draws_valid_models_of_every_kind():
     scalable = draw(SearchSpace(("als", "rp3beta", "blend")))
     assert {c.name for c in scalable} == {"als", "rp3beta", "blend"}
     assert {p.model.name for c in scalable if c.name == "blend" for p in c.parts} == {"als", "rp3beta"}
+    # one blend alone (recs tune --models blend --blends als+itemknn+rp3beta), its parts in order
+    only = draw(SearchSpace(("blend",), ("als+itemknn+rp3beta",)), n=20)
+    assert all(c.name == "blend" and [p.model.name for p in c.parts] == ["als", "itemknn", "rp3beta"] for c in only)
     with pytest.raises(RecsError, match="cannot search svd"):
         SearchSpace(("als", "svd"))
+    with pytest.raises(RecsError, match="cannot search the blend als\\+svd"):
+        SearchSpace(("blend",), ("als+svd",))
+    with pytest.raises(RecsError, match="with blend among the models"):
+        SearchSpace(("als", "itemknn"), ("als+itemknn",))
     with pytest.raises(RecsError, match="no blend"):
         SearchSpace(("als", "blend"))
 
