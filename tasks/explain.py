@@ -11,16 +11,20 @@ history (a stored entry of their ``heard`` row):
   measure the related artists use). implicit's ``explain`` would split the ALS score exactly, but
   it solves a user's f x f system per call, per user, in Python; the cosine is one batched product;
 - a blend takes the ``j`` of the part that dominated the recommendation: the part with the
-  largest weighted, per-user standardised score for ``i`` (as ``Blend.score`` mixes them).
+  largest weighted, per-user standardised score for ``i`` (as ``Blend.score`` mixes them), or the
+  next part when that one names none. Only that part explains the recommendation, so each
+  recommendation costs one part's terms, not every part's.
 
-Everything runs on blocks of users with histories padded to the block's longest (users sorted by
-history length, so padding stays small): a block's work is one ``users x history x N`` array of
-contributions, bounded by ``BLOCK_CELLS``; no loop over users or rows.
+The work is per entry (user, recommended artist) and heard artist of that user: one cell each,
+laid out flat (no padding) in chunks of at most ``BLOCK_CELLS``, each a few vectorised passes;
+no loop over users or rows. A sparse part's ``W[j, i]`` is SciPy's lookup in W's row ``j`` (a
+binary search within its sorted columns).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,15 +37,33 @@ from tasks.models.ease import EASE
 from tasks.models.itemknn import ItemKNN
 from tasks.models.rp3beta import RP3beta
 
-# Contributions (or factor products) computed per block: 16M float32 (64 MB)
+# Cells (contributions, or gathered factors) per chunk: 16M float32 (64 MB). SciPy looks up a
+# sparse part's W[j, i] by binary search only in calls of more than a tenth of W's entries (a
+# linear scan of row j below), so this keeps to binary search up to 160M entries (560K artists)
 BLOCK_CELLS = 1 << 24
 
-# (heard codes, heard values, recommended codes) of a block -> its contributions:
-# (b x h int, b x h float32, b x N int) -> b x h x N float32
+# (heard code, heard value, recommended code) of each cell (an entry's heard artist) -> the heard
+# artist's contribution to the entry's recommendation: (c int, c float32, c int) -> c float32
 Contributions = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
-def because(scorer: Scorer, heard: sp.csr_matrix, ids: np.ndarray, users: np.ndarray | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class _Explainer:
+    """How one model names its reason: the heard artist whose ``terms`` is largest and above
+    ``floor``. ``width``: chunk cells spent per (entry, heard artist) cell, the factor dimension
+    for a factor model (it gathers both artists' factors), else 1."""
+
+    terms: Contributions
+    floor: float
+    width: int = 1
+
+
+def because(
+    scorer: Scorer,
+    heard: sp.csr_matrix,
+    ids: np.ndarray,
+    users: np.ndarray | None = None,
+) -> np.ndarray:
     """The heard artist behind each recommendation: int32, the shape of ``ids``.
 
     ``ids``: users x N recommended artist codes (-1 padded), one row per row of ``heard`` (CSR,
@@ -55,81 +77,91 @@ def because(scorer: Scorer, heard: sp.csr_matrix, ids: np.ndarray, users: np.nda
     users = np.arange(len(ids)) if users is None else np.asarray(users)
     if isinstance(scorer, Blend):
         return _blend(scorer, heard, ids, users)
-    if isinstance(scorer, Factors):
-        unit = normalise(scorer.artist_factors)
-        return _strongest(heard, ids, _cosines(unit), floor=-np.inf, width=unit.shape[1])
-    if isinstance(scorer, ItemKNN):
-        return _strongest(heard, ids, _sparse_terms(scorer.similarity, binary=True), floor=0.0)
-    if isinstance(scorer, RP3beta):
-        return _strongest(heard, ids, _sparse_terms(scorer.weights, binary=False), floor=0.0)
-    if isinstance(scorer, EASE):
-        return _strongest(heard, ids, _ease_terms(scorer), floor=0.0)
-    return np.full(ids.shape, -1, dtype=np.int32)
-
-
-def _strongest(
-    heard: sp.csr_matrix, ids: np.ndarray, terms: Contributions, floor: float, width: int | None = None
-) -> np.ndarray:
-    """Per entry of ``ids``, the heard code whose term (``terms``) is largest and above ``floor``.
-
-    Users go in blocks of similar history length; a block holds ``b x h x max(N, width)`` cells
-    at most ``BLOCK_CELLS`` (``width``: the factor dimension a block also gathers per heard artist).
-    """
-    n = ids.shape[1]
     out = np.full(ids.shape, -1, dtype=np.int32)
-    counts = np.diff(heard.indptr)
-    order = np.argsort(counts, kind="stable")
-    ordered = counts[order]
-    per_cell = max(n, width or 0, 1)
-    lo = 0
-    while lo < len(order):
-        # the largest block whose padded size fits (sizes grow with hi: counts are sorted)
-        sizes = np.arange(1, len(order) - lo + 1) * np.maximum(ordered[lo:], 1) * per_cell
-        hi = lo + max(1, int(np.searchsorted(sizes, BLOCK_CELLS, side="right")))
-        rows = order[lo:hi]
-        lo = hi
-        h = int(counts[rows].max())
-        if h == 0:
-            continue
-        slot = np.arange(h)
-        valid = slot[None, :] < counts[rows][:, None]
-        at = np.where(valid, heard.indptr[rows][:, None] + slot[None, :], 0)
-        codes, values = heard.indices[at], heard.data[at]
-        recs = ids[rows]
-        contribution = terms(codes, values, np.maximum(recs, 0))
-        contribution[~valid] = -np.inf
-        best = np.argmax(contribution, axis=1)  # b x N: the winning heard slot
-        top = np.take_along_axis(contribution, best[:, None, :], axis=1)[:, 0, :]
-        chosen = np.take_along_axis(codes, best, axis=1)
-        out[rows] = np.where((recs >= 0) & (top > floor), chosen, -1)
+    explainer = _explainer(scorer)
+    if explainer is not None:
+        rows, cols = np.nonzero(ids >= 0)
+        out[rows, cols] = _strongest(heard, rows, ids[rows, cols], explainer)
     return out
 
 
+def _explainer(scorer: Scorer) -> _Explainer | None:
+    """``scorer``'s explainer (module docstring), None for a model that explains nothing."""
+    if isinstance(scorer, Factors):
+        unit = normalise(scorer.artist_factors)
+        return _Explainer(_cosines(unit), floor=-np.inf, width=unit.shape[1])
+    if isinstance(scorer, ItemKNN):
+        return _Explainer(_sparse_terms(scorer.similarity, binary=True), floor=0.0)
+    if isinstance(scorer, RP3beta):
+        return _Explainer(_sparse_terms(scorer.weights, binary=False), floor=0.0)
+    if isinstance(scorer, EASE):
+        return _Explainer(_ease_terms(scorer), floor=0.0)
+    return None
+
+
+def _strongest(heard: sp.csr_matrix, rows: np.ndarray, artists: np.ndarray, explainer: _Explainer) -> np.ndarray:
+    """Per entry ``k`` (the recommendation ``artists[k]`` of row ``rows[k]`` of ``heard``), the
+    heard code whose term is largest and above the explainer's floor, else -1: int32, len(rows).
+    Ties go to the lowest code (``heard``'s indices are sorted).
+
+    Each (entry, heard artist) pair is one cell, laid out flat without padding (histories are
+    skewed: padding to a block's longest tripled the cells); entries go in chunks of at most
+    ``BLOCK_CELLS / width`` cells."""
+    out = np.full(len(rows), -1, dtype=np.int32)
+    counts = np.diff(heard.indptr)[rows]
+    some = np.flatnonzero(counts)  # an empty history names nothing
+    for chunk in _chunks(counts[some], max(1, BLOCK_CELLS // explainer.width)):
+        entries = some[chunk]
+        out[entries] = _chunk_strongest(heard, rows[entries], artists[entries], counts[entries], explainer)
+    return out
+
+
+def _chunk_strongest(
+    heard: sp.csr_matrix, rows: np.ndarray, artists: np.ndarray, counts: np.ndarray, explainer: _Explainer
+) -> np.ndarray:
+    """``_strongest`` of entries with ``counts`` (> 0) heard artists each, their cells flat."""
+    starts = np.cumsum(counts) - counts  # each entry's first cell
+    cells = np.repeat(heard.indptr[rows] - starts, counts) + np.arange(int(counts.sum()))  # into heard
+    codes = heard.indices[cells]
+    contribution = explainer.terms(codes, heard.data[cells], np.repeat(artists, counts))
+    top = np.maximum.reduceat(contribution, starts)
+    # the first cell holding its entry's top; the last cell stands in for an entry whose top is
+    # NaN (it has no such cell), which names nobody anyway
+    hits = np.append(np.flatnonzero(contribution == np.repeat(top, counts)), len(contribution) - 1)
+    return np.where(top > explainer.floor, codes[hits[np.searchsorted(hits, starts)]], -1)
+
+
+def _chunks(counts: np.ndarray, budget: int) -> Iterator[slice]:
+    """Consecutive slices of entries (``counts``: their cells) of at most ``budget`` cells in
+    all, or of one entry that alone has more."""
+    ends = np.cumsum(counts)
+    lo = 0
+    while lo < len(counts):
+        done = int(ends[lo - 1]) if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, done + budget, side="right")))
+        yield slice(lo, hi)
+        lo = hi
+
+
 def _cosines(unit: np.ndarray) -> Contributions:
-    """Cosine of each heard artist with each recommendation, from unit artist factors."""
+    """Cosine of each cell's heard artist with its recommendation, from unit artist factors."""
 
     def terms(codes: np.ndarray, values: np.ndarray, recs: np.ndarray) -> np.ndarray:
-        return np.matmul(unit[codes], unit[recs].transpose(0, 2, 1))
+        return np.einsum("cf,cf->c", unit[codes], unit[recs])
 
     return terms
 
 
 def _sparse_terms(weights: sp.csr_matrix, binary: bool) -> Contributions:
     """``x_uj · W[j, i]`` (``1 · W[j, i]`` when ``binary``) of a sparse artists x artists ``W``,
-    each ``W[j, i]`` found by binary search in W's sorted ``row * n + column`` keys."""
-    weights = sp.csr_matrix(weights, dtype=np.float32)
-    weights.sort_indices()
-    n_artists = weights.shape[1]
-    rows = np.repeat(np.arange(weights.shape[0], dtype=np.int64), np.diff(weights.indptr))
-    keys, data = rows * n_artists + weights.indices, weights.data  # sorted: rows, then sorted columns
+    each ``W[j, i]`` looked up by SciPy within W's row ``j``: canonical (sorted, no duplicates),
+    so a binary search over the row's few hundred columns."""
+    weights = sp.csr_array(weights, dtype=np.float32)
+    weights.sum_duplicates()
 
     def terms(codes: np.ndarray, values: np.ndarray, recs: np.ndarray) -> np.ndarray:
-        wanted = codes[:, :, None].astype(np.int64) * n_artists + recs[:, None, :]
-        if not len(keys):
-            return np.zeros(wanted.shape, dtype=np.float32)
-        pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-        found = np.where(keys[pos] == wanted, data[pos], np.float32(0))
-        return found if binary else found * values[:, :, None]
+        found = weights[codes, recs]
+        return found if binary else found * values
 
     return terms
 
@@ -141,19 +173,43 @@ def _ease_terms(model: EASE) -> Contributions:
 
     def terms(codes: np.ndarray, values: np.ndarray, recs: np.ndarray) -> np.ndarray:
         j, i = position[codes], position[recs]
-        found = model.weights[np.maximum(j, 0)[:, :, None], np.maximum(i, 0)[:, None, :]]
-        return np.where((j >= 0)[:, :, None], found * values[:, :, None], np.float32(0))
+        found = model.weights[np.maximum(j, 0), np.maximum(i, 0)]
+        return np.where(j >= 0, found * values, np.float32(0))
 
     return terms
 
 
 def _blend(scorer: Blend, heard: sp.csr_matrix, ids: np.ndarray, users: np.ndarray) -> np.ndarray:
     """The ``because`` of the part with the largest share of each recommendation's blended score,
-    or of the next part when that one names none."""
+    or of the next part when that one names none; a part with no finite share never explains."""
+    share = _shares(scorer, heard, ids, users)
+    explainers = [_explainer(part) for _, part in scorer.parts]
+    out = np.full(ids.shape, -1, dtype=np.int32)
+    rows, cols = np.nonzero(ids >= 0)
+    entry_share = share[:, rows, cols]
+    # per entry the parts by share, best first (ties: the earlier part); turn t asks each
+    # entry's t-th part, for the entries no earlier turn named a reason for
+    ranking = np.argsort(-entry_share, axis=0, kind="stable")
+    pending = np.ones(len(rows), dtype=bool)
+    for turn in ranking:
+        for p, explainer in enumerate(explainers):
+            asked = np.flatnonzero(pending & (turn == p) & np.isfinite(entry_share[p]))
+            if explainer is None or not len(asked):
+                continue
+            named = _strongest(heard, rows[asked], ids[rows[asked], cols[asked]], explainer)
+            out[rows[asked], cols[asked]] = named
+            pending[asked[named >= 0]] = False
+    return out
+
+
+def _shares(scorer: Blend, heard: sp.csr_matrix, ids: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """Each part's weighted standardised score of each recommendation: float32, parts x rows x N
+    (0 for a zero-weight part, -inf where unknown: an artist a part excludes).
+
+    A blend of factor and sparse parts: each part's z of the picks from its exact statistics
+    (tasks.candidates), never a dense row; any other blend: dense rows, a block at a time."""
     parts = scorer.parts
-    share = np.full((len(parts), *ids.shape), -np.inf, dtype=np.float32)
-    # a blend of factor and sparse parts: each part's z of the picks from its exact statistics
-    # (tasks.candidates), never a dense row; any other blend: dense rows, a block at a time
+    share = np.zeros((len(parts), *ids.shape), dtype=np.float32)
     staged = {id(p.scorer): p for p in two_stage_parts(scorer) or []}
     dense = len(staged) < sum(w > 0 for w, _ in parts)
     step = max(1, BLOCK_CELLS // max(heard.shape[1], 1)) if dense else USER_BLOCK
@@ -162,13 +218,11 @@ def _blend(scorer: Blend, heard: sp.csr_matrix, ids: np.ndarray, users: np.ndarr
         picks = np.maximum(ids[lo : lo + step], 0)
         for p, (weight, part) in enumerate(parts):
             if weight == 0:
-                share[p, lo : lo + step] = 0.0
-            elif not dense:
+                continue
+            if not dense:
                 share[p, lo : lo + step] = weight * standardised(staged[id(part)], block, seen)(picks)
             else:
                 z = standardise(np.asarray(part.score(block, seen), dtype=np.float32), seen)
                 share[p, lo : lo + step] = weight * np.take_along_axis(z, picks, axis=1)
-    named = np.stack([because(part, heard, ids, users) for _, part in parts])
-    share[np.isnan(share) | (named < 0)] = -np.inf  # NaN: a zero weight times -inf; a part naming nobody cannot win
-    winner = np.argmax(share, axis=0)
-    return np.take_along_axis(named, winner[None], axis=0)[0]
+    share[np.isnan(share)] = -np.inf
+    return share

@@ -14,7 +14,7 @@ import tasks.explain as explain
 from tasks.contracts import Factors
 from tasks.index import normalise
 from tasks.models.base import fit
-from tasks.models.blend import BlendConfig, BlendPart, standardise
+from tasks.models.blend import Blend, BlendConfig, BlendPart, standardise
 from tasks.models.ease import EASEConfig
 from tasks.models.implicit_mf import ALSConfig
 from tasks.models.itemknn import ItemKNNConfig
@@ -66,7 +66,9 @@ def agree(got: np.ndarray, expected: np.ndarray, values, ids) -> None:
     ],
     ids=["itemknn", "rp3beta", "ease"],
 )
-def test_item_models_name_the_largest_term_of_the_score(plays, model):
+def test_item_models_name_the_largest_term_of_the_score(plays, model, monkeypatch):
+    # chunks of 40 cells: most chunks a handful of entries, a history of more than 40 one alone
+    monkeypatch.setattr(explain, "BLOCK_CELLS", 40)
     scorer = fit(weight(plays, model.weight), model)
     ids = user_top_n(scorer, plays, N).ids
     dense = plays.toarray()
@@ -104,7 +106,7 @@ def test_factor_models_name_the_most_similar_heard_artist(plays, monkeypatch):
 
     expected = reference(lambda u, j, x, i: cosine(u, j, i), plays, ids, -np.inf)
     agree(explain.because(scorer, plays, ids), expected, cosine, ids)
-    monkeypatch.setattr(explain, "BLOCK_CELLS", 5_000)  # many small blocks give the same answer
+    monkeypatch.setattr(explain, "BLOCK_CELLS", 5_000)  # many small chunks give the same answer
     agree(explain.because(scorer, plays, ids), expected, cosine, ids)
 
 
@@ -127,6 +129,44 @@ def test_a_blend_names_the_reason_of_the_part_that_dominated(plays):
     factor_won = (shares[0] >= shares[1]) | (parts[1] < 0)
     np.testing.assert_array_equal(got, np.where(factor_won, parts[0], parts[1]))
     assert 0 < factor_won.mean() < 1  # both parts explain some recommendations here
+
+
+@pytest.fixture(scope="module")
+def mixed(plays):
+    """A blend of the shipped blend's kinds of part (ALS, item-kNN, RP3beta; small), plus the
+    item-kNN part again at weight 0 between them: its share is 0 (as ``Blend.score`` weighs it),
+    and the two-stage top-N, which leaves it out, gives shares for the other three only."""
+    model = BlendConfig(
+        weight=WeightConfig(scheme="log"),
+        parts=[
+            BlendPart(model=ALSConfig(factors=16, iterations=5), weight=0.4),
+            BlendPart(model=ItemKNNConfig(neighbours=50), weight=0.4),
+            BlendPart(model=RP3betaConfig(neighbours=50), weight=0.2),
+        ],
+    )
+    blend = fit(weight(plays, model.weight), model)
+    als, knn, rp3 = blend.parts
+    return Blend(blend.params, [als, (0.0, knn[1]), knn, rp3], blend.fit_seconds)
+
+
+def test_a_blend_asks_its_parts_in_order_of_their_shares(plays, mixed):
+    """Per recommendation, straight from the definition: the parts by share (dense standardised
+    scores, weighted), best first; the first whose own ``because`` names a heard artist gives it."""
+    ids = user_top_n(mixed, plays, N).ids
+    users = np.arange(len(ids))
+    shares = np.stack(
+        [
+            w * np.take_along_axis(standardise(np.asarray(part.score(users, plays), dtype=np.float32), plays), ids, 1)
+            for w, part in mixed.parts
+        ]
+    )
+    named = np.stack([explain.because(part, plays, ids) for _, part in mixed.parts])
+    expected = np.full(ids.shape, -1, dtype=np.int32)
+    for u, r in np.argwhere(ids >= 0):
+        asked = [p for p in np.argsort(-shares[:, u, r], kind="stable") if named[p, u, r] >= 0]
+        expected[u, r] = named[asked[0], u, r] if asked else -1
+    np.testing.assert_array_equal(explain.because(mixed, plays, ids), expected)
+    assert set(np.unique(shares.argmax(axis=0)[ids >= 0])) == {0, 2, 3}  # each weighted part dominated some
 
 
 def test_padding_and_baselines_explain_nothing(plays):
