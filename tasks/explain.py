@@ -13,7 +13,10 @@ history (a stored entry of their ``heard`` row):
 - a blend takes the ``j`` of the part that dominated the recommendation: the part with the
   largest weighted, per-user standardised score for ``i`` (as ``Blend.score`` mixes them), or the
   next part when that one names none. Only that part explains the recommendation, so each
-  recommendation costs one part's terms, not every part's.
+  recommendation costs one part's terms, not every part's. The shares come from the two-stage
+  top-N, which computed them on the way (``tasks.candidates.Ranked.shares``); rows without them
+  get them from the same statistics here, the expensive part (a sparse part's statistics need
+  its whole sparse score row).
 
 The work is per entry (user, recommended artist) and heard artist of that user: one cell each,
 laid out flat (no padding) in chunks of at most ``BLOCK_CELLS``, each a few vectorised passes;
@@ -63,20 +66,24 @@ def because(
     heard: sp.csr_matrix,
     ids: np.ndarray,
     users: np.ndarray | None = None,
+    shares: np.ndarray | None = None,
 ) -> np.ndarray:
     """The heard artist behind each recommendation: int32, the shape of ``ids``.
 
     ``ids``: users x N recommended artist codes (-1 padded), one row per row of ``heard`` (CSR,
     users x artists, what the scorer was given when it recommended: the users' plays).
     ``users``: those rows' user codes in the scorer (default ``0..len(ids)-1``), for a blend's
-    factor part. Entries are artist codes from the user's ``heard`` row, -1 for padding or when
-    nothing heard contributed (and for baselines, which explain nothing).
+    factor part. ``shares``: for a blend, each weight > 0 part's term of each recommendation's
+    score as the two-stage top-N computed it (``Ranked.shares``: parts x users x N; rows with a
+    NaN at a recommendation are computed here, as are all when None). Entries are artist codes
+    from the user's ``heard`` row, -1 for padding or when nothing heard contributed (and for
+    baselines, which explain nothing).
     """
     heard = sp.csr_matrix(heard, dtype=np.float32)
     heard.sort_indices()
     users = np.arange(len(ids)) if users is None else np.asarray(users)
     if isinstance(scorer, Blend):
-        return _blend(scorer, heard, ids, users)
+        return _blend(scorer, heard, ids, users, shares)
     out = np.full(ids.shape, -1, dtype=np.int32)
     explainer = _explainer(scorer)
     if explainer is not None:
@@ -179,10 +186,12 @@ def _ease_terms(model: EASE) -> Contributions:
     return terms
 
 
-def _blend(scorer: Blend, heard: sp.csr_matrix, ids: np.ndarray, users: np.ndarray) -> np.ndarray:
+def _blend(
+    scorer: Blend, heard: sp.csr_matrix, ids: np.ndarray, users: np.ndarray, shares: np.ndarray | None
+) -> np.ndarray:
     """The ``because`` of the part with the largest share of each recommendation's blended score,
     or of the next part when that one names none; a part with no finite share never explains."""
-    share = _shares(scorer, heard, ids, users)
+    share = _shares(scorer, heard, ids, users, shares)
     explainers = [_explainer(part) for _, part in scorer.parts]
     out = np.full(ids.shape, -1, dtype=np.int32)
     rows, cols = np.nonzero(ids >= 0)
@@ -202,9 +211,25 @@ def _blend(scorer: Blend, heard: sp.csr_matrix, ids: np.ndarray, users: np.ndarr
     return out
 
 
-def _shares(scorer: Blend, heard: sp.csr_matrix, ids: np.ndarray, users: np.ndarray) -> np.ndarray:
+def _shares(
+    scorer: Blend, heard: sp.csr_matrix, ids: np.ndarray, users: np.ndarray, given: np.ndarray | None
+) -> np.ndarray:
     """Each part's weighted standardised score of each recommendation: float32, parts x rows x N
-    (0 for a zero-weight part, -inf where unknown: an artist a part excludes).
+    (0 for a zero-weight part, -inf where unknown: padding, or an artist a part excludes). From
+    ``given`` (over the weight > 0 parts) where it has a row's shares, computed for the others."""
+    share = np.zeros((len(scorer.parts), *ids.shape), dtype=np.float32)
+    todo = np.arange(len(ids))
+    if given is not None:
+        share[[p for p, (w, _) in enumerate(scorer.parts) if w > 0]] = given
+        todo = np.flatnonzero((np.isnan(given) & (ids >= 0)).any(axis=(0, 2)))
+    if len(todo):
+        share[:, todo] = _computed_shares(scorer, heard[todo], ids[todo], users[todo])
+    share[np.isnan(share)] = -np.inf
+    return share
+
+
+def _computed_shares(scorer: Blend, heard: sp.csr_matrix, ids: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """``_shares`` from the parts' statistics: float32, parts x rows x N (0 for a zero-weight part).
 
     A blend of factor and sparse parts: each part's z of the picks from its exact statistics
     (tasks.candidates), never a dense row; any other blend: dense rows, a block at a time."""
@@ -224,5 +249,4 @@ def _shares(scorer: Blend, heard: sp.csr_matrix, ids: np.ndarray, users: np.ndar
             else:
                 z = standardise(np.asarray(part.score(block, seen), dtype=np.float32), seen)
                 share[p, lo : lo + step] = weight * np.take_along_axis(z, picks, axis=1)
-    share[np.isnan(share)] = -np.inf
     return share

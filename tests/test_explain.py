@@ -11,15 +11,16 @@ import pytest
 import scipy.sparse as sp
 
 import tasks.explain as explain
+from tasks.candidates import blend_top_n, two_stage_parts
 from tasks.contracts import Factors
-from tasks.index import normalise
+from tasks.index import IndexConfig, build_index, normalise
 from tasks.models.base import fit
 from tasks.models.blend import Blend, BlendConfig, BlendPart, standardise
 from tasks.models.ease import EASEConfig
 from tasks.models.implicit_mf import ALSConfig
 from tasks.models.itemknn import ItemKNNConfig
 from tasks.models.rp3beta import RP3betaConfig
-from tasks.recommend import user_top_n
+from tasks.recommend import recommend, user_top_n
 from tasks.weight import WeightConfig, weight
 
 N = 10
@@ -167,6 +168,38 @@ def test_a_blend_asks_its_parts_in_order_of_their_shares(plays, mixed):
         expected[u, r] = named[asked[0], u, r] if asked else -1
     np.testing.assert_array_equal(explain.because(mixed, plays, ids), expected)
     assert set(np.unique(shares.argmax(axis=0)[ids >= 0])) == {0, 2, 3}  # each weighted part dominated some
+
+
+def test_the_top_n_shares_give_the_same_reasons(plays, mixed):
+    """``because`` fed the two-stage top-N's shares (all rows, or some: the rows the top-N ranked
+    densely have none) names what it names computing them itself."""
+    ranked = blend_top_n(two_stage_parts(mixed), plays, N, np.arange(plays.shape[0]))
+    ids = ranked.top.ids
+    computed = explain.because(mixed, plays, ids)
+    np.testing.assert_array_equal(explain.because(mixed, plays, ids, shares=ranked.shares), computed)
+    some = ranked.shares.copy()
+    some[:, ::3] = np.nan
+    np.testing.assert_array_equal(explain.because(mixed, plays, ids, shares=some), computed)
+    # RP3beta made to dominate everything: where it names nobody the next part by share answers
+    rp3 = explain.because(mixed.parts[3][1], plays, ids)
+    assert (rp3[ids >= 0] < 0).any()
+    forced, without = ranked.shares.copy(), ranked.shares.copy()
+    forced[2], without[2] = 100.0, -np.inf  # -inf: that part cannot explain
+    next_best = explain.because(mixed, plays, ids, shares=without)
+    np.testing.assert_array_equal(explain.because(mixed, plays, ids, shares=forced), np.where(rp3 >= 0, rp3, next_best))
+
+
+@pytest.mark.parametrize("engine", ["exact", "faiss"])
+def test_the_recommend_stage_explains_from_its_top_n(plays, mixed, engine, tmp_path):
+    """The recommend stage hands its two-stage top-N's shares to ``because`` (exact candidates,
+    or the index's): the reasons are those ``because`` finds from scratch."""
+    factors = mixed.parts[0][1]
+    cfg = IndexConfig(engine=engine, two_stage=True).resolved(*plays.shape)
+    index = (
+        build_index(factors.artist_factors, cfg, tmp_path / "u.idx", inner_product=True) if engine != "exact" else None
+    )
+    done = recommend(factors, mixed, None, index, plays, N, cfg)
+    np.testing.assert_array_equal(done.because, explain.because(mixed, plays, done.users.ids))
 
 
 def test_padding_and_baselines_explain_nothing(plays):
