@@ -94,10 +94,14 @@ def two_stage_parts(scorer: Scorer) -> list[Part] | None:
 @dataclass(frozen=True)
 class Ranked:
     """``top``: lists of the users asked for, in their order; ``certified``: bool per user, the list
-    is provably the dense blend's (only meaningful without an ANN search)."""
+    is provably the dense blend's (only meaningful without an ANN search); ``shares``: float32,
+    parts x users x n, each part's weighted standardised score ``w_p z_p`` of each listed artist
+    (its term of the blend score, in ``two_stage_parts`` order; NaN where the list is padded), the
+    statistics ``tasks.explain.because`` needs to find the part that dominated."""
 
     top: TopN
     certified: np.ndarray
+    shares: np.ndarray
 
 
 def blend_top_n(
@@ -123,12 +127,14 @@ def blend_top_n(
     ids = np.full((len(users), n), -1, dtype=np.int32)
     scores = np.full((len(users), n), np.nan, dtype=np.float32)
     certified = np.zeros(len(users), dtype=bool)
+    shares = np.full((len(parts), len(users), n), np.nan, dtype=np.float32)
     by_count = np.argsort(counts, kind="stable")
     for lo in range(0, len(users), batch_size):
         pos = by_count[lo : lo + batch_size]
-        top, certified[pos] = _block_top_n(parts, users[pos], heard[users[pos]], n, depth, search)
-        ids[pos], scores[pos] = top.ids, top.scores
-    return Ranked(TopN(ids=ids, scores=scores), certified)
+        block = _block_top_n(parts, users[pos], heard[users[pos]], n, depth, search)
+        ids[pos], scores[pos] = block.top.ids, block.top.scores
+        certified[pos], shares[:, pos] = block.certified, block.shares
+    return Ranked(TopN(ids=ids, scores=scores), certified, shares)
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,7 @@ class _Scored:
 
 def _block_top_n(
     parts: list[Part], block: np.ndarray, seen: sp.csr_matrix, n: int, depth: int, search: tuple[Factors, Search] | None
-) -> tuple[TopN, np.ndarray]:
+) -> Ranked:
     n_artists = seen.shape[1]
     unheard = np.maximum(n_artists - np.diff(seen.indptr), 1).astype(np.float64)
     scored = [
@@ -171,7 +177,10 @@ def _block_top_n(
     ids = np.where(picked, np.take_along_axis(cand, np.maximum(best.ids, 0), axis=1), -1).astype(np.int32)
     # exhausted: every unheard artist was a candidate of some factor part, so nothing is outside
     certified = exhausted | (best.scores[:, n - 1] > bound)
-    return TopN(ids=ids, scores=best.scores), certified
+    # each part's term of the listed artists' scores, from its statistics already at hand
+    shares = np.stack([part.weight * s.z(np.maximum(ids, 0)) for part, s in zip(parts, scored)])
+    shares[:, ~picked] = np.nan
+    return Ranked(TopN(ids=ids, scores=best.scores), certified, shares.astype(np.float32))
 
 
 def _moments(total: np.ndarray, squares: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from tasks.candidates import TWO_STAGE_MIN_ARTISTS, blend_top_n, retrieval_factors, two_stage_parts
+from tasks.candidates import TWO_STAGE_MIN_ARTISTS, Part, Ranked, blend_top_n, retrieval_factors, two_stage_parts
 from tasks.contracts import Factors, Metric, Ranker, Recommended, Scorer, TopN
 from tasks.errors import RecsError
 from tasks.explain import because
@@ -144,12 +144,7 @@ def user_top_n(
     users = np.arange(heard.shape[0]) if users is None else np.asarray(users)
     two_stage = None if dense or (dense is None and heard.shape[1] < TWO_STAGE_MIN_ARTISTS) else two_stage_parts(scorer)
     if two_stage is not None:
-        ranked = blend_top_n(two_stage, heard, n, users)
-        redo = np.flatnonzero(~ranked.certified)
-        if len(redo):
-            again = user_top_n(scorer, heard, n, batch_size, users[redo], dense=True)
-            ranked.top.ids[redo], ranked.top.scores[redo] = again.ids, again.scores
-        return ranked.top
+        return certified_top_n(scorer, two_stage, heard, n, users, batch_size).top
     step = batch_size or _block(scorer, heard.shape[1])
     parts = []
     for lo in range(0, len(users), step):
@@ -165,6 +160,22 @@ def user_top_n(
         scores[np.repeat(np.arange(len(block)), np.diff(seen.indptr)), seen.indices] = -np.inf
         parts.append(top_n(scores, n))
     return stacked(parts, n)
+
+
+def certified_top_n(
+    scorer: Scorer, parts: list[Part], heard: sp.csr_matrix, n: int, users: np.ndarray, batch_size: int | None = None
+) -> Ranked:
+    """Exact top ``n`` of the blend ``scorer`` (its ``two_stage_parts``: ``parts``) for ``users``:
+    two-stage, the users whose candidates carry no certificate scored densely (blocks of
+    ``batch_size``), so every list is the dense blend's; those users' ``shares`` are NaN (the
+    dense score keeps no parts)."""
+    ranked = blend_top_n(parts, heard, n, users)
+    redo = np.flatnonzero(~ranked.certified)
+    if len(redo):
+        again = user_top_n(scorer, heard, n, batch_size, users[redo], dense=True)
+        ranked.top.ids[redo], ranked.top.scores[redo] = again.ids, again.scores
+        ranked.shares[:, redo] = np.nan
+    return ranked
 
 
 def _factor_top_n(model: Factors, block: np.ndarray, seen: sp.csr_matrix, n: int) -> TopN:
@@ -239,7 +250,8 @@ def recommend(
 ) -> Recommended:
     """The recommend stage: related artists for every artist, from ``related_index`` or else by
     exact search, and the top ``n`` artists for every user with everything in ``heard`` (CSR,
-    users x artists) excluded, each with the heard artist behind it (``tasks.explain.because``).
+    users x artists) excluded, each with the heard artist behind it (``tasks.explain.because``,
+    given a two-stage blend's shares of each listed artist from its top-N).
     ``user_index`` (inner product, over ``retrieval_factors(user_model)``) serves a factor model's
     lists or a blend's factor candidates; without it the lists are exact. ``compared``: other
     factor models (name -> model and its index over its similarity factors, or None for exact
@@ -267,16 +279,22 @@ def recommend(
         raise RecsError(
             f"user model {user_model.name!r} has no factors to search an index with; set index.approximate_users to false"
         )
+    everyone = np.arange(heard.shape[0])
+    shares = None  # a two-stage blend's parts' terms of each listed artist, for the because
     if user_index is not None and factors is not None and parts is not None:
-        users = blend_top_n(parts, heard, n, np.arange(heard.shape[0]), search=(factors, user_index.searcher())).top
+        ranked = blend_top_n(parts, heard, n, everyone, search=(factors, user_index.searcher()))
+        users, shares = ranked.top, ranked.shares
     elif user_index is not None and factors is user_model:
         users = user_top_n_approx(user_index, factors.user_factors, factors.artist_factors, heard, n)
+    elif parts is not None:  # cfg.two_stage: user_top_n's two-stage path, keeping the shares
+        ranked = certified_top_n(user_model, parts, heard, n, everyone)
+        users, shares = ranked.top, ranked.shares
     else:
         users = user_top_n(user_model, heard, n, dense=None if cfg.two_stage is None else not cfg.two_stage)
     seconds["users"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    explained = because(user_model, heard, users.ids)
+    explained = because(user_model, heard, users.ids, shares=shares)
     seconds["because"] = time.perf_counter() - start
 
     start = time.perf_counter()

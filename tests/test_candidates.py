@@ -15,7 +15,7 @@ from tasks.models.ease import EASEConfig
 from tasks.models.implicit_mf import ALSConfig
 from tasks.models.registry import fit
 from tasks.models.rp3beta import RP3betaConfig
-from tasks.recommend import recall_at_n, user_top_n
+from tasks.recommend import certified_top_n, recall_at_n, user_top_n
 from tasks.weight import weight
 
 
@@ -75,6 +75,15 @@ def test_two_stage_lists_are_the_dense_blends(shipped_blend):
     # user_top_n ranks every blend this way, scoring the uncertified users densely
     full = user_top_n(blend, plays, 10)
     assert np.allclose(full.scores, scores, atol=1e-4)
+    # each part's share of a listed artist is its term of the score (NaN on padding); the users
+    # ranked densely have none
+    listed = ranked.top.ids >= 0
+    assert np.allclose(ranked.shares.sum(axis=0)[listed], ranked.top.scores[listed], atol=1e-5)
+    assert np.isnan(ranked.shares[:, ~listed]).all()
+    certified = certified_top_n(blend, two_stage_parts(blend), plays, 10, users)
+    np.testing.assert_array_equal(certified.top.ids, full.ids)
+    assert np.isnan(certified.shares[:, ~good]).all()
+    np.testing.assert_array_equal(certified.shares[:, good], ranked.shares[:, good])
 
 
 def test_two_stage_through_an_index_keeps_recall(shipped_blend, tmp_path):
