@@ -37,13 +37,18 @@ MAP_LABELS = 20  # names written on it
 RELATED_SHOWN = 10  # rows of the side-by-side related lists
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReportSummary:
     """What every report states about a run, whichever engine made it. No arrays: a Spark run,
     whose matrices stay on the executors, fills it from counts and metrics alone.
 
-    ``shape``: users, artists, pairs and total plays of the encoded data. ``stability``: None when
-    the engine does not measure it (the Spark path). Other fields as ``RunReport``'s.
+    ``shape``: users, artists, pairs and total plays of the encoded data.
+    ``timings``: wall seconds per stage, in flow order.
+    ``gate``: the quality gate's decision with both precision@10 figures (None: nothing compared).
+    ``stability``: overlap@10 with the dataset's previous current run, metric -> share in [0, 1]
+    (empty for a dataset's first run; None when the engine does not measure it, the Spark path).
+    ``choices``: what the run chose from the data's shape beyond the config (``runs.choices``:
+    index engine, user top-N path, ...).
     """
 
     run_id: str
@@ -59,68 +64,32 @@ class ReportSummary:
     timings: dict[str, float] = field(default_factory=dict)
     gate: str | None = None
     stability: dict[str, float] | None = field(default_factory=dict)
-    data_check: str = ""
-    database: str = ""
+    data_check: str = ""  # Downloaded.check: how the data was known to be current
+    database: str = ""  # the URL the run was published to, password masked
     choices: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class RunReport:
-    """Everything the report shows about one run, gathered by the flow.
+@dataclass(frozen=True, kw_only=True)
+class RunReport(ReportSummary):
+    """A single-machine run's report: the summary plus the arrays its plots and lists need; its
+    ``shape`` follows from ``encoded``.
 
     ``related``: TopN over artist codes (artists x N) from the related-artists model.
     ``artist_factors``: float32, artists x f, of the related-artists model (for the norm plot).
-    ``timings``: wall seconds per stage, in flow order.
-    ``gate``: the quality gate's decision with both precision@10 figures (None: nothing compared).
-    ``stability``: overlap@10 with the dataset's previous current run, metric -> share in [0, 1]
-    (empty for a dataset's first run).
     ``related_by_model``: model name -> TopN over artist codes, for the side-by-side lists (empty:
     only ``related``, under the name of the related-artists model).
-    ``choices``: what the run chose from the data's shape beyond the config (``runs.choices``:
-    index engine, user top-N path, ...).
     """
 
-    run_id: str
-    dataset: str
-    source: str
-    sha256: str
     encoded: Encoded
-    bad_rows: BadRows
-    split_rule: str
-    test_pairs: int
-    models: dict[str, dict]
-    metrics: list[Metric]
     related: TopN
     artist_factors: np.ndarray
-    timings: dict[str, float] = field(default_factory=dict)
-    gate: str | None = None
-    stability: dict[str, float] = field(default_factory=dict)
-    data_check: str = ""  # Downloaded.check: how the data was known to be current
-    database: str = ""  # the URL the run was published to, password masked
     curves: Curves | None = None  # an ALS model's training curves (None: the run has no ALS model)
     related_by_model: dict[str, TopN] = field(default_factory=dict)  # every related model's TopN, shipped first
-    choices: dict = field(default_factory=dict)
+    shape: tuple[int, int, int, float] = field(init=False)
 
-    def summary(self) -> ReportSummary:
+    def __post_init__(self) -> None:
         enc = self.encoded
-        return ReportSummary(
-            run_id=self.run_id,
-            dataset=self.dataset,
-            source=self.source,
-            sha256=self.sha256,
-            shape=(enc.n_users, enc.n_artists, enc.plays.nnz, float(enc.plays.sum())),
-            bad_rows=self.bad_rows,
-            split_rule=self.split_rule,
-            test_pairs=self.test_pairs,
-            models=self.models,
-            metrics=self.metrics,
-            timings=self.timings,
-            gate=self.gate,
-            stability=self.stability,
-            data_check=self.data_check,
-            database=self.database,
-            choices=self.choices,
-        )
+        object.__setattr__(self, "shape", (enc.n_users, enc.n_artists, enc.plays.nnz, float(enc.plays.sum())))
 
 
 def _label(metric: Metric) -> str:
@@ -378,8 +347,7 @@ def render_report(report: RunReport) -> str:
     stability against the previous current run, index recall, the related artists of each model
     for a few well-known artists side by side, timings per stage, and embedded PNG plots (ranking
     quality, embedding map, embedding norm vs popularity), each under its own heading."""
-    summary = report.summary()
-    lines = _summary_lines(summary)
+    lines = _summary_lines(report)
     lines += ["", f"## Related artists of each model (first {RELATED_SHOWN})", ""]
     lines += related_side_by_side(report)
     lines += ["## Embedding map", "", f"![embedding map]({embedding_map(report.artist_factors, report.encoded)})", ""]
@@ -395,7 +363,7 @@ def render_report(report: RunReport) -> str:
         ]
     lines += ["", "## Embedding norm vs popularity", ""]
     lines += [f"![embedding norm vs popularity]({norm_plot(report.artist_factors, report.encoded.listeners)})"]
-    return "\n".join(lines + _timing_lines(summary)) + "\n"
+    return "\n".join(lines + _timing_lines(report)) + "\n"
 
 
 def render_spark_report(summary: ReportSummary) -> str:

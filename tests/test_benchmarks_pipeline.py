@@ -46,19 +46,18 @@ RECOMMEND_PARTS = ("related", "users", "because", "recall_check")
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> dict:
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.pipeline",
-        "--quick",
-        "--work-dir",
-        str(tmp_path_factory.mktemp("bench")),
-    ]
+    return run_quick("benchmarks.pipeline", "--work-dir", str(tmp_path_factory.mktemp("bench")), timeout=600)
+
+
+def run_quick(module: str, *args: str, timeout: float) -> dict:
+    """``python -m <module> --quick *args`` as users run it (into the test PostgreSQL too, when
+    ``RECS_TEST_POSTGRES_URL`` is set); its JSON output."""
+    command = [sys.executable, "-m", module, "--quick", *args]
     postgres = os.environ.get("RECS_TEST_POSTGRES_URL")
     if postgres:
         command += ["--postgres", postgres]
     env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 

@@ -8,31 +8,19 @@ recall figures it promises.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from benchmarks.spark import SPARK_STAGES
+from tests.test_benchmarks_pipeline import run_quick
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def quick() -> dict:
-    command = [sys.executable, "-m", "benchmarks.spark", "--quick"]
-    postgres = os.environ.get("RECS_TEST_POSTGRES_URL")
-    if postgres:
-        command += ["--postgres", postgres]
-    env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
+    return run_quick("benchmarks.spark", timeout=900)
 
 
 def test_every_spark_stage_is_timed_beside_the_single_machine_run(quick):
