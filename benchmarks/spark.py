@@ -20,7 +20,8 @@ own:
   the single-machine stages on the same file, for the side-by-side.
 
 Prints one JSON object: per size and engine the stages, and ``growth``: each Spark stage's seconds
-divided by the previous size's, beside the data's growth (rows ratio), so linear stages read ~1.
+divided by the previous size's, beside the data's growth (pairs, users x artists, artists^2), so a
+stage reads as linear when its ratio follows the measure it scales with.
 Timings on a shared machine are noisy; the JSON records the load average at the start.
 """
 
@@ -154,13 +155,19 @@ def _in_fresh_process(fn, *args):
 
 
 def _growth(points: dict[str, dict]) -> dict:
-    """Per Spark stage: seconds at each size / seconds at the previous size, beside rows' ratio."""
+    """Per Spark stage: seconds at each size / seconds at the previous size, beside the growth of
+    the pairs (what parse, split, factorize and publish scale with) and of users x artists (what
+    exact user top-N and, as artists^2, related artists scale with)."""
     names = list(points)
     out = {}
     for before, after in zip(names, names[1:], strict=False):
         a, b = points[before]["spark"], points[after]["spark"]
         out[f"{before}->{after}"] = {
             "pairs": round(b["shape"]["pairs"] / a["shape"]["pairs"], 2),
+            "users_x_artists": round(
+                b["shape"]["users"] * b["shape"]["artists"] / (a["shape"]["users"] * a["shape"]["artists"]), 2
+            ),
+            "artists_squared": round((b["shape"]["artists"] / a["shape"]["artists"]) ** 2, 2),
             **{s: round(b["stages"][s]["seconds"] / max(a["stages"][s]["seconds"], 1e-9), 2) for s in SPARK_STAGES},
             "total": round(b["total"]["seconds"] / max(a["total"]["seconds"], 1e-9), 2),
         }

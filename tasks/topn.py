@@ -50,14 +50,31 @@ def stacked(parts: list[TopN], n: int) -> TopN:
     return TopN(ids=np.vstack([p.ids for p in parts]), scores=np.vstack([p.scores for p in parts]))
 
 
-def inner_topk(items: np.ndarray, queries: np.ndarray, k: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+def inner_topk(
+    items: np.ndarray, queries: np.ndarray, k: int, num_threads: int = 0, **kwargs
+) -> tuple[np.ndarray, np.ndarray]:
     """implicit's ``topk``: the ``k`` best items by inner product for each query row.
 
-    It runs its own threads over query rows; a multi-threaded BLAS underneath would only
-    oversubscribe the cores (3x slower measured on 2 cores), hence the limit.
+    It runs its own threads over query rows (``num_threads``, 0 = every core); a multi-threaded
+    BLAS underneath would only oversubscribe the cores (3x slower measured on 2 cores), hence
+    the limit.
     """
     with threadpool_limits(1, "blas"):
-        return topk(items, queries, k, num_threads=0, **kwargs)
+        return topk(items, queries, k, num_threads=num_threads, **kwargs)
+
+
+def unheard_inner_top_n(
+    items: np.ndarray, queries: np.ndarray, heard: sp.csr_matrix, n: int, num_threads: int = 0
+) -> TopN:
+    """The ``n`` best rows of ``items`` (float32, items x f) by inner product with each row of
+    ``queries`` (float32, queries x f), the items in that query's row of ``heard`` (CSR, queries
+    x items) excluded; best first, -1 / NaN where fewer remain. implicit's ``topk`` marks the
+    slots left after filtering with the lowest float32."""
+    k = min(n, items.shape[0])
+    ids, scores = inner_topk(items, queries, k, num_threads, filter_query_items=heard)
+    missing = scores <= np.finfo(np.float32).min
+    ids[missing] = -1
+    return padded(ids, np.where(missing, np.nan, scores), n)
 
 
 def pair_keys(matrix: sp.csr_matrix) -> np.ndarray:

@@ -114,3 +114,30 @@ def test_related_artists_are_exact_and_top_n_excludes_heard(hetrec, fitted):
     assert heard.count() == 0
     ranks = pd.Series(top.select("rank").toPandas()["rank"]).value_counts()
     assert set(ranks.index) == set(range(1, 11))
+
+
+def test_model_top_n_is_the_exact_unheard_top_n(hetrec, fitted):
+    """Every user's list against dense numpy scores of the collected factors, heard artists
+    (train and test) masked: the same scores rank by rank (ties may swap equal artists), each
+    score is that pair's ``user @ artist``, and no artist is heard."""
+    encoded, _, _, _ = hetrec
+    users = fitted.userFactors.toPandas().sort_values("id")
+    artists = fitted.itemFactors.toPandas().sort_values("id")
+    u, a = np.stack(users["features"]).astype(np.float32), np.stack(artists["features"]).astype(np.float32)
+    heard = _csr(encoded.plays, "plays", (encoded.n_users, encoded.n_artists))
+    row = np.full(encoded.n_users, -1)
+    row[users["id"].to_numpy()] = np.arange(len(users))
+    col = np.full(encoded.n_artists, -1)
+    col[artists["id"].to_numpy()] = np.arange(len(artists))
+    scores = u @ a.T
+    mask = heard[users["id"].to_numpy()][:, artists["id"].to_numpy()].toarray() > 0
+    scores[mask] = -np.inf
+    want = -np.sort(-scores, axis=1)[:, :10]
+
+    got = model_top_n(fitted, encoded.plays, 10).toPandas().sort_values(["user_id", "rank"])
+    assert len(got) == 10 * len(users) and got.groupby("user_id")["rank"].agg(list).map(list(range(1, 11)).__eq__).all()
+    r, c = row[got["user_id"].to_numpy()], col[got["artist_id"].to_numpy()]
+    assert (c >= 0).all() and not mask[r, c].any()
+    np.testing.assert_allclose(got["score"], (u[r] * a[c]).sum(1), rtol=1e-4, atol=1e-5)
+    # both sorted by user id, so row i is the same user
+    np.testing.assert_allclose(got["score"].to_numpy().reshape(-1, 10), want, rtol=1e-4, atol=1e-5)

@@ -26,6 +26,10 @@ def spark_session(cfg: SparkConfig) -> SparkSession:
     # Python workers (pandas UDFs) run this interpreter, so they see the same packages; on a
     # cluster set PYSPARK_PYTHON to the shipped environment's python instead (docs/scaling.md).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # Spark's ALS solves one small system per user and artist through native BLAS/LAPACK when the
+    # machine has one (libopenblas); a task per core is the parallelism, so each call gets one
+    # thread (Spark's ML guide). Local mode's JVM inherits this process's environment.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     builder = SparkSession.builder.appName("lastfm-recs-retrain")
     builder = builder.remote(cfg.connect) if cfg.connect else builder.master(cfg.master)
     settings = {
@@ -35,6 +39,7 @@ def spark_session(cfg: SparkConfig) -> SparkSession:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
+        "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
         **({"spark.executor.memory": cfg.executor_memory} if cfg.executor_memory else {}),
         **cfg.extra,
     }
