@@ -83,7 +83,7 @@ def run_spark(tsv: str, db: str, master: str, seed: int) -> dict:
     from tasks.spark.split import per_user_holdout
     from tasks.spark.weight import weight
 
-    config = RetrainConfig(spark=SparkConfig(master=master, shuffle_partitions=8, driver_memory="3g"))
+    config = RetrainConfig(spark=SparkConfig(master=master, shuffle_partitions=8, driver_memory="6g"))
     model, n, e = config.spark.model, config.n, config.eval
     spark = spark_session(config.spark)
     stages = SparkStages(spark.sparkContext._gateway.proc.pid)  # type: ignore[union-attr]
