@@ -336,12 +336,20 @@ def tune(
             trials += 1  # anchors come on top of the requested trials
     before = {t.number for t in handle.get_trials(deepcopy=False) if t.state.is_finished()}
 
+    objective, callbacks = _Objective(plays, settings, space), [lambda s, t: on_trial(_trial(t))] if on_trial else []
+    # Queued trials (the anchors, or ones a stopped search left queued) run here, before any
+    # worker starts: two processes can pop the same queued trial from SQLite, which takes no row
+    # lock, and the second then fails with "Cannot tell a COMPLETE trial" (optuna#4002).
+    queued = min(len(handle.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))), trials)
+    if queued:
+        handle.optimize(objective, n_trials=queued, catch=(RecsError,), callbacks=callbacks)
+    trials -= queued
     workers = min(workers or default_workers(), trials)
     if workers == 1:
-        callbacks = [lambda s, t: on_trial(_trial(t))] if on_trial else []
-        handle.optimize(_Objective(plays, settings, space), n_trials=trials, catch=(RecsError,), callbacks=callbacks)
-    else:
-        _optimise_in_workers(handle, storage, study, seed, plays, settings, space, trials, workers, before, on_trial)
+        handle.optimize(objective, n_trials=trials, catch=(RecsError,), callbacks=callbacks)
+    elif workers > 1:
+        seen = before | {t.number for t in handle.get_trials(deepcopy=False) if t.state.is_finished()}
+        _optimise_in_workers(handle, storage, study, seed, plays, settings, space, trials, workers, seen, on_trial)
 
     done = [_trial(t) for t in handle.get_trials(deepcopy=False) if t.state.is_finished()]
     done.sort(key=lambda t: t.number)
