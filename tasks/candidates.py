@@ -38,7 +38,8 @@ import scipy.sparse as sp
 
 from tasks.contracts import Factors, Scorer, TopN
 from tasks.models.blend import Blend
-from tasks.topn import MAX_BLOCK_CELLS, first_unheard, inner_topk, pair_keys, top_n
+from tasks.sparse_rows import RowStats, moments_and_top, values_at
+from tasks.topn import first_unheard, inner_topk, top_n
 
 # Candidates per part for lists of n: on HetRec 2K with the shipped blend, 5n certified 1,890 of
 # 1,892 users (tests/test_candidates.py prints the share); fewer certify fewer, and each
@@ -58,9 +59,13 @@ Search = Callable[[np.ndarray, int | np.ndarray], np.ndarray]
 
 @runtime_checkable
 class SparseScorer(Protocol):
-    """A ``Scorer`` whose scores are a sparse product (item-kNN, RP3beta): zero off the support."""
+    """A ``Scorer`` whose scores are a sparse product (item-kNN, RP3beta), zero off its support:
+    ``history(heard) @ weights``, ``weights`` CSR, artists x artists, float32, sorted indices."""
 
-    def sparse_score(self, users: np.ndarray, heard: sp.csr_matrix) -> sp.csr_matrix: ...
+    @property
+    def weights(self) -> sp.csr_matrix: ...
+
+    def history(self, heard: sp.csr_matrix) -> sp.csr_matrix: ...
 
 
 @dataclass(frozen=True)
@@ -164,21 +169,18 @@ def _block_top_n(
     ]
     cand = _distinct(np.hstack([s.candidates for s in scored]).astype(np.int64))
     valid = cand >= 0
-    mix = np.zeros(cand.shape, dtype=np.float64)
-    bound = np.zeros(len(block), dtype=np.float64)
-    exhausted = np.zeros(len(block), dtype=bool)
-    for part, s in zip(parts, scored):
-        mix += part.weight * s.z(np.maximum(cand, 0))
-        exhausted |= np.isnan(s.last)
-        bound += part.weight * (np.nan_to_num(s.last) - s.mean) / s.std
+    # each part's weighted standardised score of each candidate: parts x block x candidates
+    terms = np.stack([part.weight * s.z(np.maximum(cand, 0)) for part, s in zip(parts, scored)])
+    mix = terms.sum(axis=0)
     mix[~valid] = -np.inf
+    bound = np.sum([part.weight * (np.nan_to_num(s.last) - s.mean) / s.std for part, s in zip(parts, scored)], axis=0)
+    exhausted = np.any([np.isnan(s.last) for s in scored], axis=0)
     best = top_n(mix.astype(np.float32), n)
     picked = best.ids >= 0
     ids = np.where(picked, np.take_along_axis(cand, np.maximum(best.ids, 0), axis=1), -1).astype(np.int32)
     # exhausted: every unheard artist was a candidate of some factor part, so nothing is outside
     certified = exhausted | (best.scores[:, n - 1] > bound)
-    # each part's term of the listed artists' scores, from its statistics already at hand
-    shares = np.stack([part.weight * s.z(np.maximum(ids, 0)) for part, s in zip(parts, scored)])
+    shares = np.take_along_axis(terms, np.broadcast_to(np.maximum(best.ids, 0), (len(parts), *best.ids.shape)), axis=2)
     shares[:, ~picked] = np.nan
     return Ranked(TopN(ids=ids, scores=best.scores), certified, shares.astype(np.float32))
 
@@ -245,79 +247,27 @@ def _factor_part(
 
 
 def _sparse_moments(
-    part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np.ndarray
-) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray, np.ndarray, sp.csr_matrix]:
-    """(z, mean, std, unheard scores as CSR) of a sparse part over each user's unheard artists."""
+    part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np.ndarray, depth: int = 0
+) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray, np.ndarray, RowStats]:
+    """(z, mean, std, the ``depth`` largest unheard scores) of a sparse part over each user's
+    unheard artists (``tasks.sparse_rows``: the product ``heard @ W`` itself is never built)."""
     model = part.scorer
     assert isinstance(model, SparseScorer)
-    scores = sp.csr_matrix(model.sparse_score(block, seen), dtype=np.float32)
-    scores.sum_duplicates()
-    scores.sort_indices()
-    binary = sp.csr_matrix((np.ones(seen.nnz, np.float32), seen.indices, seen.indptr), shape=seen.shape)
-    at_heard = scores.multiply(binary).tocsr()  # the heard artists' scores: out of the statistics
-    count = len(block)
-    fresh = (scores - at_heard).tocsr()
-    fresh.eliminate_zeros()
-    # summed over the unheard entries directly, in float64: all entries' sums minus the heard ones'
-    # cancel badly where heard artists score far above the rest (RP3beta's squares at 0.05 %)
-    wide = fresh.astype(np.float64)
-    mean, std = _moments(_row_sums(wide), _row_sums(wide.power(2)), unheard)
-    keys = pair_keys(scores)
+    rows = model.history(seen)
+    stats = moments_and_top(rows, model.weights, depth)
+    mean, std = _moments(stats.total, stats.squares, unheard)
 
     def z(codes: np.ndarray) -> np.ndarray:
-        query = np.arange(count, dtype=np.int64)[:, None] * seen.shape[1] + codes
-        if not len(keys):
-            return np.broadcast_to((-mean / std)[:, None], query.shape)
-        at = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-        value = np.where(keys[at] == query, scores.data[at], 0.0)
-        return (value - mean[:, None]) / std[:, None]
+        return (values_at(rows, model.weights, codes) - mean[:, None]) / std[:, None]
 
-    return z, mean, std, fresh
+    return z, mean, std, stats
 
 
 def _sparse_part(part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np.ndarray, depth: int) -> _Scored:
-    z, mean, std, fresh = _sparse_moments(part, block, seen, unheard)
-    ids, best = _row_top(fresh, depth)
+    z, mean, std, top = _sparse_moments(part, block, seen, unheard, depth)
     # an artist outside the candidates scores at most the last one, or 0 off the support
-    last = np.maximum(np.where(ids[:, -1] >= 0, best[:, -1], 0.0), 0.0)
-    return _Scored(ids, last, z, mean, std)
-
-
-def _row_sums(matrix: sp.csr_matrix) -> np.ndarray:
-    """float64 sum of each row of ``matrix`` (CSR)."""
-    return np.asarray(matrix.sum(axis=1, dtype=np.float64)).ravel()
-
-
-def _row_top(matrix: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` largest positive entries of each row of ``matrix`` (CSR, rows x artists):
-    ``(ids, values)``, rows x k, best first, -1 / -inf padded. Each row's entries are laid out
-    left-aligned in a dense block (by scipy, with 0 as padding, which is no candidate), in groups
-    of rows of similar length within ``MAX_BLOCK_CELLS`` cells."""
-    n_rows = matrix.shape[0]
-    widths = np.diff(matrix.indptr)
-    ids = np.full((n_rows, k), -1, dtype=np.int64)
-    best = np.full((n_rows, k), -np.inf, dtype=np.float64)
-    order = np.argsort(widths, kind="stable")
-    sorted_widths = np.maximum(widths[order], k)
-    start = 0
-    while start < n_rows:
-        # the group grows while (its rows) x (its widest row, the last) stays within the budget
-        fits = np.arange(1, n_rows - start + 1) * sorted_widths[start:] <= MAX_BLOCK_CELLS
-        size = len(fits) if fits.all() else max(1, int(np.argmin(fits)))
-        rows = order[start : start + size]
-        start += size
-        group = matrix[rows]
-        lengths = np.diff(group.indptr)
-        offset = np.arange(group.nnz) - np.repeat(group.indptr[:-1], lengths)
-        width = max(int(lengths.max(initial=0)), k)
-        dense = sp.csr_matrix((group.data, offset, group.indptr), shape=(len(rows), width)).toarray()
-        dense[dense <= 0] = -np.inf
-        top = top_n(dense, k)
-        got = top.ids >= 0
-        at = np.minimum(group.indptr[:-1, None] + np.maximum(top.ids, 0), max(group.nnz - 1, 0))
-        ids[rows] = np.where(got, group.indices[at] if group.nnz else -1, -1)
-        best[rows] = np.where(got, top.scores, -np.inf)
-    return ids, best
+    last = np.maximum(np.where(top.ids[:, -1] >= 0, top.values[:, -1], 0.0), 0.0)
+    return _Scored(top.ids, last, z, mean, std)
 
 
 def _distinct(candidates: np.ndarray) -> np.ndarray:

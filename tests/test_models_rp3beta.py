@@ -56,14 +56,14 @@ def test_weights_equal_a_dense_reference(alpha, beta, k):
     np.testing.assert_allclose(scores, x @ reference, rtol=1e-4)
 
 
-def test_blocks_of_rows_give_the_same_weights(monkeypatch):
+@pytest.mark.parametrize("threads", [1, 3, 7])
+def test_any_split_of_the_rows_gives_the_same_weights(threads):
     x = _random_plays(seed=3, users=30, artists=25)
     train = sp.csr_matrix(x.astype(np.float32))
-    whole = fit(train, RP3betaConfig(neighbours=5, beta=0.5)).weights
-    monkeypatch.setattr(rp3beta, "BLOCK_PRODUCTS", 7)  # a block every row or two
-    blocked = fit(train, RP3betaConfig(neighbours=5, beta=0.5)).weights
-    assert (whole != blocked).nnz == 0
-    np.testing.assert_allclose(blocked.toarray(), _reference(x, 1.0, 0.5, 5), rtol=1e-5, atol=1e-7)
+    whole = rp3beta.rp3beta_weights(train, 1.0, 0.5, 5, threads=1)
+    split = rp3beta.rp3beta_weights(train, 1.0, 0.5, 5, threads=threads)
+    assert (whole != split).nnz == 0
+    np.testing.assert_allclose(split.toarray(), _reference(x, 1.0, 0.5, 5), rtol=1e-5, atol=1e-7)
 
 
 def test_ties_go_to_the_lower_artist_and_the_model_repeats():

@@ -57,13 +57,18 @@ class ItemKNN:
         self.fit_seconds = fit_seconds
 
     def score(self, users: np.ndarray, heard: sp.csr_matrix) -> np.ndarray:
-        return self.sparse_score(users, heard).toarray()
+        return (self.history(heard) @ self.similarity).toarray()
 
-    def sparse_score(self, users: np.ndarray, heard: sp.csr_matrix) -> sp.csr_matrix:
-        """``score`` without the zeros: CSR, len(users) x artists, float32 (the two-stage blend's input)."""
+    @property
+    def weights(self) -> sp.csr_matrix:
+        """``similarity``: the ``W`` of ``score = history(heard) @ W`` (the two-stage blend's input)."""
+        return self.similarity
+
+    def history(self, heard: sp.csr_matrix) -> sp.csr_matrix:
+        """``heard`` binarised: CSR, same shape, float32 ones."""
         heard = sp.csr_matrix(heard, dtype=np.float32, copy=True)
         heard.data[:] = 1.0
-        return sp.csr_matrix(heard @ self.similarity)
+        return heard
 
 
 def similarity(train: sp.csr_matrix, cfg: ItemKNNConfig) -> sp.csr_matrix:

@@ -11,10 +11,13 @@ walk; binarised plays are the special case every ``x_ui`` equal. As in Dacrema e
 diagonal (the walk back to the same artist) is dropped, and each row keeps its ``neighbours``
 largest entries. A user's scores are ``x_u @ W``.
 
-W is built a block of rows at a time, each block a sparse product whose size is bounded by
-``BLOCK_PRODUCTS`` (the multiplications it takes, an upper bound on its non-zeros), with a
-vectorised top-k per row, so no dense artists x artists matrix exists at any size: memory is the
-kept ``n_artists x neighbours`` entries (300K x 100: 30M) plus one block.
+W is built a row at a time in compiled code (``tasks.sparse_rows.top_k_of_product``): the row's walk accumulated in
+a dense vector over its listeners' histories, then its ``neighbours`` largest kept with a bounded
+heap, the rows split over the cores. scipy's sparse product of the same blocks materialised every
+pair of co-listened artists and sorted them all to keep a few (185 s of the default blend's 243 s
+fit at a quarter of Last.fm 360K, docs/performance.md). No dense artists x artists matrix exists
+at any size: memory is the kept ``n_artists x neighbours`` entries (300K x 100: 30M) plus one
+artists-long vector per core.
 """
 
 from __future__ import annotations
@@ -28,10 +31,7 @@ from pydantic import Field
 
 from tasks.errors import RecsError
 from tasks.models.base import BaseModelConfig
-
-# Multiplications per block of W's rows: 8M, so a block's sparse product and its sort keys stay
-# within a few hundred MB
-BLOCK_PRODUCTS = 1 << 23
+from tasks.sparse_rows import cores, runs, top_k_of_product
 
 
 class RP3betaConfig(BaseModelConfig):
@@ -61,11 +61,12 @@ class RP3beta:
         self.fit_seconds = fit_seconds
 
     def score(self, users: np.ndarray, heard: sp.csr_matrix) -> np.ndarray:
-        return self.sparse_score(users, heard).toarray()
+        return (self.history(heard) @ self.weights).toarray()
 
-    def sparse_score(self, users: np.ndarray, heard: sp.csr_matrix) -> sp.csr_matrix:
-        """``score`` without the zeros: CSR, len(users) x artists, float32 (the two-stage blend's input)."""
-        return sp.csr_matrix(sp.csr_matrix(heard, dtype=np.float32) @ self.weights)
+    def history(self, heard: sp.csr_matrix) -> sp.csr_matrix:
+        """``heard`` as the rows ``score = history(heard) @ weights`` takes: CSR, float32 (the
+        two-stage blend's input)."""
+        return sp.csr_matrix(heard, dtype=np.float32)
 
 
 def _row_normalised(x: sp.csr_matrix, alpha: float) -> sp.csr_matrix:
@@ -77,25 +78,12 @@ def _row_normalised(x: sp.csr_matrix, alpha: float) -> sp.csr_matrix:
     return out
 
 
-def top_k_rows(block: sp.csr_matrix, first_row: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``k`` largest positive entries of each row of ``block`` (CSR, rows ``first_row``... of an
-    artists x artists matrix), the diagonal left out; ties to the lower column. Returns
-    ``(rows, columns, values)``: int64, int64, float64 of the kept entries, in row order."""
-    rows = np.repeat(np.arange(first_row, first_row + block.shape[0]), np.diff(block.indptr))
-    cols, vals = block.indices.astype(np.int64), block.data
-    keep = (cols != rows) & (vals > 0)
-    rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    order = np.lexsort((cols, -vals, rows))
-    rows, cols, vals = rows[order], cols[order], vals[order]
-    counts = np.bincount(rows - first_row, minlength=block.shape[0])
-    rank = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-    best = rank < k
-    return rows[best], cols[best], vals[best]
-
-
-def rp3beta_weights(train: sp.csr_matrix, alpha: float, beta: float, k: int) -> sp.csr_matrix:
+def rp3beta_weights(
+    train: sp.csr_matrix, alpha: float, beta: float, k: int, threads: int | None = None
+) -> sp.csr_matrix:
     """W of RP3beta on ``train`` (CSR, users x artists, non-negative confidences): CSR, artists x
-    artists, float32, the ``k`` largest per row, zero diagonal."""
+    artists, float32, the ``k`` largest per row (ties to the lower artist), zero diagonal. Rows are
+    split over ``threads`` (default: every core) in runs of about equal multiplications."""
     x = sp.csr_matrix(train, dtype=np.float64)
     x.eliminate_zeros()
     n = x.shape[1]
@@ -103,26 +91,10 @@ def rp3beta_weights(train: sp.csr_matrix, alpha: float, beta: float, k: int) -> 
     to_user = _row_normalised(x.T.tocsr(), alpha)  # P(u|i)^α: artists x users
     listeners = np.bincount(x.indices, minlength=n).astype(np.float64)
     discount = np.where(listeners > 0, np.maximum(listeners, 1.0) ** -beta, 0.0)
-    # a row's multiplications: the summed history lengths of its listeners; blocks cut where
-    # their running total crosses a multiple of BLOCK_PRODUCTS
+    # a row's multiplications: the summed history lengths of its listeners
     history = np.diff(x.indptr).astype(np.float64)
     work = np.bincount(np.repeat(np.arange(n), np.diff(to_user.indptr)), history[to_user.indices], minlength=n)
-    before = np.cumsum(work) - work
-    cuts = np.flatnonzero(np.diff(before // BLOCK_PRODUCTS)) + 1
-    bounds = np.concatenate([[0], cuts, [n]]).astype(np.int64)
-    counts, cols, vals = [], [], []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        block = (to_user[lo:hi] @ to_artist).tocsr()
-        block.data *= discount[block.indices]
-        rows, c, v = top_k_rows(block, int(lo), k)
-        # kept compact (int32 / float32) and in row order, so CSR is built without a COO copy
-        counts.append(np.bincount(rows - lo, minlength=hi - lo))
-        cols.append(c.astype(np.int32))
-        vals.append(v.astype(np.float32))
-    indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))])
-    out = sp.csr_matrix((np.concatenate(vals), np.concatenate(cols), indptr), shape=(n, n))
-    out.sort_indices()
-    return out
+    return top_k_of_product(to_user, to_artist, discount, k, runs(work, threads or cores()))
 
 
 def fit_rp3beta(train: sp.csr_matrix, cfg: RP3betaConfig) -> RP3beta:

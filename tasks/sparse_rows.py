@@ -1,0 +1,285 @@
+"""Row-wise statistics and top-k of sparse products, without building the product: what the
+sparse item models (item-kNN, RP3beta) need at Last.fm 360K size.
+
+A row of a product of two sparse matrices has up to (row's entries) x (their rows' entries)
+entries: a user's row of ``heard @ W`` with 876 item-kNN neighbours about 42K at the 360K shape,
+86M for a block of 2,048 users; an artist's row of RP3beta's walk every artist co-listened with
+it. scipy builds those products, and each later step (sort, mask, square, look up, keep k) copies
+them again: that was most of the two-stage user top-N, 5 GB a block, and 185 s of the default
+blend's 243 s fit at a quarter of the 360K shape (docs/performance.md). No library computes a
+sparse product's per-row moments and top-k in one pass (implicit's item-kNN ``recommend`` keeps
+only its top-k, ``sparse_dot_topn`` the same, neither with a per-column scale or moments), so these
+kernels do, compiled with numba, a dense accumulator per thread reset through the list of the
+columns it touched, as scipy's own product does:
+
+- ``moments_and_top``: per row of ``H @ W`` (``H``: a block of users' heard rows, CSR, float32,
+  binarised for item-kNN, the weighted confidences for RP3beta; ``W``: the part's artists x
+  artists weights, CSR, float32, sorted indices), the sum and sum of squares of the entries
+  outside the row's own heard artists, and its ``depth`` largest positive ones;
+- ``values_at``: the same product's value at given artists of each row (the accumulation again,
+  read at those artists), so no row of it is kept between the two;
+- ``top_k_of_product``: the k largest entries of each row of ``(A @ B) * scale``, diagonal left
+  out (RP3beta's weights).
+
+Entries are accumulated in the order scipy's product uses (a row's entries in CSR order, then
+each one's row of the right-hand matrix), in its dtype, so the values are scipy's bit for bit.
+Rows are split over the cores in threads, the kernels releasing the GIL (numba's own thread
+pool is not safe to enter from several threads at once, which Prefect's task runners may do).
+All kernels live in this one file: numba's cache of a kernel is invalidated only by edits to the
+file that defines it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class RowStats:
+    """Per row of ``H @ W`` over the artists outside the row's heard ones: ``total`` and
+    ``squares`` (float64, rows), and the ``depth`` largest positive entries, best first (ties to
+    the lower artist code): ``ids`` (int64, rows x depth, -1 padded) and ``values`` (float64,
+    -inf padded)."""
+
+    total: np.ndarray
+    squares: np.ndarray
+    ids: np.ndarray
+    values: np.ndarray
+
+
+def cores() -> int:
+    """Cores this process may use (at least 1)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def runs(work: np.ndarray, parts: int) -> np.ndarray:
+    """Boundaries (int64, ascending, from 0 to ``len(work)``) cutting rows into at most ``parts``
+    runs of about equal summed ``work`` (float, one per row)."""
+    before = np.concatenate([[0.0], np.cumsum(work, dtype=np.float64)])
+    cuts = np.searchsorted(before, np.linspace(0, before[-1], parts + 1)[1:-1])
+    return np.unique(np.concatenate([[0], np.clip(cuts, 0, len(work)), [len(work)]])).astype(np.int64)
+
+
+def in_threads(kernel: Callable[..., None], bounds: np.ndarray, *args) -> None:
+    """``kernel(lo, hi, *args)`` for each run of rows ``bounds`` gives, one thread each (the
+    kernels release the GIL and write their rows of the output arrays in ``args``)."""
+    with ThreadPoolExecutor(max(len(bounds) - 1, 1)) as pool:
+        jobs = [pool.submit(kernel, int(lo), int(hi), *args) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        for job in jobs:
+            job.result()
+
+
+def _checked(heard: sp.csr_matrix, weights: sp.csr_matrix) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
+    """float32 CSR copies (where needed) and the rows' runs over the cores, by their non-zeros."""
+    if not weights.has_sorted_indices:
+        raise ValueError("weights must have sorted indices (CSR.sort_indices())")
+    h, w = sp.csr_matrix(heard, dtype=np.float32), sp.csr_matrix(weights, dtype=np.float32)
+    return h, w, runs(np.diff(h.indptr), min(cores(), max(h.shape[0], 1)))
+
+
+def moments_and_top(heard: sp.csr_matrix, weights: sp.csr_matrix, depth: int) -> RowStats:
+    """``RowStats`` of ``heard @ weights`` (see the module docstring for shapes)."""
+    h, w, bounds = _checked(heard, weights)
+    rows = h.shape[0]
+    stats = RowStats(
+        np.zeros(rows), np.zeros(rows), np.full((rows, depth), -1, np.int64), np.full((rows, depth), -np.inf)
+    )
+    in_threads(
+        _moments_and_top, bounds, h.indptr, h.indices, h.data, w.indptr, w.indices, w.data, w.shape[1],
+        stats.total, stats.squares, stats.ids, stats.values,
+    )  # fmt: skip
+    return stats
+
+
+def values_at(heard: sp.csr_matrix, weights: sp.csr_matrix, codes: np.ndarray) -> np.ndarray:
+    """``(heard @ weights)[r, codes[r, c]]`` for every row ``r`` and column ``c`` of ``codes``
+    (int64, rows x k, each in range): float32, rows x k, 0 off the product's support."""
+    h, w, bounds = _checked(heard, weights)
+    codes = np.ascontiguousarray(codes, dtype=np.int64)
+    out = np.zeros(codes.shape, dtype=np.float32)
+    in_threads(_values_at, bounds, h.indptr, h.indices, h.data, w.indptr, w.indices, w.data, codes, out)
+    return out
+
+
+def top_k_of_product(
+    a: sp.csr_matrix, b: sp.csr_matrix, scale: np.ndarray, k: int, bounds: np.ndarray | None = None
+) -> sp.csr_matrix:
+    """The ``k`` largest positive entries of each row of ``(a @ b) * scale`` (``a``: CSR, n x m;
+    ``b``: CSR, m x n; ``scale``: float64, n, per column), the diagonal left out, ties to the lower
+    column: CSR, n x n, float32, sorted indices. The product's entries are float64, summed in
+    scipy's order, so they are those of ``a @ b`` bit for bit. ``bounds``: runs of rows over the
+    threads (``runs``; default: rows split by their non-zeros over every core)."""
+    a, b = sp.csr_matrix(a, dtype=np.float64), sp.csr_matrix(b, dtype=np.float64)
+    n = a.shape[0]
+    cols = np.full((n, k), -1, dtype=np.int64)
+    vals = np.zeros((n, k), dtype=np.float64)
+    bounds = runs(np.diff(a.indptr), min(cores(), max(n, 1))) if bounds is None else bounds
+    in_threads(
+        _top_k_of_product, bounds, a.indptr, a.indices, a.data, b.indptr, b.indices, b.data,
+        np.asarray(scale, dtype=np.float64), cols, vals,
+    )  # fmt: skip
+    kept = cols >= 0
+    indptr = np.concatenate([[0], np.cumsum(kept.sum(axis=1))])
+    out = sp.csr_matrix((vals[kept].astype(np.float32), cols[kept].astype(np.int32), indptr), shape=(n, b.shape[1]))
+    out.sort_indices()
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def push(heap_v, heap_i, size, value, code):  # pragma: no cover - compiled
+    """Offer (value, code) to a bounded min-heap of the best entries kept so far (``size`` of them,
+    capacity ``len(heap_v)``, the worst at the root); returns the new size."""
+    if size < len(heap_v):
+        at = size
+        heap_v[at], heap_i[at] = value, code
+        while at > 0:
+            parent = (at - 1) // 2
+            if not _worse(heap_v[at], heap_i[at], heap_v[parent], heap_i[parent]):
+                break
+            heap_v[at], heap_v[parent] = heap_v[parent], heap_v[at]
+            heap_i[at], heap_i[parent] = heap_i[parent], heap_i[at]
+            at = parent
+        return size + 1
+    if size and _worse(heap_v[0], heap_i[0], value, code):
+        heap_v[0], heap_i[0] = value, code
+        _sift_down(heap_v, heap_i, size)
+    return size
+
+
+@numba.njit(nogil=True, cache=True)
+def pop_all(heap_v, heap_i, size, values, ids):  # pragma: no cover - compiled
+    """Empty the heap into ``values`` / ``ids`` (1-d, at least ``size`` long), best first."""
+    for slot in range(size - 1, -1, -1):
+        values[slot], ids[slot] = heap_v[0], heap_i[0]
+        heap_v[0], heap_i[0] = heap_v[slot], heap_i[slot]
+        _sift_down(heap_v, heap_i, slot)
+
+
+@numba.njit(nogil=True, cache=True)
+def _worse(value, code, than_value, than_code):  # pragma: no cover - compiled
+    """Ranks (value, code) below (than_value, than_code): a smaller value, or a tie at a higher code."""
+    return value < than_value or (value == than_value and code > than_code)
+
+
+@numba.njit(nogil=True, cache=True)
+def _sift_down(heap_v, heap_i, size):  # pragma: no cover - compiled
+    """Restore a min-heap (the worst kept entry at the root) after its root was replaced."""
+    at = 0
+    while True:
+        left = 2 * at + 1
+        if left >= size:
+            return
+        child = left
+        if left + 1 < size and _worse(heap_v[left + 1], heap_i[left + 1], heap_v[left], heap_i[left]):
+            child = left + 1
+        if not _worse(heap_v[child], heap_i[child], heap_v[at], heap_i[at]):
+            return
+        heap_v[at], heap_v[child] = heap_v[child], heap_v[at]
+        heap_i[at], heap_i[child] = heap_i[child], heap_i[at]
+        at = child
+
+
+@numba.njit(nogil=True, cache=True)
+def _moments_and_top(
+    lo, hi, indptr, indices, data, w_indptr, w_indices, w_data, n_artists, total, squares, ids, values
+):  # pragma: no cover - compiled
+    depth = ids.shape[1]
+    acc = np.zeros(n_artists, dtype=np.float32)
+    touched = np.zeros(n_artists, dtype=np.bool_)
+    heard = np.zeros(n_artists, dtype=np.bool_)
+    order = np.empty(n_artists, dtype=np.int64)
+    heap_v = np.empty(depth, dtype=np.float64)
+    heap_i = np.empty(depth, dtype=np.int64)
+    for r in range(lo, hi):
+        m = 0
+        for k in range(indptr[r], indptr[r + 1]):
+            i = indices[k]
+            heard[i] = True
+            h = data[k]
+            for kk in range(w_indptr[i], w_indptr[i + 1]):
+                j = w_indices[kk]
+                if not touched[j]:
+                    touched[j] = True
+                    order[m] = j
+                    m += 1
+                acc[j] += h * w_data[kk]
+        s = 0.0
+        s2 = 0.0
+        size = 0
+        for t in range(m):
+            j = order[t]
+            if heard[j]:
+                continue
+            v = np.float64(acc[j])
+            s += v
+            s2 += v * v
+            if v > 0.0:
+                size = push(heap_v, heap_i, size, v, j)
+        total[r] = s
+        squares[r] = s2
+        pop_all(heap_v, heap_i, size, values[r], ids[r])
+        for t in range(m):
+            acc[order[t]] = 0.0
+            touched[order[t]] = False
+        for k in range(indptr[r], indptr[r + 1]):
+            heard[indices[k]] = False
+
+
+@numba.njit(nogil=True, cache=True)
+def _values_at(lo, hi, indptr, indices, data, w_indptr, w_indices, w_data, codes, out):  # pragma: no cover - compiled
+    acc = np.zeros(w_indptr.shape[0] - 1, dtype=np.float32)
+    for r in range(lo, hi):
+        for k in range(indptr[r], indptr[r + 1]):
+            i = indices[k]
+            h = data[k]
+            for kk in range(w_indptr[i], w_indptr[i + 1]):
+                acc[w_indices[kk]] += h * w_data[kk]
+        for c in range(codes.shape[1]):
+            out[r, c] = acc[codes[r, c]]
+        for k in range(indptr[r], indptr[r + 1]):
+            i = indices[k]
+            for kk in range(w_indptr[i], w_indptr[i + 1]):
+                acc[w_indices[kk]] = 0.0
+
+
+@numba.njit(nogil=True, cache=True)
+def _top_k_of_product(
+    lo, hi, a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, scale, cols, vals
+):  # pragma: no cover - compiled
+    """Rows ``lo:hi`` into ``cols`` / ``vals`` (rows x k, best first, -1 padded): each row of
+    ``A @ B`` accumulated densely (float64, in scipy's product order), scaled by column, the
+    diagonal and non-positive entries left out, the k largest kept."""
+    n = len(scale)
+    acc = np.zeros(n, dtype=np.float64)
+    touched = np.zeros(n, dtype=np.bool_)
+    order = np.empty(n, dtype=np.int64)
+    heap_v = np.empty(cols.shape[1], dtype=np.float64)
+    heap_i = np.empty(cols.shape[1], dtype=np.int64)
+    for i in range(lo, hi):
+        m = 0
+        for k in range(a_indptr[i], a_indptr[i + 1]):
+            u = a_indices[k]
+            p = a_data[k]
+            for kk in range(b_indptr[u], b_indptr[u + 1]):
+                j = b_indices[kk]
+                if not touched[j]:
+                    touched[j] = True
+                    order[m] = j
+                    m += 1
+                acc[j] += p * b_data[kk]
+        size = 0
+        for t in range(m):
+            j = order[t]
+            v = acc[j] * scale[j]
+            acc[j] = 0.0
+            touched[j] = False
+            if j != i and v > 0.0:
+                size = push(heap_v, heap_i, size, v, j)
+        pop_all(heap_v, heap_i, size, vals[i], cols[i])
