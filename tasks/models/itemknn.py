@@ -74,12 +74,14 @@ class ItemKNN:
 def similarity(train: sp.csr_matrix, cfg: ItemKNNConfig) -> sp.csr_matrix:
     """implicit's item-item similarity of ``train`` (CSR, users x artists, float32 confidences):
     CSR, artists x artists, float32, ``cfg.neighbours`` per row."""
+    # every core (num_threads=0): implicit computes each artist's row alone, so the similarity is
+    # the same at any thread count (1.65x quicker on 2 cores at a quarter of the 360K shape)
     if cfg.similarity == "bm25":
-        model = BM25Recommender(K=cfg.neighbours, K1=cfg.k1, B=cfg.b, num_threads=1)
+        model = BM25Recommender(K=cfg.neighbours, K1=cfg.k1, B=cfg.b, num_threads=0)
     elif cfg.similarity == "cosine":
-        model = CosineRecommender(K=cfg.neighbours, num_threads=1)
+        model = CosineRecommender(K=cfg.neighbours, num_threads=0)
     elif cfg.similarity == "tfidf":
-        model = TFIDFRecommender(K=cfg.neighbours, num_threads=1)
+        model = TFIDFRecommender(K=cfg.neighbours, num_threads=0)
     else:  # ItemKNNConfig's Literal already refuses other names; this guards direct callers
         raise RecsError(f"unknown item-kNN similarity {cfg.similarity!r}; use bm25, cosine or tfidf")
     with threadpool_limits(1, "blas"), warnings.catch_warnings():
