@@ -173,8 +173,9 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
             user_index = build_index(
                 retrieval.artist_factors, cfg, Path(config.work_dir) / "users.idx", inner_product=True, seed=seed
             )
-    # the flow recommends to users from everything they heard, train and test
-    heard = encoded.plays
+    # the flow recommends to users from everything they heard, train and test, weighted as the
+    # user model was fitted
+    heard = users.train if refit else weight(encoded.plays, users.model.weight)
     with stages("recommend"):
         recommended = recommend(
             related_factors,

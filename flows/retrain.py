@@ -507,11 +507,11 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
         user_index = index_task(
             retrieval.artist_factors, config, folder / f"users.{config.index.engine}", inner_product=True
         )
-    # every artist a user ever heard (train and test) is excluded from the published top-N; the
-    # scorers only read which artists were heard, not how often (item-kNN binarises its input)
-    recommended = recommend_task(
-        related_factors, users.scorer, related_index, user_index, encoded.plays, config, compared
-    )
+    # every artist a user ever heard (train and test) is excluded from the published top-N, and
+    # scored as the user model was fitted and evaluated: on its own weighting of the plays (RP3beta
+    # reads the weights, not only which artists were heard)
+    history = users.train if refit else weight_task(encoded.plays, users.model)
+    recommended = recommend_task(related_factors, users.scorer, related_index, user_index, history, config, compared)
     metrics = evaluate_task(evaluated, split, config) + recommended.recall + fit_metrics(published, evaluated)
     for m in metrics:
         logger.info("%-12s %-22s %s", m.model, m.metric if m.k is None else f"{m.metric}@{m.k}", f"{m.value:.4f}")
