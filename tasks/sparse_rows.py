@@ -109,25 +109,34 @@ def values_at(heard: sp.csr_matrix, weights: sp.csr_matrix, codes: np.ndarray) -
 
 
 def top_k_of_product(
-    a: sp.csr_matrix, b: sp.csr_matrix, scale: np.ndarray, k: int, bounds: np.ndarray | None = None
+    a: sp.csr_matrix,
+    b: sp.csr_matrix,
+    k: int,
+    scale: np.ndarray | None = None,
+    diagonal: bool = False,
+    threads: int | None = None,
 ) -> sp.csr_matrix:
     """The ``k`` largest positive entries of each row of ``(a @ b) * scale`` (``a``: CSR, n x m;
-    ``b``: CSR, m x n; ``scale``: float64, n, per column), the diagonal left out, ties to the lower
-    column: CSR, n x n, float32, sorted indices. The product's entries are float64, summed in
-    scipy's order, so they are those of ``a @ b`` bit for bit. ``bounds``: runs of rows over the
-    threads (``runs``; default: rows split by their non-zeros over every core)."""
+    ``b``: CSR, m x n; ``scale``: float64, n, per column, default 1), the diagonal kept only when
+    ``diagonal``, ties at the k-th to the lower columns: CSR, n x n, float32, sorted indices. The product's
+    entries are float64, summed in scipy's order, so they are those of ``a @ b`` bit for bit; 8
+    bytes a kept entry while rows are computed, then the compacted CSR. Rows are split over
+    ``threads`` (default: every core) in runs of about equal multiplications."""
     a, b = sp.csr_matrix(a, dtype=np.float64), sp.csr_matrix(b, dtype=np.float64)
     n = a.shape[0]
-    cols = np.full((n, k), -1, dtype=np.int64)
-    vals = np.zeros((n, k), dtype=np.float64)
-    bounds = runs(np.diff(a.indptr), min(cores(), max(n, 1))) if bounds is None else bounds
+    cols = np.full((n, k), -1, dtype=np.int32)
+    vals = np.zeros((n, k), dtype=np.float32)
+    scale = np.ones(b.shape[1]) if scale is None else np.asarray(scale, dtype=np.float64)
+    # a row's multiplications: the lengths of b's rows its entries point at
+    work = np.bincount(np.repeat(np.arange(n), np.diff(a.indptr)), np.diff(b.indptr)[a.indices], minlength=n)
+    bounds = runs(work, min(threads or cores(), max(n, 1)))
     in_threads(
-        _top_k_of_product, bounds, a.indptr, a.indices, a.data, b.indptr, b.indices, b.data,
-        np.asarray(scale, dtype=np.float64), cols, vals,
+        _top_k_of_product, bounds, a.indptr, a.indices, a.data, b.indptr, b.indices, b.data, scale, diagonal,
+        cols, vals,
     )  # fmt: skip
     kept = cols >= 0
     indptr = np.concatenate([[0], np.cumsum(kept.sum(axis=1))])
-    out = sp.csr_matrix((vals[kept].astype(np.float32), cols[kept].astype(np.int32), indptr), shape=(n, b.shape[1]))
+    out = sp.csr_matrix((vals[kept], cols[kept], indptr), shape=(n, b.shape[1]))
     out.sort_indices()
     return out
 
@@ -155,7 +164,8 @@ def push(heap_v, heap_i, size, value, code):  # pragma: no cover - compiled
 
 @numba.njit(nogil=True, cache=True)
 def pop_all(heap_v, heap_i, size, values, ids):  # pragma: no cover - compiled
-    """Empty the heap into ``values`` / ``ids`` (1-d, at least ``size`` long), best first."""
+    """Empty the heap into ``values`` / ``ids`` (1-d, at least ``size`` long, any numeric dtypes),
+    best first."""
     for slot in range(size - 1, -1, -1):
         values[slot], ids[slot] = heap_v[0], heap_i[0]
         heap_v[0], heap_i[0] = heap_v[slot], heap_i[slot]
@@ -251,35 +261,50 @@ def _values_at(lo, hi, indptr, indices, data, w_indptr, w_indices, w_data, codes
 
 @numba.njit(nogil=True, cache=True)
 def _top_k_of_product(
-    lo, hi, a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, scale, cols, vals
+    lo, hi, a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, scale, diagonal, cols, vals
 ):  # pragma: no cover - compiled
-    """Rows ``lo:hi`` into ``cols`` / ``vals`` (rows x k, best first, -1 padded): each row of
-    ``A @ B`` accumulated densely (float64, in scipy's product order), scaled by column, the
-    diagonal and non-positive entries left out, the k largest kept."""
+    """Rows ``lo:hi`` into ``cols`` / ``vals`` (rows x k, -1 padded, in no order): each row of
+    ``A @ B`` accumulated densely (float64, in scipy's product order), scaled by column,
+    non-positive entries (and the diagonal unless ``diagonal``) left out, the k largest kept (a
+    partition at the k-th value, then ties at it to the lower columns)."""
     n = len(scale)
+    k = cols.shape[1]
     acc = np.zeros(n, dtype=np.float64)
     touched = np.zeros(n, dtype=np.bool_)
     order = np.empty(n, dtype=np.int64)
-    heap_v = np.empty(cols.shape[1], dtype=np.float64)
-    heap_i = np.empty(cols.shape[1], dtype=np.int64)
+    found_v = np.empty(n, dtype=np.float64)
+    found_i = np.empty(n, dtype=np.int64)
     for i in range(lo, hi):
         m = 0
-        for k in range(a_indptr[i], a_indptr[i + 1]):
-            u = a_indices[k]
-            p = a_data[k]
-            for kk in range(b_indptr[u], b_indptr[u + 1]):
-                j = b_indices[kk]
+        for e in range(a_indptr[i], a_indptr[i + 1]):
+            u = a_indices[e]
+            p = a_data[e]
+            for ee in range(b_indptr[u], b_indptr[u + 1]):
+                j = b_indices[ee]
                 if not touched[j]:
                     touched[j] = True
                     order[m] = j
                     m += 1
-                acc[j] += p * b_data[kk]
+                acc[j] += p * b_data[ee]
         size = 0
         for t in range(m):
             j = order[t]
             v = acc[j] * scale[j]
             acc[j] = 0.0
             touched[j] = False
-            if j != i and v > 0.0:
-                size = push(heap_v, heap_i, size, v, j)
-        pop_all(heap_v, heap_i, size, vals[i], cols[i])
+            if (diagonal or j != i) and v > 0.0:
+                found_v[size], found_i[size] = v, j
+                size += 1
+        if size <= k:
+            for t in range(size):
+                vals[i, t], cols[i, t] = found_v[t], found_i[t]
+            continue
+        kth = np.partition(found_v[:size], size - k)[size - k]
+        slot = 0
+        for t in range(size):
+            if found_v[t] > kth:
+                vals[i, slot], cols[i, slot] = found_v[t], found_i[t]
+                slot += 1
+        tied = np.sort(found_i[:size][found_v[:size] == kth])
+        for t in range(k - slot):
+            vals[i, slot + t], cols[i, slot + t] = kth, tied[t]

@@ -31,7 +31,7 @@ from pydantic import Field
 
 from tasks.errors import RecsError
 from tasks.models.base import BaseModelConfig
-from tasks.sparse_rows import cores, runs, top_k_of_product
+from tasks.sparse_rows import top_k_of_product
 
 
 class RP3betaConfig(BaseModelConfig):
@@ -91,10 +91,7 @@ def rp3beta_weights(
     to_user = _row_normalised(x.T.tocsr(), alpha)  # P(u|i)^α: artists x users
     listeners = np.bincount(x.indices, minlength=n).astype(np.float64)
     discount = np.where(listeners > 0, np.maximum(listeners, 1.0) ** -beta, 0.0)
-    # a row's multiplications: the summed history lengths of its listeners
-    history = np.diff(x.indptr).astype(np.float64)
-    work = np.bincount(np.repeat(np.arange(n), np.diff(to_user.indptr)), history[to_user.indices], minlength=n)
-    return top_k_of_product(to_user, to_artist, discount, k, runs(work, threads or cores()))
+    return top_k_of_product(to_user, to_artist, k, discount, threads=threads)
 
 
 def fit_rp3beta(train: sp.csr_matrix, cfg: RP3betaConfig) -> RP3beta:
