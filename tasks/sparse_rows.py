@@ -118,9 +118,9 @@ def top_k_of_product(
 ) -> sp.csr_matrix:
     """The ``k`` largest positive entries of each row of ``(a @ b) * scale`` (``a``: CSR, n x m;
     ``b``: CSR, m x n; ``scale``: float64, n, per column, default 1), the diagonal kept only when
-    ``diagonal``, ties at the k-th to the lower columns: CSR, n x n, float32, sorted indices. The product's
-    entries are float64, summed in scipy's order, so they are those of ``a @ b`` bit for bit; 8
-    bytes a kept entry while rows are computed, then the compacted CSR. Rows are split over
+    ``diagonal``, ties at the k-th to the lower columns: CSR, n x n, float32, sorted indices. The
+    product's entries are float64, summed in scipy's order, so they are those of ``a @ b`` bit for
+    bit; 8 bytes a kept entry while rows are computed, then the compacted CSR. Rows are split over
     ``threads`` (default: every core) in runs of about equal multiplications."""
     a, b = sp.csr_matrix(a, dtype=np.float64), sp.csr_matrix(b, dtype=np.float64)
     n = a.shape[0]
@@ -142,7 +142,7 @@ def top_k_of_product(
 
 
 @numba.njit(nogil=True, cache=True)
-def push(heap_v, heap_i, size, value, code):  # pragma: no cover - compiled
+def _push(heap_v, heap_i, size, value, code):  # pragma: no cover - compiled
     """Offer (value, code) to a bounded min-heap of the best entries kept so far (``size`` of them,
     capacity ``len(heap_v)``, the worst at the root); returns the new size."""
     if size < len(heap_v):
@@ -163,7 +163,7 @@ def push(heap_v, heap_i, size, value, code):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def pop_all(heap_v, heap_i, size, values, ids):  # pragma: no cover - compiled
+def _pop_all(heap_v, heap_i, size, values, ids):  # pragma: no cover - compiled
     """Empty the heap into ``values`` / ``ids`` (1-d, at least ``size`` long, any numeric dtypes),
     best first."""
     for slot in range(size - 1, -1, -1):
@@ -231,10 +231,10 @@ def _moments_and_top(
             s += v
             s2 += v * v
             if v > 0.0:
-                size = push(heap_v, heap_i, size, v, j)
+                size = _push(heap_v, heap_i, size, v, j)
         total[r] = s
         squares[r] = s2
-        pop_all(heap_v, heap_i, size, values[r], ids[r])
+        _pop_all(heap_v, heap_i, size, values[r], ids[r])
         for t in range(m):
             acc[order[t]] = 0.0
             touched[order[t]] = False
