@@ -197,6 +197,34 @@ def _sift_down(heap_v, heap_i, size):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
+def _accumulate(
+    r, a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, acc, touched, order
+):  # pragma: no cover - compiled
+    """Row ``r`` of ``A @ B`` into the dense ``acc`` (in scipy's order: ``r``'s entries, then each
+    one's row of ``B``), the columns it touched listed in ``order``; returns how many."""
+    m = 0
+    for e in range(a_indptr[r], a_indptr[r + 1]):
+        i = a_indices[e]
+        p = a_data[e]
+        for ee in range(b_indptr[i], b_indptr[i + 1]):
+            j = b_indices[ee]
+            if not touched[j]:
+                touched[j] = True
+                order[m] = j
+                m += 1
+            acc[j] += p * b_data[ee]
+    return m
+
+
+@numba.njit(nogil=True, cache=True)
+def _reset(acc, touched, order, m):  # pragma: no cover - compiled
+    """Clear what ``_accumulate`` wrote, through its list of touched columns."""
+    for t in range(m):
+        acc[order[t]] = 0.0
+        touched[order[t]] = False
+
+
+@numba.njit(nogil=True, cache=True)
 def _moments_and_top(
     lo, hi, indptr, indices, data, w_indptr, w_indices, w_data, n_artists, total, squares, ids, values
 ):  # pragma: no cover - compiled
@@ -208,18 +236,9 @@ def _moments_and_top(
     heap_v = np.empty(depth, dtype=np.float64)
     heap_i = np.empty(depth, dtype=np.int64)
     for r in range(lo, hi):
-        m = 0
+        m = _accumulate(r, indptr, indices, data, w_indptr, w_indices, w_data, acc, touched, order)
         for k in range(indptr[r], indptr[r + 1]):
-            i = indices[k]
-            heard[i] = True
-            h = data[k]
-            for kk in range(w_indptr[i], w_indptr[i + 1]):
-                j = w_indices[kk]
-                if not touched[j]:
-                    touched[j] = True
-                    order[m] = j
-                    m += 1
-                acc[j] += h * w_data[kk]
+            heard[indices[k]] = True
         s = 0.0
         s2 = 0.0
         size = 0
@@ -235,28 +254,22 @@ def _moments_and_top(
         total[r] = s
         squares[r] = s2
         _pop_all(heap_v, heap_i, size, values[r], ids[r])
-        for t in range(m):
-            acc[order[t]] = 0.0
-            touched[order[t]] = False
+        _reset(acc, touched, order, m)
         for k in range(indptr[r], indptr[r + 1]):
             heard[indices[k]] = False
 
 
 @numba.njit(nogil=True, cache=True)
 def _values_at(lo, hi, indptr, indices, data, w_indptr, w_indices, w_data, codes, out):  # pragma: no cover - compiled
-    acc = np.zeros(w_indptr.shape[0] - 1, dtype=np.float32)
+    n_artists = w_indptr.shape[0] - 1
+    acc = np.zeros(n_artists, dtype=np.float32)
+    touched = np.zeros(n_artists, dtype=np.bool_)
+    order = np.empty(n_artists, dtype=np.int64)
     for r in range(lo, hi):
-        for k in range(indptr[r], indptr[r + 1]):
-            i = indices[k]
-            h = data[k]
-            for kk in range(w_indptr[i], w_indptr[i + 1]):
-                acc[w_indices[kk]] += h * w_data[kk]
+        m = _accumulate(r, indptr, indices, data, w_indptr, w_indices, w_data, acc, touched, order)
         for c in range(codes.shape[1]):
             out[r, c] = acc[codes[r, c]]
-        for k in range(indptr[r], indptr[r + 1]):
-            i = indices[k]
-            for kk in range(w_indptr[i], w_indptr[i + 1]):
-                acc[w_indices[kk]] = 0.0
+        _reset(acc, touched, order, m)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -275,26 +288,15 @@ def _top_k_of_product(
     found_v = np.empty(n, dtype=np.float64)
     found_i = np.empty(n, dtype=np.int64)
     for i in range(lo, hi):
-        m = 0
-        for e in range(a_indptr[i], a_indptr[i + 1]):
-            u = a_indices[e]
-            p = a_data[e]
-            for ee in range(b_indptr[u], b_indptr[u + 1]):
-                j = b_indices[ee]
-                if not touched[j]:
-                    touched[j] = True
-                    order[m] = j
-                    m += 1
-                acc[j] += p * b_data[ee]
+        m = _accumulate(i, a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, acc, touched, order)
         size = 0
         for t in range(m):
             j = order[t]
             v = acc[j] * scale[j]
-            acc[j] = 0.0
-            touched[j] = False
             if (diagonal or j != i) and v > 0.0:
                 found_v[size], found_i[size] = v, j
                 size += 1
+        _reset(acc, touched, order, m)
         if size <= k:
             for t in range(size):
                 vals[i, t], cols[i, t] = found_v[t], found_i[t]
