@@ -38,7 +38,7 @@ import scipy.sparse as sp
 
 from tasks.contracts import Factors, Scorer, TopN
 from tasks.models.blend import Blend
-from tasks.sparse_rows import RowStats, moments_and_top, values_at
+from tasks.sparse_rows import moments_and_top, values_at
 from tasks.topn import first_unheard, inner_topk, top_n
 
 # Candidates per part for lists of n: on HetRec 2K with the shipped blend, 5n certified 1,890 of
@@ -146,35 +146,43 @@ def blend_top_n(
 class _Scored:
     """One part on one block: ``candidates`` (block x depth artist codes, -1 none), the value
     at the last candidate slot that bounds what the part gives an artist outside them
-    (``last``, raw score; NaN: every unheard artist is a candidate), and ``z(codes)``: the part's
-    standardised score of block x k artist codes."""
+    (``last``, raw score; NaN: every unheard artist is a candidate), the part's per-user ``mean``
+    and ``std`` over the unheard artists, and ``raw(found)``: its raw scores (float64, block x
+    their summed widths) at ``found``, every part's candidates in ``parts`` order."""
 
     candidates: np.ndarray
     last: np.ndarray
-    z: Callable[[np.ndarray], np.ndarray]
     mean: np.ndarray
     std: np.ndarray
+    raw: Callable[[list[np.ndarray]], np.ndarray]
 
 
 def _block_top_n(
     parts: list[Part], block: np.ndarray, seen: sp.csr_matrix, n: int, depth: int, search: tuple[Factors, Search] | None
 ) -> Ranked:
-    n_artists = seen.shape[1]
-    unheard = np.maximum(n_artists - np.diff(seen.indptr), 1).astype(np.float64)
-    scored = [
-        _factor_part(p, block, seen, unheard, depth, search)
+    unheard = _unheard(seen)
+    scored: dict[int, _Scored] = {
+        i: _factor_part(p, block, seen, unheard, depth, search)
+        for i, p in enumerate(parts)
         if isinstance(p.scorer, Factors)
-        else _sparse_part(p, block, seen, unheard, depth)
-        for p in parts
-    ]
-    cand = _distinct(np.hstack([s.candidates for s in scored]).astype(np.int64))
+    }
+    # Sparse parts cheapest first: each one's single pass also reads its product at every
+    # candidate found before it, so only the cheaper ones pass again, for those found after.
+    sparse = sorted((i for i in range(len(parts)) if i not in scored), key=lambda i: parts[i].scorer.weights.nnz)
+    for i in sparse:
+        scored[i] = _sparse_part(parts[i], i, seen, unheard, depth, {j: s.candidates for j, s in scored.items()})
+    ordered = [scored[i] for i in range(len(parts))]
+    found = [s.candidates for s in ordered]
+    cand = _distinct(np.hstack(found).astype(np.int64))
     valid = cand >= 0
     # each part's weighted standardised score of each candidate: parts x block x candidates
-    terms = np.stack([part.weight * s.z(np.maximum(cand, 0)) for part, s in zip(parts, scored)])
+    terms = np.stack(
+        [part.weight * (s.raw(found) - s.mean[:, None]) / s.std[:, None] for part, s in zip(parts, ordered)]
+    )
     mix = terms.sum(axis=0)
     mix[~valid] = -np.inf
-    bound = np.sum([part.weight * (np.nan_to_num(s.last) - s.mean) / s.std for part, s in zip(parts, scored)], axis=0)
-    exhausted = np.any([np.isnan(s.last) for s in scored], axis=0)
+    bound = np.sum([part.weight * (np.nan_to_num(s.last) - s.mean) / s.std for part, s in zip(parts, ordered)], axis=0)
+    exhausted = np.any([np.isnan(s.last) for s in ordered], axis=0)
     best = top_n(mix.astype(np.float32), n)
     picked = best.ids >= 0
     ids = np.where(picked, np.take_along_axis(cand, np.maximum(best.ids, 0), axis=1), -1).astype(np.int32)
@@ -194,20 +202,41 @@ def _moments(total: np.ndarray, squares: np.ndarray, count: np.ndarray) -> tuple
     return mean, std
 
 
+def _unheard(seen: sp.csr_matrix) -> np.ndarray:
+    """Unheard artists per row of ``seen`` (at least 1, float64): what a part is standardised over."""
+    return np.maximum(seen.shape[1] - np.diff(seen.indptr), 1).astype(np.float64)
+
+
 def standardised(part: Part, block: np.ndarray, seen: sp.csr_matrix) -> Callable[[np.ndarray], np.ndarray]:
     """``z(codes)``: ``part``'s score of block x k artist codes for the users ``block`` (``seen``:
     their heard rows, CSR), standardised as ``tasks.models.blend.standardise`` does over the dense
     row, from the statistics above (no artist scored but the asked ones and a sparse part's support)."""
-    unheard = np.maximum(seen.shape[1] - np.diff(seen.indptr), 1).astype(np.float64)
+    unheard = _unheard(seen)
     if isinstance(part.scorer, Factors):
-        return _factor_moments(part, block, seen, unheard)[0]
-    return _sparse_moments(part, block, seen, unheard)[0]
+        mean, std = _factor_moments(part, block, seen, unheard)
+        return lambda codes: (_factor_raw(part.scorer, block, codes) - mean[:, None]) / std[:, None]
+
+    def z(codes: np.ndarray) -> np.ndarray:
+        model = part.scorer
+        assert isinstance(model, SparseScorer)
+        stats = moments_and_top(model.history(seen), model.weights, 0, codes)
+        mean, std = _moments(stats.total, stats.squares, unheard)
+        return (stats.at - mean[:, None]) / std[:, None]
+
+    return z
+
+
+def _factor_raw(model: Factors, block: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``u . a`` of the users ``block`` at block x k artist ``codes`` (-1 read as 0), float64."""
+    return np.einsum(
+        "bf,bkf->bk", model.user_factors[block], model.artist_factors[np.maximum(codes, 0)], dtype=np.float64
+    )
 
 
 def _factor_moments(
     part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np.ndarray
-) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray, np.ndarray]:
-    """(z, mean, std) of a factor part over each user's unheard artists."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of a factor part over each user's unheard artists."""
     model = part.scorer
     assert isinstance(model, Factors) and part.total is not None and part.gram is not None
     users, artists = model.user_factors[block], model.artist_factors
@@ -216,12 +245,7 @@ def _factor_moments(
     u64 = users.astype(np.float64)
     total = u64 @ part.total - np.bincount(rows, at_heard, minlength=len(block))
     squares = np.einsum("ij,ij->i", u64 @ part.gram, u64) - np.bincount(rows, at_heard**2, minlength=len(block))
-    mean, std = _moments(total, squares, unheard)
-
-    def z(codes: np.ndarray) -> np.ndarray:
-        return (np.einsum("bf,bkf->bk", users, artists[codes], dtype=np.float64) - mean[:, None]) / std[:, None]
-
-    return z, mean, std
+    return _moments(total, squares, unheard)
 
 
 def _factor_part(
@@ -230,7 +254,7 @@ def _factor_part(
     model = part.scorer
     assert isinstance(model, Factors)
     users, artists = model.user_factors[block], model.artist_factors
-    z, mean, std = _factor_moments(part, block, seen, unheard)
+    mean, std = _factor_moments(part, block, seen, unheard)
     if search is not None and search[0] is model:
         asked = np.minimum(depth + np.diff(seen.indptr), len(artists))
         found = search[1](np.hstack([users, np.zeros((len(block), 1), np.float32)]), asked)
@@ -243,31 +267,35 @@ def _factor_part(
     # fewer than depth from exact topk: the unheard artists ran out (nothing outside the
     # candidates); from an index: it found no more, which proves nothing
     last[last_code < 0] = -np.inf if search is not None and search[0] is model else np.nan
-    return _Scored(ids, last, z, mean, std)
+    return _Scored(ids, last, mean, std, lambda found: _factor_raw(model, block, np.hstack(found)))
 
 
-def _sparse_moments(
-    part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np.ndarray, depth: int = 0
-) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray, np.ndarray, RowStats]:
-    """(z, mean, std, the ``depth`` largest unheard scores) of a sparse part over each user's
-    unheard artists (``tasks.sparse_rows``: the product ``heard @ W`` itself is never built)."""
+def _sparse_part(
+    part: Part, me: int, seen: sp.csr_matrix, unheard: np.ndarray, depth: int, before: dict[int, np.ndarray]
+) -> _Scored:
+    """Part ``me`` of the blend, a sparse one, in one pass of ``tasks.sparse_rows`` (the product
+    ``heard @ W`` itself is never built): its statistics, its ``depth`` largest unheard scores as
+    candidates, and its values at the candidates other parts found ``before`` it (part -> codes);
+    ``raw`` reads the product again only at the parts' candidates found after it."""
     model = part.scorer
     assert isinstance(model, SparseScorer)
     rows = model.history(seen)
-    stats = moments_and_top(rows, model.weights, depth)
+    codes = np.hstack([np.zeros((len(unheard), 0), np.int64), *before.values()])
+    stats = moments_and_top(rows, model.weights, depth, np.maximum(codes, 0))
     mean, std = _moments(stats.total, stats.squares, unheard)
+    known = dict(zip(before, np.split(stats.at, np.cumsum([c.shape[1] for c in before.values()])[:-1], axis=1)))
+    known[me] = np.where(stats.ids >= 0, stats.values, 0.0)
 
-    def z(codes: np.ndarray) -> np.ndarray:
-        return (values_at(rows, model.weights, codes) - mean[:, None]) / std[:, None]
+    def raw(found: list[np.ndarray]) -> np.ndarray:
+        after = [j for j in range(len(found)) if j not in known]
+        if after:
+            at = values_at(rows, model.weights, np.maximum(np.hstack([found[j] for j in after]), 0))
+            known.update(zip(after, np.split(at, np.cumsum([found[j].shape[1] for j in after])[:-1], axis=1)))
+        return np.hstack([known[j] for j in range(len(found))]).astype(np.float64)
 
-    return z, mean, std, stats
-
-
-def _sparse_part(part: Part, block: np.ndarray, seen: sp.csr_matrix, unheard: np.ndarray, depth: int) -> _Scored:
-    z, mean, std, top = _sparse_moments(part, block, seen, unheard, depth)
     # an artist outside the candidates scores at most the last one, or 0 off the support
-    last = np.maximum(np.where(top.ids[:, -1] >= 0, top.values[:, -1], 0.0), 0.0)
-    return _Scored(top.ids, last, z, mean, std)
+    last = np.maximum(np.where(stats.ids[:, -1] >= 0, stats.values[:, -1], 0.0), 0.0)
+    return _Scored(stats.ids, last, mean, std, raw)
 
 
 def _distinct(candidates: np.ndarray) -> np.ndarray:

@@ -15,9 +15,10 @@ columns it touched, as scipy's own product does:
 - ``moments_and_top``: per row of ``H @ W`` (``H``: a block of users' heard rows, CSR, float32,
   binarised for item-kNN, the weighted confidences for RP3beta; ``W``: the part's artists x
   artists weights, CSR, float32, sorted indices), the sum and sum of squares of the entries
-  outside the row's own heard artists, and its ``depth`` largest positive ones;
+  outside the row's own heard artists, its ``depth`` largest positive ones, and its values at
+  given artists (the other parts' candidates), all from one accumulation of the row;
 - ``values_at``: the same product's value at given artists of each row (the accumulation again,
-  read at those artists), so no row of it is kept between the two;
+  for artists known only after the first pass);
 - ``top_k_of_product``: the k largest entries of each row of ``(A @ B) * scale``, diagonal left
   out (RP3beta's weights).
 
@@ -46,12 +47,14 @@ class RowStats:
     """Per row of ``H @ W`` over the artists outside the row's heard ones: ``total`` and
     ``squares`` (float64, rows), and the ``depth`` largest positive entries, best first (ties to
     the lower artist code): ``ids`` (int64, rows x depth, -1 padded) and ``values`` (float64,
-    -inf padded)."""
+    -inf padded); ``at``: the product at the ``codes`` asked for (float32, rows x k, heard or
+    not, 0 off the support)."""
 
     total: np.ndarray
     squares: np.ndarray
     ids: np.ndarray
     values: np.ndarray
+    at: np.ndarray
 
 
 def cores() -> int:
@@ -84,16 +87,24 @@ def _checked(heard: sp.csr_matrix, weights: sp.csr_matrix) -> tuple[sp.csr_matri
     return h, w, runs(np.diff(h.indptr), min(cores(), max(h.shape[0], 1)))
 
 
-def moments_and_top(heard: sp.csr_matrix, weights: sp.csr_matrix, depth: int) -> RowStats:
-    """``RowStats`` of ``heard @ weights`` (see the module docstring for shapes)."""
+def moments_and_top(
+    heard: sp.csr_matrix, weights: sp.csr_matrix, depth: int, codes: np.ndarray | None = None
+) -> RowStats:
+    """``RowStats`` of ``heard @ weights`` (see the module docstring for shapes), its ``at`` read
+    at ``codes`` (int64, rows x k, each in range; default none)."""
     h, w, bounds = _checked(heard, weights)
     rows = h.shape[0]
+    codes = np.zeros((rows, 0), np.int64) if codes is None else np.ascontiguousarray(codes, dtype=np.int64)
     stats = RowStats(
-        np.zeros(rows), np.zeros(rows), np.full((rows, depth), -1, np.int64), np.full((rows, depth), -np.inf)
+        np.zeros(rows),
+        np.zeros(rows),
+        np.full((rows, depth), -1, np.int64),
+        np.full((rows, depth), -np.inf),
+        np.zeros(codes.shape, np.float32),
     )
     in_threads(
-        _moments_and_top, bounds, h.indptr, h.indices, h.data, w.indptr, w.indices, w.data, w.shape[1],
-        stats.total, stats.squares, stats.ids, stats.values,
+        _moments_and_top, bounds, h.indptr, h.indices, h.data, w.indptr, w.indices, w.data, w.shape[1], codes,
+        stats.total, stats.squares, stats.ids, stats.values, stats.at,
     )  # fmt: skip
     return stats
 
@@ -226,37 +237,43 @@ def _reset(acc, touched, order, m):  # pragma: no cover - compiled
 
 @numba.njit(nogil=True, cache=True)
 def _moments_and_top(
-    lo, hi, indptr, indices, data, w_indptr, w_indices, w_data, n_artists, total, squares, ids, values
+    lo, hi, indptr, indices, data, w_indptr, w_indices, w_data, n_artists, codes, total, squares, ids, values, at
 ):  # pragma: no cover - compiled
+    """Rows ``lo:hi``: the row accumulated once, read at ``codes``, its heard artists zeroed (so
+    they add nothing to the sums and are never kept), then one pass over the touched columns
+    that sums, keeps the best and clears them. Once the heap is full an entry below its worst is
+    dropped without a call (most of them: a row touches ~30K artists at the 360K shape)."""
     depth = ids.shape[1]
     acc = np.zeros(n_artists, dtype=np.float32)
     touched = np.zeros(n_artists, dtype=np.bool_)
-    heard = np.zeros(n_artists, dtype=np.bool_)
     order = np.empty(n_artists, dtype=np.int64)
     heap_v = np.empty(depth, dtype=np.float64)
     heap_i = np.empty(depth, dtype=np.int64)
     for r in range(lo, hi):
         m = _accumulate(r, indptr, indices, data, w_indptr, w_indices, w_data, acc, touched, order)
+        for c in range(codes.shape[1]):
+            at[r, c] = acc[codes[r, c]]
         for k in range(indptr[r], indptr[r + 1]):
-            heard[indices[k]] = True
+            acc[indices[k]] = 0.0
         s = 0.0
         s2 = 0.0
         size = 0
+        worst = 0.0
         for t in range(m):
             j = order[t]
-            if heard[j]:
-                continue
             v = np.float64(acc[j])
+            acc[j] = 0.0
+            touched[j] = False
             s += v
             s2 += v * v
-            if v > 0.0:
+            # ties with the worst kept go to _push, which prefers the lower code
+            if v > 0.0 and (size < depth or v >= worst):
                 size = _push(heap_v, heap_i, size, v, j)
+                if size == depth:
+                    worst = heap_v[0]
         total[r] = s
         squares[r] = s2
         _pop_all(heap_v, heap_i, size, values[r], ids[r])
-        _reset(acc, touched, order, m)
-        for k in range(indptr[r], indptr[r + 1]):
-            heard[indices[k]] = False
 
 
 @numba.njit(nogil=True, cache=True)

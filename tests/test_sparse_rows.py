@@ -67,6 +67,11 @@ def test_values_at_are_scipys_bit_for_bit(product):
     codes[support[picked], np.arange(len(picked)) % 15] = full.indices[picked]
     expected = np.take_along_axis(full.toarray(), codes, axis=1)
     np.testing.assert_array_equal(values_at(rows, weights, codes), expected)
+    # read in the same pass as the statistics, which the reading leaves as they were
+    together, alone = moments_and_top(rows, weights, 20, codes), moments_and_top(rows, weights, 20)
+    np.testing.assert_array_equal(together.at, expected)
+    for name in ("total", "squares", "ids", "values"):
+        np.testing.assert_array_equal(getattr(together, name), getattr(alone, name))
 
 
 def test_unsorted_weights_are_refused(product):
