@@ -310,10 +310,11 @@ def _top_k_of_product(
         for t in range(m):
             j = order[t]
             v = acc[j] * scale[j]
+            acc[j] = 0.0  # cleared while read: one pass over the touched columns, not two
+            touched[j] = False
             if (diagonal or j != i) and v > 0.0:
                 found_v[size], found_i[size] = v, j
                 size += 1
-        _reset(acc, touched, order, m)
         if size <= k:
             for t in range(size):
                 vals[i, t], cols[i, t] = found_v[t], found_i[t]
