@@ -164,6 +164,7 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
             related_index = build_index(
                 related_factors.similarity_factors, cfg, Path(config.work_dir) / "related.idx", seed=seed
             )
+        with stages("index_related_compared"):
             for name, model in compared.items():
                 path = Path(config.work_dir) / f"related-{name}.idx"
                 indexes[name] = build_index(model.similarity_factors, cfg, path, seed=seed)
@@ -316,6 +317,8 @@ def run_flow(config: RetrainConfig) -> dict:
 def _ratios(plain: Stages, recommend_seconds: dict, raw_figures: dict, flow: dict | None) -> dict:
     s = {k: v["seconds"] for k, v in plain.figures.items()}
     run = {k: v for k, v in s.items() if k not in ("single_als_fit", "publish_postgres")}
+    # the related model's own lists (its index and its search), as implicit's similar_items of
+    # that model gives them; the parts' lists published beside them are timed apart
     related = s.get("index_related", 0.0) + recommend_seconds["related"]
     users = s.get("index_users", 0.0) + recommend_seconds["users"]
     ratios = {

@@ -230,7 +230,8 @@ class Recommended:
 
     ``related``: artists x n; ``users``: users x n; ``recall``: the index's recall@n on a
     sample (``related_recall``, and ``user_recall`` when users went through the index);
-    ``seconds``: wall seconds of its parts (``related``, ``users``, ``because``, ``recall_check``);
+    ``seconds``: wall seconds of its parts (``related``: the related model's lists;
+    ``related_compared``: the compared models' lists; ``users``, ``because``, ``recall_check``);
     ``other_related``: artists x n of each other factor model compared with the related model,
     by model name. ``because``: int32, the shape of ``users.ids``: the heard artist code behind
     each recommendation (-1: none; ``tasks.explain.because``).

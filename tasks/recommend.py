@@ -262,10 +262,13 @@ def recommend(
     start = time.perf_counter()
     artist_factors = related_model.similarity_factors
     related = related_lists(related_index, artist_factors, n)
+    seconds["related"] = time.perf_counter() - start
+
+    start = time.perf_counter()
     others = {
         name: related_lists(index, model.similarity_factors, n) for name, (model, index) in (compared or {}).items()
     }
-    seconds["related"] = time.perf_counter() - start
+    seconds["related_compared"] = time.perf_counter() - start
 
     start = time.perf_counter()
     parts = two_stage_parts(user_model) if cfg.two_stage or user_index is not None else None

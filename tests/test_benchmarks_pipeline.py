@@ -41,7 +41,7 @@ STAGES = (
     "single_als_fit",
 )
 # the recommend stage times its own parts (tasks.recommend.recommend -> Recommended.seconds)
-RECOMMEND_PARTS = ("related", "users", "because", "recall_check")
+RECOMMEND_PARTS = ("related", "related_compared", "users", "because", "recall_check")
 
 
 @pytest.fixture(scope="module")
