@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
@@ -168,7 +168,9 @@ def _block_top_n(
     }
     # Sparse parts cheapest first: each one's single pass also reads its product at every
     # candidate found before it, so only the cheaper ones pass again, for those found after.
-    sparse = sorted((i for i in range(len(parts)) if i not in scored), key=lambda i: parts[i].scorer.weights.nnz)
+    sparse = sorted(
+        (i for i in range(len(parts)) if i not in scored), key=lambda i: cast(SparseScorer, parts[i].scorer).weights.nnz
+    )
     for i in sparse:
         scored[i] = _sparse_part(parts[i], i, seen, unheard, depth, {j: s.candidates for j, s in scored.items()})
     ordered = [scored[i] for i in range(len(parts))]
@@ -212,9 +214,10 @@ def standardised(part: Part, block: np.ndarray, seen: sp.csr_matrix) -> Callable
     their heard rows, CSR), standardised as ``tasks.models.blend.standardise`` does over the dense
     row, from the statistics above (no artist scored but the asked ones and a sparse part's support)."""
     unheard = _unheard(seen)
-    if isinstance(part.scorer, Factors):
+    factors = part.scorer
+    if isinstance(factors, Factors):
         mean, std = _factor_moments(part, block, seen, unheard)
-        return lambda codes: (_factor_raw(part.scorer, block, codes) - mean[:, None]) / std[:, None]
+        return lambda codes: (_factor_raw(factors, block, codes) - mean[:, None]) / std[:, None]
 
     def z(codes: np.ndarray) -> np.ndarray:
         model = part.scorer
