@@ -35,6 +35,7 @@ from tasks.candidates import TWO_STAGE_MIN_ARTISTS
 from tasks.contracts import StageConfig
 from tasks.errors import RecsError
 from tasks.files import atomic_path
+from tasks.topn import inner_topk
 
 # Exact search while (artists + users) x artists inner products stay below this: at 300K artists
 # x 360K users implicit's exact similar_items + batch recommend did 2e11 of them in about 400 s
@@ -57,9 +58,20 @@ class IndexConfig(StageConfig):
     n_trees: int = Field(100, ge=1, description="annoy: trees")
     search_k: int = Field(-1, ge=-1, description="annoy: nodes a query inspects; -1: Annoy's default (n_trees * k)")
     n_lists: int | None = Field(None, ge=1, description="faiss: k-means lists; None: about 3 sqrt(artists)")
-    # 24 and 96 of 1,643 lists: recall@10 0.97 (related) and 0.96 (users) on 64-d ALS factors of
-    # 300K synthetic artists (a sweep of 16-24 and 64-96 on 2,000 artists / 20,000 users)
-    n_probe: int = Field(24, ge=1, description="faiss: lists a related-artists query scans")
+    # None: calibrated per index (calibrated_probe), as recall at a probe count depends on how the
+    # factors cluster: at the 360K shape 8 of 1,643 lists reached recall@10 0.993, 24 lists 0.9996
+    # at 1.8x the query time (docs/performance.md)
+    n_probe: int | None = Field(
+        None, ge=1, description="faiss: lists a related-artists query scans; None: the fewest reaching recall_target"
+    )
+    recall_target: float = Field(
+        0.99,
+        gt=0,
+        le=1,
+        description="faiss, n_probe None: related recall@n against exact search on recall_sample artists",
+    )
+    # 96 of 1,643 lists: recall@10 0.96 on 64-d ALS factors of 300K synthetic artists (a sweep of
+    # 64-96 on 20,000 users); a blend's two-stage lists rescore these candidates exactly
     n_probe_users: int = Field(96, ge=1, description="faiss: lists a user query scans (inner product)")
     recall_sample: int = Field(1_000, ge=10, description="artists/users checked against exact search")
     # None follows the engine: an index (annoy, faiss) also serves user top-N, exact search does
@@ -148,6 +160,14 @@ class ArtistIndex:
         return search
 
 
+def probe_choices(indexes: dict[str, ArtistIndex | None]) -> dict[str, dict[str, int]]:
+    """What a run records of its faiss indexes (name -> index, None for exact search): the probe
+    count each query scans, pinned or calibrated, as ``{"n_probe": {name: count}}``; nothing
+    without a faiss index."""
+    probes = {name: index.n_probe for name, index in indexes.items() if index is not None and index.engine == "faiss"}
+    return {"n_probe": probes} if probes else {}
+
+
 def normalise(factors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float32; all-zero rows stay zero)."""
     norms = np.linalg.norm(factors, axis=1, keepdims=True)
@@ -163,14 +183,21 @@ def index_vectors(artist_factors: np.ndarray, inner_product: bool) -> np.ndarray
 
 
 def build_index(
-    artist_factors: np.ndarray, cfg: IndexConfig, path: Path, *, inner_product: bool = False, seed: int = 42
+    artist_factors: np.ndarray,
+    cfg: IndexConfig,
+    path: Path,
+    *,
+    inner_product: bool = False,
+    seed: int = 42,
+    n: int = 10,
 ) -> ArtistIndex:
     """Build and save an index (``cfg.engine``) over ``artist_factors`` (float32, n_artists x f).
 
     ``inner_product=False`` indexes the normalised factors (related artists by cosine); ``True``
-    the augmented ones (user top-N by inner product). ``seed`` fixes Annoy's random projections
-    and faiss's k-means. The file is written under a temporary name and renamed, so a failed
-    build leaves nothing.
+    the augmented ones (user top-N by inner product). ``seed`` fixes Annoy's random projections,
+    faiss's k-means and the artists a calibrated ``n_probe`` is measured on; ``n`` is the list
+    length it is calibrated for. The file is written under a temporary name and renamed, so a
+    failed build leaves nothing.
     """
     if artist_factors.ndim != 2 or not len(artist_factors):
         raise RecsError(f"build_index needs a non-empty 2-D factor matrix, got shape {artist_factors.shape}")
@@ -182,7 +209,7 @@ def build_index(
     path = Path(path)
     start = time.perf_counter()
     build = _build_faiss if cfg.engine == "faiss" else _build_annoy
-    save, settings = build(vectors, cfg, inner_product, seed)
+    save, settings = build(vectors, cfg, inner_product, seed, n)
     seconds = time.perf_counter() - start
     try:
         with atomic_path(path) as temp:
@@ -203,7 +230,7 @@ def build_index(
     )
 
 
-def _build_annoy(vectors: np.ndarray, cfg: IndexConfig, inner_product: bool, seed: int):
+def _build_annoy(vectors: np.ndarray, cfg: IndexConfig, inner_product: bool, seed: int, n: int):
     index = AnnoyIndex(vectors.shape[1], "angular")
     index.set_seed(seed)
     # Annoy takes items one call at a time; the loop body is a single C call per artist.
@@ -237,7 +264,7 @@ def n_lists(n_items: int, requested: int | None) -> int:
     return max(1, min(lists, n_items // 39))
 
 
-def _build_faiss(vectors: np.ndarray, cfg: IndexConfig, inner_product: bool, seed: int):
+def _build_faiss(vectors: np.ndarray, cfg: IndexConfig, inner_product: bool, seed: int, n: int):
     lists = n_lists(len(vectors), cfg.n_lists)
     # float16 rows, zero-padded to whole SIMD words of 8: scanning a list is ~1.5x quicker than
     # float32 at the same recall@10 (candidates are rescored exactly); the searcher pads queries
@@ -252,5 +279,47 @@ def _build_faiss(vectors: np.ndarray, cfg: IndexConfig, inner_product: bool, see
     index.cp.max_points_per_centroid, index.cp.niter = 48, 8
     index.train(vectors)
     index.add(vectors)
-    probe = min(cfg.n_probe_users if inner_product else cfg.n_probe, lists)
-    return (lambda path: faiss.write_index(index, path)), {"n_lists": lists, "n_probe": probe}
+    if inner_product:
+        probe = cfg.n_probe_users
+    elif cfg.n_probe is not None:
+        probe = cfg.n_probe
+    else:
+        rows = np.random.default_rng(seed).choice(
+            len(vectors), size=min(cfg.recall_sample, len(vectors)), replace=False
+        )
+        probe = calibrated_probe(index, vectors, np.sort(rows), n, cfg.recall_target)
+    return (lambda path: faiss.write_index(index, path)), {"n_lists": lists, "n_probe": min(probe, lists)}
+
+
+def probe_ladder(n_lists: int) -> list[int]:
+    """Probe counts tried in turn, each about 1.5x the last: 1, 2, 3, 4, 6, 8, 12, ... up to
+    ``n_lists`` (every list: exact search), which always ends the ladder."""
+    steps = sorted({s for e in range(n_lists.bit_length()) for s in (1 << e, 3 << e >> 1) if 0 < s < n_lists})
+    return [*steps, n_lists]
+
+
+def calibrated_probe(index: Any, unit: np.ndarray, rows: np.ndarray, n: int, target: float) -> int:
+    """The fewest lists of ``index`` (a trained, filled faiss IVF index over ``unit``, float32
+    unit rows, SIMD-padded) whose searches find ``target`` of the exact ``n`` related artists of
+    ``rows`` (artist codes), self excluded, tie-aware as ``recommend.recall_at_n``: a found
+    artist counts when its cosine reaches the exact list's last one minus 1e-3.
+
+    The exact lists of a sample cost sample / artists of exact search for all (1,000 of 300K
+    artists: 0.6 s of 188 s), the ladder's searches about twice the last one; recall grows with
+    the probe count, so the first count that reaches ``target`` is the fewest on the ladder.
+    """
+    k = min(n, len(unit) - 1)
+    ladder = probe_ladder(index.nlist)
+    if k < 1:
+        return ladder[0]
+    queries = unit[rows]
+    _, exact = inner_topk(unit, queries, k + 1)  # one more, for the artist itself
+    last = exact[:, k] - 1e-3
+    for probe in ladder:
+        index.nprobe = probe
+        ids = index.search(queries, k + 1)[1]
+        scores = np.einsum("qf,qkf->qk", queries, unit[np.maximum(ids, 0)])
+        found = (ids >= 0) & (ids != rows[:, None]) & (scores >= last[:, None])
+        if np.minimum(found.sum(axis=1), k).sum() >= target * k * len(rows):
+            return probe
+    return ladder[-1]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tasks.errors import RecsError
-from tasks.index import IndexConfig, build_index, n_lists, normalise
+from tasks.index import IndexConfig, build_index, n_lists, normalise, probe_choices, probe_ladder
 
 
 def _factors(n: int = 300, f: int = 8, seed: int = 0) -> np.ndarray:
@@ -67,6 +67,52 @@ def test_faiss_index_searches_by_cosine_and_inner_product(tmp_path):
         users.dim == 9
         and users.searcher()(np.hstack([user, [[0]]]), 10)[0].tolist() == np.argsort(-(x @ user[0]))[:10].tolist()
     )
+
+
+def _clustered(n: int, f: int = 16, seed: int = 3) -> np.ndarray:
+    """Factors around 40 cluster centres: an IVF index needs several lists to find a neighbour."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, f))
+    return (centres[rng.integers(0, 40, n)] + 0.6 * rng.normal(size=(n, f))).astype(np.float32)
+
+
+def test_calibrated_probe_is_the_fewest_lists_reaching_the_target(tmp_path):
+    from tasks.recommend import recall_at_n, related_approx, related_exact
+
+    x, n, seed = _clustered(6_000), 10, 5
+    cfg = IndexConfig(engine="faiss", n_lists=60, recall_sample=500, recall_target=0.95)
+    info = build_index(x, cfg, tmp_path / "auto.faiss", seed=seed, n=n)
+    # the sample calibration measured on, as build_index draws it; recall by recommend's own check
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), size=500, replace=False))
+    exact = related_exact(x, n, rows)
+
+    def recall(probe: int) -> float:
+        pinned = build_index(x, cfg.model_copy(update={"n_probe": probe}), tmp_path / f"{probe}.faiss", seed=seed)
+        return recall_at_n(related_approx(pinned, x, n), exact, rows)
+
+    ladder = probe_ladder(60)
+    assert 1 < info.n_probe < 60 and info.n_probe in ladder  # neither the first rung nor exhaustive search
+    below = ladder[ladder.index(info.n_probe) - 1]
+    assert recall(info.n_probe) >= 0.95 > recall(below)
+    # on artists it was not calibrated on, the chosen count holds (within sampling noise)
+    others = np.setdiff1d(np.arange(len(x)), rows)[:1_000]
+    assert recall_at_n(related_approx(info, x, n), related_exact(x, n, others), others) >= 0.93
+    # a higher target takes more lists; a pinned count and the user index's are kept as set
+    strict = build_index(x, cfg.model_copy(update={"recall_target": 1.0}), tmp_path / "strict.faiss", seed=seed, n=n)
+    assert strict.n_probe > info.n_probe
+    assert build_index(x, cfg.model_copy(update={"n_probe": 7}), tmp_path / "p.faiss", n=n).n_probe == 7
+    users = build_index(x, cfg.model_copy(update={"n_probe_users": 9}), tmp_path / "u.faiss", inner_product=True)
+    assert users.n_probe == 9
+    assert probe_choices({"related": info, "users": users, "related-lsa": None}) == {
+        "n_probe": {"related": info.n_probe, "users": 9}
+    }
+    assert probe_choices({"related": None}) == {}
+
+
+def test_probe_ladder_steps_by_about_half_and_ends_with_every_list():
+    assert probe_ladder(1) == [1] and probe_ladder(2) == [1, 2]
+    assert probe_ladder(30) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 30]
+    assert probe_ladder(1643)[-3:] == [1024, 1536, 1643]
 
 
 def test_faiss_lists_follow_the_catalogue():
