@@ -120,7 +120,7 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
     from tasks.data.parse import parse_to_parquet
     from tasks.evaluate import evaluate_models, fit_metrics
     from tasks.foldin import fold_in_arrays
-    from tasks.index import ArtistIndex, build_index
+    from tasks.index import ArtistIndex, build_index, probe_choices
     from tasks.models import roles
     from tasks.models.base import fit
     from tasks.recommend import recommend, user_path
@@ -162,12 +162,12 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
     if cfg.engine != "exact":
         with stages("index_related"):
             related_index = build_index(
-                related_factors.similarity_factors, cfg, Path(config.work_dir) / "related.idx", seed=seed
+                related_factors.similarity_factors, cfg, Path(config.work_dir) / "related.idx", seed=seed, n=n
             )
         with stages("index_related_compared"):
             for name, model in compared.items():
                 path = Path(config.work_dir) / f"related-{name}.idx"
-                indexes[name] = build_index(model.similarity_factors, cfg, path, seed=seed)
+                indexes[name] = build_index(model.similarity_factors, cfg, path, seed=seed, n=n)
     retrieval = retrieval_factors(users.scorer)
     if retrieval is not None and cfg.approximate_users:
         with stages("index_users"):
@@ -228,6 +228,9 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
             "two_stage": cfg.two_stage,
             "user_top_n": user_path(users.scorer, user_index is not None, cfg),
             "eval_max_users": e.max_users,
+            **probe_choices(
+                {"related": related_index, "users": user_index} | {f"related-{k}": v for k, v in indexes.items()}
+            ),
             "published_fit": "refit on all pairs" if refit else "the evaluated fit",
         },
         "recommend_seconds": {k: round(v, 3) for k, v in recommended.seconds.items()},

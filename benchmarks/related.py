@@ -37,7 +37,7 @@ import scipy.sparse as sp
 from benchmarks import raw
 from flows.config import RetrainConfig
 from tasks.contracts import Factors
-from tasks.index import IndexConfig, build_index
+from tasks.index import ArtistIndex, IndexConfig, build_index
 from tasks.models.base import fit
 from tasks.models.cosine_blend import CosineBlendConfig
 from tasks.models.store import load, save
@@ -112,10 +112,11 @@ def clustered(artists: int, factors: int, seed: int = 0) -> tuple[Factors, sp.cs
     return model, sp.csr_matrix((0, artists), dtype=np.float32), "random clustered factors (not a fitted model)"
 
 
-def _settings(cfg: IndexConfig) -> dict:
-    if cfg.engine == "faiss":
-        return {"n_lists": cfg.n_lists, "n_probe": cfg.n_probe, "n_probe_users": cfg.n_probe_users}
-    return {"n_trees": cfg.n_trees, "search_k": cfg.search_k}
+def _settings(info: ArtistIndex) -> dict:
+    """How ``info`` was built: faiss's lists and the probe count used (pinned or calibrated)."""
+    if info.engine == "faiss":
+        return {"n_lists": info.n_lists, "n_probe": info.n_probe}
+    return {"n_trees": info.n_trees, "search_k": info.search_k}
 
 
 def measure(model: Factors, plays: sp.csr_matrix, label: str, cfg: IndexConfig, n: int, work: Path) -> dict:
@@ -137,11 +138,11 @@ def measure(model: Factors, plays: sp.csr_matrix, label: str, cfg: IndexConfig, 
     }
     for engine in ENGINES:
         engine_cfg = cfg.model_copy(update={"engine": engine})
-        info = build_index(model.artist_factors, engine_cfg, work / f"related-{artists}.{engine}")
+        info = build_index(model.artist_factors, engine_cfg, work / f"related-{artists}.{engine}", n=n)
         approx, query_seconds = _timed(related_approx, info, model.artist_factors, n)
         total = info.build_seconds + query_seconds
         out[engine] = {
-            "settings": _settings(engine_cfg) | ({"n_lists_used": info.n_lists} if engine == "faiss" else {}),
+            "settings": _settings(info),
             "build_seconds": round(info.build_seconds, 2),
             "query_all_seconds": round(query_seconds, 2),
             "speedup_vs_exact": round(exact_all / total, 2),
@@ -167,7 +168,7 @@ def measure_users(model: Factors, heard: sp.csr_matrix, cfg: IndexConfig, n: int
             user_top_n_approx, info, model.user_factors, model.artist_factors, heard, n, users=users
         )
         out[engine] = {
-            "settings": _settings(engine_cfg),
+            "settings": _settings(info),
             "build_seconds": round(info.build_seconds, 2),
             "all_seconds": round(seconds * scale, 2),
             "speedup_vs_exact": round(exact_seconds * scale / (info.build_seconds + seconds * scale), 2),

@@ -49,7 +49,7 @@ from tasks.data.parse import cached_parse_intact, parse_to_parquet
 from tasks.errors import RecsError
 from tasks.evaluate import describe_fits, evaluate_models, fit_metrics
 from tasks.foldin import fold_in_arrays
-from tasks.index import ArtistIndex, build_index
+from tasks.index import ArtistIndex, build_index, probe_choices
 from tasks.models import roles
 from tasks.models.base import fit
 from tasks.models.registry import ModelConfig
@@ -216,7 +216,12 @@ def index_task(
 ) -> ArtistIndex:
     """Nearest-neighbour index (``index.engine``) over artist factors (float32, artists x f)."""
     return build_index(
-        artist_factors, config.index, path, inner_product=inner_product, seed=config.related_model.random_state
+        artist_factors,
+        config.index,
+        path,
+        inner_product=inner_product,
+        seed=config.related_model.random_state,
+        n=config.n,
     )
 
 
@@ -538,6 +543,10 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
             "two_stage": config.index.two_stage,
             "user_top_n": user_path(users.scorer, user_index is not None, config.index),
             "eval_max_users": config.eval.max_users,
+            **probe_choices(
+                {"related": related_index, "users": user_index}
+                | {f"related-{name}": index for name, (_, index) in compared.items()}
+            ),
             "published_fit": "refit on all pairs" if refit else "the evaluated fit",
         },
         because=recommended.because,

@@ -517,3 +517,34 @@ def test_a_weekly_rolling_export_publishes_the_new_data_and_heals_a_corrupt_pars
     assert [c["download"] for c in caching] == [["Completed"], ["Completed"], ["Cached"]]
     assert caching[2]["parse"] == ["Cached", "Completed"]  # the cached file was corrupt: rebuilt
     assert parsed.stat().st_size > 100
+
+
+def test_a_calibrated_probe_count_is_recorded_with_the_run(harness, tmp_path):
+    """index.n_probe left to the data: the count each faiss index was calibrated to is in the
+    run's choices and report, and the related lists it gave meet index.recall_target."""
+    from flows.retrain import retrain
+    from tasks.data.synthetic import generate
+
+    export = tmp_path / "usersha1-artmbid-artname-plays.tsv"
+    generate(export, users=400, artists=2_000, rows=20_000, genres=8, seed=3)
+    config = _one_model(_config(tmp_path, str(export)))
+    config = config.model_copy(
+        update={
+            "data": config.data.model_copy(update={"dataset": "synthetic"}),
+            "index": config.index.model_copy(update={"engine": "faiss", "n_lists": 16}),
+        }
+    )
+    state = retrain(config, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    with sqlite3.connect(tmp_path / "recs.db") as con:
+        [(choices,)] = con.execute("SELECT choices FROM runs WHERE run_id = ?", (result.run_id,)).fetchall()
+    probes = json.loads(choices)["n_probe"]
+    # the related model (the cosine blend), each of its parts' lists, and the user index's pinned count
+    assert set(probes) == {"related", "related-als", "related-lsa", "users"}
+    assert probes["users"] == min(config.index.n_probe_users, 16)  # never more than the lists
+    assert all(1 <= probes[name] <= 16 for name in ("related", "related-als", "related-lsa"))
+    recall = {(m.model, m.metric): m.value for m in result.metrics}[("faiss", "related_recall")]
+    assert recall >= config.index.recall_target - 0.02  # calibrated on a sample of the same artists
+    artifacts, _, _ = _read(state.state_details.flow_run_id)
+    assert f"n_probe `{probes}`" in {a.key: a for a in artifacts}[REPORT_KEY].data
