@@ -269,7 +269,7 @@ def run_raw(plain: dict, single: dict, config: RetrainConfig, sample_size: int, 
     """The libraries alone on the plain run's matrices and factors; recall of its related lists
     against implicit's exact ones, and of its user lists as the run measured them (the
     ``user_recall`` metric: against the dense blend or exact search; 1 when the lists are exact)."""
-    from tasks.recommend import recall_at_n
+    from tasks.topn import recall_at_n
 
     heard, n = plain["heard"], config.n
     fit = raw.implicit_fit(single["weighted"], single["model"])

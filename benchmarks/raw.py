@@ -5,7 +5,7 @@ around it: implicit's ALS fit, implicit's exact ``similar_items`` and batch ``re
 sample, extrapolated linearly to all rows, since both are brute force with per-row cost
 independent of the row), and a bare bulk insert (sqlite3 ``executemany`` in one transaction;
 psycopg ``COPY``). Exact answers for the sample are returned too, so recall of the approximate
-steps (``tasks.recommend.recall_at_n``) is measured against the library's own exact search.
+steps (``tasks.topn.recall_at_n``) is measured against the library's own exact search.
 """
 
 from __future__ import annotations

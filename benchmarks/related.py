@@ -41,7 +41,8 @@ from tasks.index import ArtistIndex, IndexConfig, build_index
 from tasks.models.base import fit
 from tasks.models.cosine_blend import CosineBlendConfig
 from tasks.models.store import load, save
-from tasks.recommend import recall_at_n, related_approx, related_exact, user_top_n, user_top_n_approx
+from tasks.recommend import related_approx, related_exact, user_top_n, user_top_n_approx
+from tasks.topn import recall_at_n
 from tasks.weight import weight
 
 HETREC = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hetrec2011-lastfm-2k"

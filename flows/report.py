@@ -25,7 +25,7 @@ METRICS_KEY = "retrain-metrics"
 REPORT_KEY = "retrain-report"
 ARTIFACT_KEYS = (METRICS_KEY, REPORT_KEY)
 BASELINES = ("popularity", "random")
-# what the index step measures against exact search (tasks.recommend.recall_at_n); the model is the engine
+# what the index step measures against exact search (tasks.topn.recall_at_n); the model is the engine
 RECALL_METRICS = ("related_recall", "user_recall")
 # Shown in the report's related-artists section when present in the catalogue; otherwise the
 # most-listened artists stand in (the synthetic dataset has made-up names).

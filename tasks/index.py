@@ -35,7 +35,7 @@ from tasks.candidates import TWO_STAGE_MIN_ARTISTS
 from tasks.contracts import StageConfig
 from tasks.errors import RecsError
 from tasks.files import atomic_path
-from tasks.topn import inner_topk
+from tasks.topn import inner_topk, recall_at_n, rescored, without_self
 
 # Exact search while (artists + users) x artists inner products stay below this: at 300K artists
 # x 360K users implicit's exact similar_items + batch recommend did 2e11 of them in about 400 s
@@ -300,9 +300,8 @@ def probe_ladder(n_lists: int) -> list[int]:
 
 def calibrated_probe(index: Any, unit: np.ndarray, rows: np.ndarray, n: int, target: float) -> int:
     """The fewest lists of ``index`` (a trained, filled faiss IVF index over ``unit``, float32
-    unit rows, SIMD-padded) whose searches find ``target`` of the exact ``n`` related artists of
-    ``rows`` (artist codes), self excluded, tie-aware as ``recommend.recall_at_n``: a found
-    artist counts when its cosine reaches the exact list's last one minus 1e-3.
+    unit rows, SIMD-padded) whose searches, rescored and self excluded as ``related_approx``'s,
+    reach ``recall_at_n`` ``target`` against the exact ``n`` related artists of ``rows`` (codes).
 
     The exact lists of a sample cost sample / artists of exact search for all (1,000 of 300K
     artists: 0.6 s of 188 s), the ladder's searches about twice the last one; recall grows with
@@ -312,14 +311,11 @@ def calibrated_probe(index: Any, unit: np.ndarray, rows: np.ndarray, n: int, tar
     ladder = probe_ladder(index.nlist)
     if k < 1:
         return ladder[0]
-    queries = unit[rows]
-    _, exact = inner_topk(unit, queries, k + 1)  # one more, for the artist itself
-    last = exact[:, k] - 1e-3
+    queries, sample = unit[rows], np.arange(len(rows))
+    exact = without_self(*inner_topk(unit, queries, k + 1), rows, k)  # one more, for the artist itself
     for probe in ladder:
         index.nprobe = probe
-        ids = index.search(queries, k + 1)[1]
-        scores = np.einsum("qf,qkf->qk", queries, unit[np.maximum(ids, 0)])
-        found = (ids >= 0) & (ids != rows[:, None]) & (scores >= last[:, None])
-        if np.minimum(found.sum(axis=1), k).sum() >= target * k * len(rows):
+        found = without_self(*rescored(queries, unit, index.search(queries, k + 1)[1]), rows, k)
+        if recall_at_n(found, exact, sample) >= target:
             return probe
     return ladder[-1]

@@ -23,7 +23,17 @@ from tasks.contracts import Factors, Metric, Ranker, Recommended, Scorer, TopN
 from tasks.errors import RecsError
 from tasks.explain import because
 from tasks.index import ArtistIndex, IndexConfig, normalise
-from tasks.topn import MAX_BLOCK_CELLS, first_unheard, inner_topk, padded, stacked, top_n, unheard_inner_top_n
+from tasks.topn import (
+    MAX_BLOCK_CELLS,
+    first_unheard,
+    inner_topk,
+    recall_at_n,
+    rescored,
+    stacked,
+    top_n,
+    unheard_inner_top_n,
+    without_self,
+)
 
 # Queries per call of implicit's topk, which bounds its own memory by batching inside: bigger
 # calls keep its threads busy. At 300K artists x 64 factors, 1,000-query calls ran 2.2x faster
@@ -55,23 +65,8 @@ def related_exact(
     for lo in range(0, len(rows), step):
         block = rows[lo : lo + step]
         ids, scores = inner_topk(unit, unit[block], k)
-        parts.append(_without_self(ids, scores, block, n))
+        parts.append(without_self(ids, scores, block, n))
     return stacked(parts, n)
-
-
-def _without_self(ids: np.ndarray, scores: np.ndarray, rows: np.ndarray, n: int) -> TopN:
-    """Drop each row's own code from its candidates (usually first; identical vectors may tie
-    so it can be elsewhere or absent) and keep the ``n`` best of the rest, padded with -1/NaN.
-
-    ``ids`` (-1 = no candidate) and ``scores`` are rows x candidates, best first. A stable sort
-    on "dropped" moves the kept entries left in their order.
-    """
-    keep = (ids != rows[:, None]) & (ids >= 0)
-    order = np.argsort(~keep, axis=1, kind="stable")[:, :n]
-    ids = np.take_along_axis(ids, order, axis=1).astype(np.int32)
-    valid = np.take_along_axis(keep, order, axis=1)
-    ids[~valid] = -1
-    return padded(ids, np.where(valid, np.take_along_axis(scores, order, axis=1), np.nan), n)
 
 
 def related_approx(index: ArtistIndex, artist_factors: np.ndarray, n: int, batch_size: int = 16384) -> TopN:
@@ -85,41 +80,9 @@ def related_approx(index: ArtistIndex, artist_factors: np.ndarray, n: int, batch
     parts = []
     for lo in range(0, len(unit), batch_size):
         rows = np.arange(lo, min(lo + batch_size, len(unit)))
-        ids, scores = _rescored(unit[rows], unit, search(unit[rows], k))
-        parts.append(_without_self(ids, scores, rows, n))
+        ids, scores = rescored(unit[rows], unit, search(unit[rows], k))
+        parts.append(without_self(ids, scores, rows, n))
     return stacked(parts, n)
-
-
-def _rescored(queries: np.ndarray, items: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Candidates ``ids`` (queries x k item codes, -1 = none) with their exact inner products
-    ``queries[i] @ items[ids[i, j]]`` (-inf for none), both sorted best first per row."""
-    scores = np.where(ids >= 0, np.einsum("qf,qkf->qk", queries, items[np.maximum(ids, 0)]), -np.inf)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
-
-
-def recall_at_n(approx: TopN, exact: TopN, rows: np.ndarray, tol: float = 1e-3) -> float:
-    """Recall of approximate top-N lists against exact ones, tie-aware as in ann-benchmarks.
-
-    ``approx`` holds lists for every code; ``exact`` holds the lists of ``rows`` in that order
-    (as ``related_exact(..., rows=rows)`` / ``user_top_n(..., users=rows)`` return them). An
-    approximate entry counts as found when its score is at least the exact list's last score
-    minus ``tol``: with tied scores (e.g. many one-listener artists at cosine 1) any of the tied
-    artists is an equally right answer, and an id match would call it a miss. Both paths here
-    report true scores (cosines; rescored inner products), which this relies on. Per row the
-    hits are capped at the exact list's length; padding (-1) is not counted; 1.0 when ``exact``
-    is all padding.
-    """
-    rows = np.asarray(rows)
-    if len(rows) != len(exact.ids):
-        raise RecsError(
-            f"recall_at_n: {len(exact.ids)} exact lists for {len(rows)} rows; pass the rows exact was built for"
-        )
-    valid = (exact.ids >= 0).sum(axis=1)
-    last = exact.scores[np.arange(len(rows)), np.maximum(valid - 1, 0)]
-    found = approx.scores[rows] >= (last - tol)[:, None]  # NaN padding compares False
-    hits = np.minimum(found.sum(axis=1), valid)
-    return float(hits.sum() / valid.sum()) if valid.sum() else 1.0
 
 
 def user_top_n(
@@ -216,7 +179,7 @@ def user_top_n_approx(
             np.hstack([user_factors[block], np.zeros((len(block), 1), np.float32)]),
             np.minimum(n + counts[pos], heard.shape[1]),
         )
-        ids[pos], best = _rescored(user_factors[block], artist_factors, first_unheard(found, heard[block], n))
+        ids[pos], best = rescored(user_factors[block], artist_factors, first_unheard(found, heard[block], n))
         scores[pos] = np.where(np.isneginf(best), np.nan, best)
     return TopN(ids=ids, scores=scores)
 

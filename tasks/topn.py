@@ -13,6 +13,7 @@ from implicit.cpu.topk import topk
 from threadpoolctl import threadpool_limits
 
 from tasks.contracts import TopN
+from tasks.errors import RecsError
 
 MAX_BLOCK_CELLS = 1 << 24  # 16M float32 scores (64 MB) per block
 
@@ -116,3 +117,50 @@ def first_unheard(candidates: np.ndarray, heard: sp.csr_matrix, n: int) -> np.nd
     ids = np.take_along_axis(candidates, pick, axis=1).astype(np.int32)
     ids[~np.take_along_axis(fresh, pick, axis=1)] = -1
     return np.pad(ids, ((0, 0), (0, n - ids.shape[1])), constant_values=-1)
+
+
+def without_self(ids: np.ndarray, scores: np.ndarray, rows: np.ndarray, n: int) -> TopN:
+    """Drop each row's own code from its candidates (usually first; identical vectors may tie
+    so it can be elsewhere or absent) and keep the ``n`` best of the rest, padded with -1/NaN.
+
+    ``ids`` (-1 = no candidate) and ``scores`` are rows x candidates, best first. A stable sort
+    on "dropped" moves the kept entries left in their order.
+    """
+    keep = (ids != rows[:, None]) & (ids >= 0)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :n]
+    ids = np.take_along_axis(ids, order, axis=1).astype(np.int32)
+    valid = np.take_along_axis(keep, order, axis=1)
+    ids[~valid] = -1
+    return padded(ids, np.where(valid, np.take_along_axis(scores, order, axis=1), np.nan), n)
+
+
+def rescored(queries: np.ndarray, items: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates ``ids`` (queries x k item codes, -1 = none) with their exact inner products
+    ``queries[i] @ items[ids[i, j]]`` (-inf for none), both sorted best first per row."""
+    scores = np.where(ids >= 0, np.einsum("qf,qkf->qk", queries, items[np.maximum(ids, 0)]), -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def recall_at_n(approx: TopN, exact: TopN, rows: np.ndarray, tol: float = 1e-3) -> float:
+    """Recall of approximate top-N lists against exact ones, tie-aware as in ann-benchmarks.
+
+    ``approx`` holds lists for every code; ``exact`` holds the lists of ``rows`` in that order
+    (as ``related_exact(..., rows=rows)`` / ``user_top_n(..., users=rows)`` return them). An
+    approximate entry counts as found when its score is at least the exact list's last score
+    minus ``tol``: with tied scores (e.g. many one-listener artists at cosine 1) any of the tied
+    artists is an equally right answer, and an id match would call it a miss. Both paths here
+    report true scores (cosines; rescored inner products), which this relies on. Per row the
+    hits are capped at the exact list's length; padding (-1) is not counted; 1.0 when ``exact``
+    is all padding.
+    """
+    rows = np.asarray(rows)
+    if len(rows) != len(exact.ids):
+        raise RecsError(
+            f"recall_at_n: {len(exact.ids)} exact lists for {len(rows)} rows; pass the rows exact was built for"
+        )
+    valid = (exact.ids >= 0).sum(axis=1)
+    last = exact.scores[np.arange(len(rows)), np.maximum(valid - 1, 0)]
+    found = approx.scores[rows] >= (last - tol)[:, None]  # NaN padding compares False
+    hits = np.minimum(found.sum(axis=1), valid)
+    return float(hits.sum() / valid.sum()) if valid.sum() else 1.0

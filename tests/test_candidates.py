@@ -15,7 +15,8 @@ from tasks.models.ease import EASEConfig
 from tasks.models.implicit_mf import ALSConfig
 from tasks.models.registry import fit
 from tasks.models.rp3beta import RP3betaConfig
-from tasks.recommend import certified_top_n, recall_at_n, user_top_n
+from tasks.recommend import certified_top_n, user_top_n
+from tasks.topn import recall_at_n
 from tasks.weight import weight
 
 

@@ -77,7 +77,8 @@ def _clustered(n: int, f: int = 16, seed: int = 3) -> np.ndarray:
 
 
 def test_calibrated_probe_is_the_fewest_lists_reaching_the_target(tmp_path):
-    from tasks.recommend import recall_at_n, related_approx, related_exact
+    from tasks.recommend import related_approx, related_exact
+    from tasks.topn import recall_at_n
 
     x, n, seed = _clustered(6_000), 10, 5
     cfg = IndexConfig(engine="faiss", n_lists=60, recall_sample=500, recall_target=0.95)

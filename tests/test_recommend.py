@@ -12,13 +12,13 @@ from tasks.contracts import Factors, TopN
 from tasks.errors import RecsError
 from tasks.index import IndexConfig, build_index, normalise
 from tasks.recommend import (
-    recall_at_n,
     related_approx,
     related_exact,
     top_n,
     user_top_n,
     user_top_n_approx,
 )
+from tasks.topn import recall_at_n
 
 RNG = np.random.default_rng(0)
 ARTISTS = RNG.normal(size=(400, 12)).astype(np.float32)

@@ -27,7 +27,8 @@ from tasks.contracts import Encoded, Factors
 from tasks.index import IndexConfig, build_index
 from tasks.models.lsa import LSAConfig
 from tasks.models.registry import ModelConfig, fit
-from tasks.recommend import recall_at_n, related_approx, related_exact
+from tasks.recommend import related_approx, related_exact
+from tasks.topn import recall_at_n
 from tasks.weight import WeightConfig, weight
 
 DEFAULT = RetrainConfig().related_model
