@@ -52,6 +52,8 @@ class CosineBlendConfig(BaseModelConfig):
     # Chosen on HetRec 2K by tag coherence@10 and label-split synonyms on validation seeds
     # (docs/models.md "How the related-artists model was chosen"): ALS for coherent lists, a
     # 24-factor LSA that keeps a relabelled artist's halves together, both on BM25 with b = 1.
+    # ALS's 15 passes (searched at 30) lose no coherence or synonym on those validation seeds
+    # (benchmarks/related_quality.py --als-iterations) and halve the fit.
     parts: list[FactorPart] = Field(
         default_factory=lambda: _shipped_parts(),
         min_length=2,
@@ -84,7 +86,7 @@ class CosineBlendConfig(BaseModelConfig):
 
 def _shipped_parts() -> list[FactorPart]:
     return [
-        ALSConfig(factors=24, iterations=30, weight=WeightConfig(scheme="bm25", k1=10.0, b=1.0)),
+        ALSConfig(factors=24, iterations=15, weight=WeightConfig(scheme="bm25", k1=10.0, b=1.0)),
         LSAConfig(factors=24, weight=WeightConfig(scheme="bm25", k1=50.0, b=1.0)),
     ]
 
