@@ -51,7 +51,8 @@ class RetrainConfig(StageConfig):
     # validation folds of the train part; docs/models.md "Evaluation and tuning"), exactly as its
     # best.yaml wrote it: ALS, BM25 item-kNN and RP3beta on log1p(plays / 0.40), each standardised
     # per user, mixed 0.61/0.30/0.09. Every part is sparse or low-rank, so it fits at Last.fm 360K
-    # size too (no dense EASE inverse).
+    # size too (no dense EASE inverse). ALS keeps its 27 passes: fewer lose validation precision on
+    # every fold (benchmarks/iterations.py, docs/models.md "ALS passes").
     user_model: ModelConfig = Field(
         BlendConfig(
             weight=WeightConfig(scheme="log", alpha=1.0, eps=0.4004779170395047),

@@ -1,0 +1,83 @@
+"""How many ALS passes the shipped user model needs: its validation precision@10 at each count.
+
+    python -m benchmarks.iterations                                   # HetRec 2K, 5 folds
+    python -m benchmarks.iterations --path plays.tsv --folds 2 --max-users 10000
+
+The shipped user model (``RetrainConfig().user_model``) with its ALS part's ``iterations`` set to
+each of ``--iterations``, everything else as shipped, scored like ``recs tune`` scores a trial:
+validation folds carved from the train part of the retrain flow's split (``tasks.tune.validation_of``;
+the test split is never read), the model's own weighting, train artists excluded. ``--path``
+reads any 360K-format or HetRec file instead (a generated one: ``tasks.data.synthetic.generate``);
+``--max-users`` samples the evaluated users there as the run does. ALS fits on one BLAS thread
+(implicit's own threads use every core). Prints one line per count: precision@10 on each fold,
+their mean and the fit seconds summed over the folds. docs/models.md ("ALS passes") has the run
+that set the shipped count. The related model's counterpart: ``benchmarks.related_quality
+--als-iterations``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from benchmarks.related_quality import HETREC
+from flows.config import RetrainConfig
+from tasks.contracts import Split
+from tasks.evaluate import evaluate
+from tasks.models.base import fit
+from tasks.models.blend import BlendConfig
+from tasks.models.implicit_mf import ALSConfig
+from tasks.tune import validation_of
+from tasks.weight import weight
+
+
+def with_iterations(model: BlendConfig, iterations: int) -> BlendConfig:
+    """``model`` with every ALS part's ``iterations`` replaced."""
+    parts = [
+        p.model_copy(update={"model": p.model.model_copy(update={"iterations": iterations})})
+        if isinstance(p.model, ALSConfig)
+        else p
+        for p in model.parts
+    ]
+    return model.model_copy(update={"parts": parts})
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tasks.data.encode import encode
+    from tasks.data.parse import parse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, nargs="+", default=[27, 20, 15, 12, 10])
+    parser.add_argument("--path", type=Path, default=HETREC, help="a HetRec folder or 360K-format file")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--max-users", type=int, help="evaluated users per fold (default: all)")
+    args = parser.parse_args(argv)
+    shipped = RetrainConfig().user_model
+    if not isinstance(shipped, BlendConfig):
+        raise SystemExit("the shipped user model is no blend; nothing to vary")
+    plays = encode(parse(args.path)).plays
+    folds = [validation_of(plays, fold=f) for f in range(args.folds)]
+    print(f"{args.path.name}: {plays.shape[0]:,} users x {plays.shape[1]:,} artists, {plays.nnz:,} pairs", flush=True)
+    for iterations in args.iterations:
+        cfg = with_iterations(shipped, iterations)
+        values, seconds = [], 0.0
+        for fold in folds:
+            with threadpool_limits(1, "blas"):
+                started = time.perf_counter()
+                train = weight(fold.train, cfg.weight)
+                scorer = fit(train, cfg)
+                seconds += time.perf_counter() - started
+                metrics = evaluate(
+                    scorer, Split(train, fold.test, fold.rule, fold.seed), [10], max_users=args.max_users
+                )
+            values.append(next(m.value for m in metrics if m.metric == "precision" and m.k == 10))
+        shown = " ".join(f"{v:.4f}" for v in values)
+        print(f"ALS x {iterations}: precision@10 {shown}, mean {np.mean(values):.4f}, fit {seconds:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""``benchmarks.iterations``: the shipped user model with only its ALS passes changed, scored on
+validation folds of the train part (never the test split)."""
+
+from __future__ import annotations
+
+import re
+
+from benchmarks.iterations import main, with_iterations
+from flows.config import RetrainConfig
+from tasks.models.implicit_mf import ALSConfig
+
+
+def test_with_iterations_changes_only_the_als_passes():
+    shipped = RetrainConfig().user_model
+    changed = with_iterations(shipped, 3)
+    assert [type(p.model) for p in changed.parts] == [type(p.model) for p in shipped.parts]
+    for old, new in zip(shipped.parts, changed.parts, strict=True):
+        if isinstance(old.model, ALSConfig):
+            assert new.model.iterations == 3
+            assert new.model.model_dump(exclude={"iterations"}) == old.model.model_dump(exclude={"iterations"})
+        else:
+            assert new == old
+    assert changed.model_dump(exclude={"parts"}) == shipped.model_dump(exclude={"parts"})
+
+
+def test_one_line_per_pass_count_with_a_precision_per_fold(hetrec_dir, capsys):
+    main(["--path", str(hetrec_dir), "--folds", "2", "--iterations", "3", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("hetrec2011-lastfm-2k: 1,892 users x 17,632 artists")
+    rows = [
+        re.fullmatch(r"ALS x (\d+): precision@10 ([\d.]+) ([\d.]+), mean ([\d.]+), fit [\d.]+ s", line)
+        for line in lines[1:]
+    ]
+    assert all(rows) and [int(r.group(1)) for r in rows] == [3, 1]
+    for r in rows:
+        folds = [float(r.group(2)), float(r.group(3))]
+        assert all(0 < p < 1 for p in folds)
+        assert abs(float(r.group(4)) - sum(folds) / 2) < 1e-4
