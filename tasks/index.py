@@ -57,7 +57,9 @@ class IndexConfig(StageConfig):
     # default search_k, 100 trees 0.98 (docs/models.md "Exact search vs Annoy and faiss", benchmarks/related.py).
     n_trees: int = Field(100, ge=1, description="annoy: trees")
     search_k: int = Field(-1, ge=-1, description="annoy: nodes a query inspects; -1: Annoy's default (n_trees * k)")
-    n_lists: int | None = Field(None, ge=1, description="faiss: k-means lists; None: about 3 sqrt(artists)")
+    n_lists: int | None = Field(
+        None, ge=1, description="faiss: k-means lists; None: about 2 sqrt(artists) for related artists, 3 for users"
+    )
     # None: calibrated per index (calibrated_probe), as recall at a probe count depends on how the
     # factors cluster: at the 360K shape 8 of 1,643 lists reached recall@10 0.993, 24 lists 0.9996
     # at 1.8x the query time (docs/performance.md)
@@ -257,15 +259,25 @@ def _simd_padded(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.pad(vectors, ((0, 0), (0, extra))) if extra else vectors, dtype=np.float32)
 
 
-def n_lists(n_items: int, requested: int | None) -> int:
-    """faiss k-means lists: ``requested``, else about 3 sqrt(n) (1,643 at 300K artists); never
-    fewer than 39 artists a list, below which faiss's k-means has too few points to place them."""
-    lists = requested or int(3 * math.sqrt(n_items))
+# k-means lists per sqrt(items). A related-artists index is searched once for every artist right
+# after it is built, so its build weighs as much as its searches: at the 360K shape 2 sqrt(n) lists
+# were 12-18 % quicker in total than 3 sqrt(n) on each of the three related factor sets, at the
+# same calibrated recall (docs/performance.md). The user index keeps the 3 sqrt(n) its
+# n_probe_users was measured at.
+RELATED_LISTS_PER_SQRT = 2
+USER_LISTS_PER_SQRT = 3
+
+
+def n_lists(n_items: int, requested: int | None, per_sqrt: int = USER_LISTS_PER_SQRT) -> int:
+    """faiss k-means lists: ``requested``, else about ``per_sqrt`` sqrt(n) (3: 1,643 at 300K
+    artists, 2: 1,095); never fewer than 39 artists a list, below which faiss's k-means has too
+    few points to place them."""
+    lists = requested or int(per_sqrt * math.sqrt(n_items))
     return max(1, min(lists, n_items // 39))
 
 
 def _build_faiss(vectors: np.ndarray, cfg: IndexConfig, inner_product: bool, seed: int, n: int):
-    lists = n_lists(len(vectors), cfg.n_lists)
+    lists = n_lists(len(vectors), cfg.n_lists, USER_LISTS_PER_SQRT if inner_product else RELATED_LISTS_PER_SQRT)
     # float16 rows, zero-padded to whole SIMD words of 8: scanning a list is ~1.5x quicker than
     # float32 at the same recall@10 (candidates are rescored exactly); the searcher pads queries
     vectors = _simd_padded(vectors)

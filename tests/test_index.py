@@ -117,9 +117,20 @@ def test_probe_ladder_steps_by_about_half_and_ends_with_every_list():
 
 
 def test_faiss_lists_follow_the_catalogue():
-    assert n_lists(300_000, None) == 1643  # about 3 sqrt(n)
+    assert n_lists(300_000, None) == 1643  # about 3 sqrt(n), the user index's
+    assert n_lists(300_000, None, per_sqrt=2) == 1095  # related artists'
+    assert n_lists(300_000, 700, per_sqrt=2) == 700
     assert n_lists(400, None) == 10 and n_lists(400, 64) == 10  # at least 39 artists a list
     assert n_lists(20, None) == 1 and n_lists(100_000, 256) == 256
+
+
+def test_related_and_user_indexes_get_their_own_list_counts(tmp_path):
+    x = _clustered(20_000)
+    cfg = IndexConfig(engine="faiss", n_probe=1)
+    assert build_index(x, cfg, tmp_path / "r.faiss").n_lists == n_lists(20_000, None, per_sqrt=2) == 282
+    assert build_index(x, cfg, tmp_path / "u.faiss", inner_product=True).n_lists == n_lists(20_000, None) == 424
+    pinned = cfg.model_copy(update={"n_lists": 50})
+    assert build_index(x, pinned, tmp_path / "p.faiss").n_lists == 50
 
 
 @pytest.mark.parametrize("engine", ENGINES)
