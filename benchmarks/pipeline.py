@@ -120,7 +120,7 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
     from tasks.data.parse import parse_to_parquet
     from tasks.evaluate import evaluate_models, fit_metrics
     from tasks.foldin import fold_in_arrays
-    from tasks.index import ArtistIndex, build_index, probe_choices
+    from tasks.index import ArtistIndex, build_index, faiss_choices
     from tasks.models import roles
     from tasks.models.base import fit
     from tasks.recommend import recommend, user_path
@@ -228,7 +228,7 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
             "two_stage": cfg.two_stage,
             "user_top_n": user_path(users.scorer, user_index is not None, cfg),
             "eval_max_users": e.max_users,
-            **probe_choices(
+            **faiss_choices(
                 {"related": related_index, "users": user_index} | {f"related-{k}": v for k, v in indexes.items()}
             ),
             "published_fit": "refit on all pairs" if refit else "the evaluated fit",

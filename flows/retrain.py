@@ -49,7 +49,7 @@ from tasks.data.parse import cached_parse_intact, parse_to_parquet
 from tasks.errors import RecsError
 from tasks.evaluate import describe_fits, evaluate_models, fit_metrics
 from tasks.foldin import fold_in_arrays
-from tasks.index import ArtistIndex, build_index, probe_choices
+from tasks.index import ArtistIndex, build_index, faiss_choices
 from tasks.models import roles
 from tasks.models.base import fit
 from tasks.models.registry import ModelConfig
@@ -543,7 +543,7 @@ def _retrain(config: RetrainConfig, logger, timings: dict[str, float]) -> Retrai
             "two_stage": config.index.two_stage,
             "user_top_n": user_path(users.scorer, user_index is not None, config.index),
             "eval_max_users": config.eval.max_users,
-            **probe_choices(
+            **faiss_choices(
                 {"related": related_index, "users": user_index}
                 | {f"related-{name}": index for name, (_, index) in compared.items()}
             ),

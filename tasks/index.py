@@ -162,12 +162,17 @@ class ArtistIndex:
         return search
 
 
-def probe_choices(indexes: dict[str, ArtistIndex | None]) -> dict[str, dict[str, int]]:
-    """What a run records of its faiss indexes (name -> index, None for exact search): the probe
-    count each query scans, pinned or calibrated, as ``{"n_probe": {name: count}}``; nothing
-    without a faiss index."""
-    probes = {name: index.n_probe for name, index in indexes.items() if index is not None and index.engine == "faiss"}
-    return {"n_probe": probes} if probes else {}
+def faiss_choices(indexes: dict[str, ArtistIndex | None]) -> dict[str, dict[str, int]]:
+    """What a run records of its faiss indexes (name -> index, None for exact search): the k-means
+    lists each has and the lists each query scans, pinned or chosen from the data, as
+    ``{"n_lists": {name: lists}, "n_probe": {name: count}}``; nothing without a faiss index."""
+    built = {name: index for name, index in indexes.items() if index is not None and index.engine == "faiss"}
+    if not built:
+        return {}
+    return {
+        "n_lists": {name: index.n_lists for name, index in built.items()},
+        "n_probe": {name: index.n_probe for name, index in built.items()},
+    }
 
 
 def normalise(factors: np.ndarray) -> np.ndarray:

@@ -520,8 +520,8 @@ def test_a_weekly_rolling_export_publishes_the_new_data_and_heals_a_corrupt_pars
 
 
 def test_a_calibrated_probe_count_is_recorded_with_the_run(harness, tmp_path):
-    """index.n_probe left to the data: the count each faiss index was calibrated to is in the
-    run's choices and report, and the related lists it gave meet index.recall_target."""
+    """index.n_probe left to the data: the count each faiss index was calibrated to (and its
+    lists) is in the run's choices and report, and the related lists it gave meet index.recall_target."""
     from flows.retrain import retrain
     from tasks.data.synthetic import generate
 
@@ -540,6 +540,7 @@ def test_a_calibrated_probe_count_is_recorded_with_the_run(harness, tmp_path):
     with sqlite3.connect(tmp_path / "recs.db") as con:
         [(choices,)] = con.execute("SELECT choices FROM runs WHERE run_id = ?", (result.run_id,)).fetchall()
     probes = json.loads(choices)["n_probe"]
+    assert json.loads(choices)["n_lists"] == dict.fromkeys(probes, 16)  # pinned, so every index has it
     # the related model (the cosine blend), each of its parts' lists, and the user index's pinned count
     assert set(probes) == {"related", "related-als", "related-lsa", "users"}
     assert probes["users"] == min(config.index.n_probe_users, 16)  # never more than the lists

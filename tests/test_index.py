@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tasks.errors import RecsError
-from tasks.index import IndexConfig, build_index, n_lists, normalise, probe_choices, probe_ladder
+from tasks.index import IndexConfig, build_index, faiss_choices, n_lists, normalise, probe_ladder
 
 
 def _factors(n: int = 300, f: int = 8, seed: int = 0) -> np.ndarray:
@@ -104,10 +104,11 @@ def test_calibrated_probe_is_the_fewest_lists_reaching_the_target(tmp_path):
     assert build_index(x, cfg.model_copy(update={"n_probe": 7}), tmp_path / "p.faiss", n=n).n_probe == 7
     users = build_index(x, cfg.model_copy(update={"n_probe_users": 9}), tmp_path / "u.faiss", inner_product=True)
     assert users.n_probe == 9
-    assert probe_choices({"related": info, "users": users, "related-lsa": None}) == {
-        "n_probe": {"related": info.n_probe, "users": 9}
+    assert faiss_choices({"related": info, "users": users, "related-lsa": None}) == {
+        "n_lists": {"related": 60, "users": 60},
+        "n_probe": {"related": info.n_probe, "users": 9},
     }
-    assert probe_choices({"related": None}) == {}
+    assert faiss_choices({"related": None}) == {}
 
 
 def test_probe_ladder_steps_by_about_half_and_ends_with_every_list():
