@@ -8,31 +8,25 @@ each of ``--iterations``, everything else as shipped, scored like ``recs tune`` 
 validation folds carved from the train part of the retrain flow's split (``tasks.tune.validation_of``;
 the test split is never read), the model's own weighting, train artists excluded. ``--path``
 reads any 360K-format or HetRec file instead (a generated one: ``tasks.data.synthetic.generate``);
-``--max-users`` samples the evaluated users there as the run does. ALS fits on one BLAS thread
-(implicit's own threads use every core). Prints one line per count: precision@10 on each fold,
-their mean and the fit seconds summed over the folds. docs/models.md ("ALS passes") has the run
-that set the shipped count. The related model's counterpart: ``benchmarks.related_quality
---als-iterations``.
+``--max-users`` samples the evaluated users there as the run does. Each fold is scored by
+``tasks.tune.score_on``, a tuning trial's own scoring (one thread). Prints one line per count:
+precision@10 on each fold, their mean and the fit seconds summed over the folds. docs/models.md
+("ALS passes") has the run that set the shipped count. The related model's counterpart:
+``benchmarks.related_quality --als-iterations``.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from benchmarks.related_quality import HETREC
 from flows.config import RetrainConfig
-from tasks.contracts import Split
-from tasks.evaluate import evaluate
-from tasks.models.base import fit
 from tasks.models.blend import BlendConfig
 from tasks.models.implicit_mf import ALSConfig
-from tasks.tune import validation_of
-from tasks.weight import weight
+from tasks.tune import score_on, validation_of
 
 
 def with_iterations(model: BlendConfig, iterations: int) -> BlendConfig:
@@ -64,17 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.path.name}: {plays.shape[0]:,} users x {plays.shape[1]:,} artists, {plays.nnz:,} pairs", flush=True)
     for iterations in args.iterations:
         cfg = with_iterations(shipped, iterations)
-        values, seconds = [], 0.0
-        for fold in folds:
-            with threadpool_limits(1, "blas"):
-                started = time.perf_counter()
-                train = weight(fold.train, cfg.weight)
-                scorer = fit(train, cfg)
-                seconds += time.perf_counter() - started
-                metrics = evaluate(
-                    scorer, Split(train, fold.test, fold.rule, fold.seed), [10], max_users=args.max_users
-                )
-            values.append(next(m.value for m in metrics if m.metric == "precision" and m.k == 10))
+        scored = [score_on(cfg, fold, 10, args.max_users) for fold in folds]
+        values, seconds = [m["precision@10"] for m, _, _ in scored], sum(f for _, f, _ in scored)
         shown = " ".join(f"{v:.4f}" for v in values)
         print(f"ALS x {iterations}: precision@10 {shown}, mean {np.mean(values):.4f}, fit {seconds:.1f} s", flush=True)
 

@@ -193,15 +193,19 @@ def validation_of(
     return validation_split(per_user_holdout(plays, holdout, min_artists, seed), holdout, min_artists, fold)
 
 
-def score_on(cfg: ModelConfig, validation: Split, k: int = 10) -> tuple[dict[str, float], float, float]:
-    """Weight ``validation.train`` (raw plays) as ``cfg`` says, fit, evaluate at ``k``: (metrics,
-    fit seconds, evaluation seconds). One BLAS/OpenMP thread: trials already run side by side."""
+def score_on(
+    cfg: ModelConfig, validation: Split, k: int = 10, max_users: int | None = None
+) -> tuple[dict[str, float], float, float]:
+    """Weight ``validation.train`` (raw plays) as ``cfg`` says, fit, evaluate at ``k`` over at
+    most ``max_users`` test users (None: all): (metrics, fit seconds, evaluation seconds). One
+    BLAS/OpenMP thread: trials already run side by side."""
     with threadpool_limits(1):
         start = time.perf_counter()
         train = weight(validation.train, cfg.weight)
         scorer = fit(train, cfg)
         fitted = time.perf_counter()
-        metrics = evaluate(scorer, Split(train, validation.test, validation.rule, validation.seed), [k])
+        split = Split(train, validation.test, validation.rule, validation.seed)
+        metrics = evaluate(scorer, split, [k], max_users=max_users)
     return {_key(m.metric, m.k): m.value for m in metrics}, fitted - start, time.perf_counter() - fitted
 
 
