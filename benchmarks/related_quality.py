@@ -4,6 +4,7 @@ related model (docs/models.md, "How the related-artists model was chosen").
     python -m benchmarks.related_quality                       # the grid below (~10 minutes on 2 cores)
     python -m benchmarks.related_quality --als-k1 10 --lsa-k1 50 --shares 0.6
     python -m benchmarks.related_quality --als-k1 10 --lsa-k1 50 --shares 0.6 --als-iterations 30 20 15 10
+    python -m benchmarks.related_quality --als-k1 10 --lsa-k1 50 --shares 0.6 --als-cg-steps 3 2 1
 
 - **tag coherence@10**: mean cosine between the tag-count vectors (user_taggedartists.dat) of an
   artist and each of its 10 related artists, over artists with >= 20 listeners and >= 10 tag
@@ -17,11 +18,12 @@ the shipped seed, over all eligible artists. The search here reads other seeds o
 1-4 with model seeds 1 and 2 (synonyms: min and mean over the 8), and coherence over a random half
 of the eligible artists (seed 123), mean of model seeds 1 and 2. Each candidate is a cosine blend
 of a 24-factor ALS (BM25, b = 1, ``--als-k1``, ``--als-iterations`` passes: 15 shipped; the k1 and
-share grid was searched at 30) and a 24-factor LSA (BM25, b = 1, ``--lsa-k1``) with ALS's share
+share grid was searched at 30; ``--als-cg-steps`` conjugate-gradient steps a pass, 3 searched) and a 24-factor LSA (BM25, b = 1, ``--lsa-k1``) with ALS's share
 ``--shares``. Prints one line per candidate, then the chosen one: the most coherent among those
-whose worst synonym figure is at least 0.95, at the most passes given; with several passes, then
-the fewest whose coherence and both synonym figures are no lower than that choice's (15 of 30,
-20, 15, 10: 10 passes lose an alias).
+whose worst synonym figure is at least 0.95, at the most passes and CG steps given; with several
+of either, then the least ALS work (passes x (CG steps + 1), what a fit's time follows) whose
+coherence and both synonym figures are no lower than that choice's (15 of 30, 20, 15, 10 passes:
+10 lose an alias).
 """
 
 from __future__ import annotations
@@ -101,10 +103,13 @@ def synonyms_found(model: Factors, top: np.ndarray, aliases: np.ndarray) -> np.n
     return (related_exact(model.similarity_factors, N, top).ids == aliases[:, None]).any(axis=1)
 
 
-def candidate(als_k1: float, lsa_k1: float, share: float, seed: int, iterations: int = 15) -> CosineBlendConfig:
+def candidate(
+    als_k1: float, lsa_k1: float, share: float, seed: int, iterations: int = 15, cg_steps: int = 3
+) -> CosineBlendConfig:
+    als_weight = WeightConfig(scheme="bm25", k1=als_k1, b=1.0)
     return CosineBlendConfig(
         parts=[
-            ALSConfig(factors=24, iterations=iterations, weight=WeightConfig(scheme="bm25", k1=als_k1, b=1.0)),
+            ALSConfig(factors=24, iterations=iterations, cg_steps=cg_steps, weight=als_weight),
             LSAConfig(factors=24, weight=WeightConfig(scheme="bm25", k1=lsa_k1, b=1.0)),
         ],
         shares=[share, 1 - share],
@@ -122,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lsa-k1", type=float, nargs="+", default=[10.0, 20.0, 50.0])
     parser.add_argument("--shares", type=float, nargs="+", default=[0.4, 0.5, 0.6])
     parser.add_argument("--als-iterations", type=int, nargs="+", default=[15])
+    parser.add_argument("--als-cg-steps", type=int, nargs="+", default=[3])
     args = parser.parse_args(argv)
     folder = Path(os.environ.get("RECS_SHARED_DATASETS", HETREC.parent)) / HETREC.name
     encoded = encode(parse(folder))
@@ -131,9 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     splits = {seed: label_split(encoded, seed) for seed in VALIDATION_SPLITS}
 
     @cache
-    def parts(als_k1: float, lsa_k1: float, iterations: int, split: int | None, seed: int) -> CosineBlend:
+    def parts(als_k1: float, lsa_k1: float, als: tuple[int, int], split: int | None, seed: int) -> CosineBlend:
         plays = encoded.plays if split is None else splits[split][0]
-        model = fit(plays, candidate(als_k1, lsa_k1, 0.5, seed, iterations))
+        model = fit(plays, candidate(als_k1, lsa_k1, 0.5, seed, *als))
         assert isinstance(model, CosineBlend)
         return model
 
@@ -141,37 +147,42 @@ def main(argv: list[str] | None = None) -> None:
         return blend_rows(list(model.parts), [share, 1 - share])  # the parts do not depend on the shares
 
     results = []
-    grid = itertools.product(args.als_iterations, args.als_k1, args.lsa_k1, args.shares)
-    for iterations, als_k1, lsa_k1, share in grid:
+    grid = itertools.product(
+        itertools.product(args.als_iterations, args.als_cg_steps), args.als_k1, args.lsa_k1, args.shares
+    )
+    for als, als_k1, lsa_k1, share in grid:
         coh = np.mean(
             [
-                coherence(
-                    tags, rows, related_exact(blended(parts(als_k1, lsa_k1, iterations, None, s), share), N, rows).ids
-                )
+                coherence(tags, rows, related_exact(blended(parts(als_k1, lsa_k1, als, None, s), share), N, rows).ids)
                 for s in VALIDATION_SEEDS
             ]
         )
         found = [
-            (related_exact(blended(parts(als_k1, lsa_k1, iterations, split, s), share), N, top).ids == aliases[:, None])
+            (related_exact(blended(parts(als_k1, lsa_k1, als, split, s), share), N, top).ids == aliases[:, None])
             .any(axis=1)
             .mean()
             for split, (_, top, aliases) in splits.items()
             for s in VALIDATION_SEEDS
         ]
-        results.append((als_k1, lsa_k1, share, coh, min(found), float(np.mean(found)), iterations))
+        results.append((als_k1, lsa_k1, share, coh, min(found), float(np.mean(found)), als))
         print(
-            f"ALS k1={als_k1:g} x {iterations} iterations + LSA k1={lsa_k1:g}, ALS share {share:g}: coherence {coh:.4f}, "
+            f"ALS k1={als_k1:g} x {als[0]} iterations, {als[1]} CG steps + LSA k1={lsa_k1:g}, ALS share {share:g}: coherence {coh:.4f}, "
             f"synonyms min {min(found):.2f} mean {np.mean(found):.3f}",
             flush=True,
         )
-    kept = [r for r in results if r[4] >= 0.95 and r[6] == max(args.als_iterations)] or results
+    most = (max(args.als_iterations), max(args.als_cg_steps))
+    kept = [r for r in results if r[4] >= 0.95 and r[6] == most] or results
     best = max(kept, key=lambda r: r[3])
     print(f"chosen: ALS k1={best[0]:g} + LSA k1={best[1]:g}, ALS share {best[2]:g}")
-    if len(args.als_iterations) > 1:
-        # passes are a cost, not a quality knob: the fewest that lose nothing the most passes had
+    if len(args.als_iterations) > 1 or len(args.als_cg_steps) > 1:
+        # passes and CG steps are a cost, not a quality knob: the least work that loses nothing
         same = [r for r in results if r[:3] == best[:3]]
         enough = [r for r in same if all(a >= b for a, b in zip(r[3:6], best[3:6], strict=True))]
-        print(f"fewest ALS passes at least as good on every figure as {best[6]}: {min(r[6] for r in enough)}")
+        passes, steps = min((r[6] for r in enough), key=lambda als: als[0] * (als[1] + 1))
+        print(
+            f"least ALS work at least as good on every figure as {best[6][0]} passes x {best[6][1]} CG steps: "
+            f"{passes} passes x {steps} CG steps"
+        )
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@ iteration, from implicit's fit ``callback`` (seed 003's RMSE-by-epoch plot, for 
 
 The curves come from their own fit on a validation split carved from the train part (never the
 test split), so they show how the model converges on data it did not see, without touching the
-published fit or the test metrics. The fit takes at most ``FIT_USERS`` users' rows and at most
-``CURVE_USERS`` of them are ranked per iteration: at 360K scale that is ~1/18 of the users, so the
-curves cost a small fraction of the published fit (on HetRec 2K every user is in).
+published fit or the test metrics. The fit takes at most ``FIT_USERS`` users' rows; the users
+ranked after each iteration are at most ``CURVE_USERS`` and at most ``CURVE_SCORES`` / artists
+(``curve_users``): every iteration scores each of them against every artist, which at 300K
+artists and 5,000 users was most of the curves' 43.6 s after the full-shape publish
+(docs/performance.md). On HetRec 2K every user is in.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from tasks.split import validation_split
 from tasks.weight import weight
 
 FIT_USERS = 20_000  # users whose rows the curves' fit takes
-CURVE_USERS = 5_000  # validation users ranked after each iteration
+CURVE_USERS = 5_000  # validation users ranked after each iteration, at most ...
+CURVE_SCORES = 300_000_000  # ... and at most this many user x artist scores an iteration
+
+
+def curve_users(n_artists: int) -> int:
+    """Users ranked after each iteration on a catalogue of ``n_artists``: ``CURVE_USERS``, fewer
+    where that would score more than ``CURVE_SCORES`` (1,000 at 300K artists), never below 500
+    (precision@10 of 500 users still moves by about 0.01 between samples)."""
+    return int(min(CURVE_USERS, max(500, CURVE_SCORES // max(n_artists, 1))))
 
 
 @dataclass(frozen=True)
@@ -60,12 +70,12 @@ def curve_model(*models: BaseModelConfig) -> ALSConfig | None:
 
 
 def als_curves(
-    split: Split, cfg: ALSConfig, k: int = 10, max_users: int = CURVE_USERS, fit_users: int = FIT_USERS
+    split: Split, cfg: ALSConfig, k: int = 10, max_users: int | None = None, fit_users: int = FIT_USERS
 ) -> Curves:
     """Fit ``cfg`` on the validation split of ``split.train`` (of at most ``fit_users`` users,
-    drawn with ``cfg.random_state``) and record the curves, ranking at most ``max_users``."""
-    from implicit.cpu.als import AlternatingLeastSquares
-
+    drawn with ``cfg.random_state``) and record the curves, ranking at most ``max_users``
+    (default ``curve_users`` of the catalogue)."""
+    max_users = curve_users(split.train.shape[1]) if max_users is None else max_users
     rng = np.random.default_rng(cfg.random_state)
     if split.train.shape[0] > fit_users:
         rows = np.sort(rng.choice(split.train.shape[0], fit_users, replace=False))
@@ -85,13 +95,6 @@ def als_curves(
 
     # as in tasks.models.base.fit: implicit parallelises itself (and checks the BLAS at construction)
     with threadpool_limits(1, "blas"):
-        model = AlternatingLeastSquares(
-            factors=cfg.factors,
-            regularization=cfg.regularization,
-            alpha=cfg.alpha,
-            iterations=cfg.iterations,
-            random_state=cfg.random_state,
-            calculate_training_loss=True,
-        )
+        model = cfg.implicit_model(calculate_training_loss=True)
         model.fit(weight(inner.train, cfg.weight).astype(np.float32), show_progress=False, callback=after_iteration)
     return Curves(cfg.name, np.array(loss), np.array(precision), k, len(users))

@@ -19,7 +19,7 @@ from flows.report import (
     showcase_artists,
 )
 from tasks.contracts import BadRows, Encoded, Metric
-from tasks.curves import als_curves, curve_model
+from tasks.curves import CURVE_SCORES, CURVE_USERS, als_curves, curve_model, curve_users
 from tasks.evaluate import ranking_at_k
 from tasks.models.blend import BlendConfig, BlendPart
 from tasks.models.cosine_blend import CosineBlendConfig
@@ -187,6 +187,15 @@ def test_labels_skip_names_that_would_print_over_each_other():
     assert legible_labels(xy, count=2) == [0, 2]
 
 
+def test_curves_rank_fewer_users_on_a_wide_catalogue():
+    assert curve_users(17_632) == CURVE_USERS  # HetRec 2K
+    assert curve_users(300_000) == 1_000 == CURVE_SCORES // 300_000  # the 360K shape
+    assert curve_users(10_000_000) == 500  # the floor
+    assert [curve_users(n) for n in (10_000, 100_000, 1_000_000)] == sorted(
+        [curve_users(n) for n in (10_000, 100_000, 1_000_000)], reverse=True
+    )
+
+
 def test_training_curves_fall_and_rise_on_a_validation_split_and_are_drawn(hetrec_encoded):
 
     split = per_user_holdout(hetrec_encoded.plays, 0.2, 5, seed=0)
@@ -213,6 +222,10 @@ def test_training_curves_fall_and_rise_on_a_validation_split_and_are_drawn(hetre
     # on a catalogue past fit_users, the fit takes a sample of users' rows (and ranks some of them)
     sampled = als_curves(split, cfg, k=10, max_users=300, fit_users=800)
     assert sampled.users == 300 and sampled.precision[-1] > 2 * sampled.precision[0]
+    # by default the ranked users follow the catalogue: HetRec's 17.6K artists allow CURVE_USERS
+    assert als_curves(split, cfg.model_copy(update={"iterations": 1})).users == min(
+        CURVE_USERS, int((np.diff(inner.test.indptr) > 0).sum())
+    )
     report = _fitted_report(hetrec_encoded, models=("als",), curves=curves)
     markdown = render_report(report)
     [uri] = re.findall(

@@ -39,8 +39,15 @@ class ALSConfig(ALSParams):
     """implicit's ``AlternatingLeastSquares``."""
 
     name: Literal["als"] = "als"
+    cg_steps: int = Field(
+        3,
+        ge=1,
+        description="conjugate-gradient steps per row and pass (implicit's default 3); each costs a pass over its plays",
+    )
 
-    def fit_scorer(self, train: sp.csr_matrix) -> Factors:
+    def implicit_model(self, calculate_training_loss: bool = False):
+        """implicit's (unfitted) CPU ``AlternatingLeastSquares`` with these settings; construct it
+        under ``threadpool_limits(1, "blas")``, where implicit checks the BLAS."""
         from implicit.cpu.als import AlternatingLeastSquares
 
         model = AlternatingLeastSquares(
@@ -49,8 +56,14 @@ class ALSConfig(ALSParams):
             alpha=self.alpha,
             iterations=self.iterations,
             random_state=self.random_state,
+            calculate_training_loss=calculate_training_loss,
         )
-        return fit_implicit(model, train, self)
+        # implicit's CPU ALS takes cg_steps as an attribute only (its solver reads it at fit)
+        model.cg_steps = self.cg_steps
+        return model
+
+    def fit_scorer(self, train: sp.csr_matrix) -> Factors:
+        return fit_implicit(self.implicit_model(), train, self)
 
 
 class SGDParams(FactorParams):
