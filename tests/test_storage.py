@@ -907,3 +907,31 @@ def test_cli_n_beyond_the_catalogue_is_clipped(db_url, engine):
         result = runner.invoke(app, [*command, "--n", str(10**20), "--db", db_url])
         assert result.exit_code == 0, result.output  # no OverflowError from the LIMIT
         assert result.stdout.count("key-") == 5  # every published entry (lists of 5)
+
+
+def test_new_sqlite_files_get_large_pages_and_old_ones_keep_theirs(tmp_path):
+    """A new file gets SQLITE_PAGE_SIZE pages (its fold-in BLOBs chain through fewer overflow
+    pages); a file made elsewhere with SQLite's default keeps it and still takes a publish."""
+    import sqlite3
+
+    from storage.engine import SQLITE_PAGE_SIZE
+
+    def page_size(path: Path) -> int:
+        with sqlite3.connect(path) as con:
+            return con.execute("PRAGMA page_size").fetchone()[0]
+
+    new = tmp_path / "new.db"
+    make_engine(f"sqlite:///{new}").dispose()
+    assert page_size(new) == SQLITE_PAGE_SIZE != 4096
+
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as con:
+        con.execute("PRAGMA page_size=4096")
+        con.execute("CREATE TABLE made_elsewhere (x INTEGER)")
+    engine = make_engine(f"sqlite:///{old}")
+    try:
+        publish(engine, make_outputs(1))
+        assert [run.status for run in list_runs(engine)] == ["published"]
+    finally:
+        engine.dispose()
+    assert page_size(old) == 4096
