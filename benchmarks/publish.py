@@ -32,6 +32,7 @@ from psycopg import sql
 from storage.engine import make_engine, scratch_schema
 from storage.publish import RunOutputs, publish
 from tasks.contracts import Encoded, Metric, TopN
+from tasks.names import search_keys
 
 N = 10
 
@@ -71,14 +72,16 @@ def make_run(rows: int, seed: int = 0) -> RunOutputs:
 
 
 def table_rows(outputs: RunOutputs, run_id: int) -> dict[str, list[tuple]]:
-    """The same rows publish writes, as the Python tuples a bare driver call takes."""
+    """The same rows publish writes (the search keys included, computed here untimed), as the
+    Python tuples a bare driver call takes."""
     enc = outputs.encoded
 
-    def topn(t: TopN) -> list[tuple]:
+    def topn(t: TopN, *model: str) -> list[tuple]:
         owner, rank = np.nonzero(t.ids >= 0)
         return list(
             zip(
                 [run_id] * len(owner),
+                *([m] * len(owner) for m in model),
                 owner.tolist(),
                 (rank + 1).tolist(),
                 t.ids[owner, rank].tolist(),
@@ -96,25 +99,26 @@ def table_rows(outputs: RunOutputs, run_id: int) -> dict[str, list[tuple]]:
                 enc.artist_names.tolist(),
                 enc.listeners.tolist(),
                 enc.artist_plays.tolist(),
+                search_keys(enc.artist_names).tolist(),
                 strict=True,
             )
         ),
         "users": list(zip([run_id] * enc.n_users, range(enc.n_users), enc.user_keys.tolist(), strict=True)),
-        "related_artists": topn(outputs.related),
+        "related_artists": topn(outputs.related, outputs.related_model),
         "user_recommendations": topn(outputs.recommendations),
     }
 
 
 COLUMNS = {
-    "artists": ("run_id", "artist_id", "artist_key", "name", "listeners", "plays"),
+    "artists": ("run_id", "artist_id", "artist_key", "name", "listeners", "plays", "search_key"),
     "users": ("run_id", "user_id", "user_key"),
-    "related_artists": ("run_id", "artist_id", "rank", "related_artist_id", "score"),
+    "related_artists": ("run_id", "model", "artist_id", "rank", "related_artist_id", "score"),
     "user_recommendations": ("run_id", "user_id", "rank", "artist_id", "score"),
 }
 PG_TYPES = {
-    "artists": ("int4", "int4", "text", "text", "int4", "float8"),
+    "artists": ("int4", "int4", "text", "text", "int4", "float8", "text"),
     "users": ("int4", "int4", "text"),
-    "related_artists": ("int4", "int4", "int2", "int4", "float4"),
+    "related_artists": ("int4", "text", "int4", "int2", "int4", "float4"),
     "user_recommendations": ("int4", "int4", "int2", "int4", "float4"),
 }
 
