@@ -3,18 +3,19 @@
     python -m benchmarks.explain              # 360K users, 300K artists, 17.5 M heard pairs, 64 factors, N = 10
     python -m benchmarks.explain --quick      # 3K users, 4K artists, 120K pairs
 
-The 360K profile's user model is one ALS model, so what is measured is the factor path of
+What is measured is the path of a user model that is one ALS model (the former 360K profile's;
+the shipped blend's "because" is timed inside ``benchmarks.pipeline``, ``ratios.because_share``):
 ``tasks.explain.because`` (the most similar heard artist of every recommendation) for every
 user, and its raw-library yardstick: implicit's ``AlternatingLeastSquares.explain`` on a sample of
 users (each of their N recommendations explained alone, as implicit's API works), extrapolated to
 all of them. Neither cost depends on the factor values or on which artists were recommended, so
-the inputs are generated at the profile's shape (listening drawn from a Zipf-like popularity, as
+the inputs are generated at that shape (listening drawn from a Zipf-like popularity, as
 ``tasks.data.synthetic`` does; random factors; recommendations drawn from the same popularity)
 without the minutes of an ALS fit. The whole pipeline's seconds at that shape come from
 ``python -m benchmarks.pipeline``, whose ``ratios.because_share`` measures the same stage in the
 same run as everything else.
 
-Fold-in: the arrays a run of that profile stores (``tasks.foldin.fold_in_arrays``: artist factors
+Fold-in: the arrays such a run stores (``tasks.foldin.fold_in_arrays``: artist factors
 and artist plays), their size, the seconds to write and read them in SQLite
 (``storage.foldin``), and ``tasks.foldin.fold_in`` of one new listener of 50 artists.
 
