@@ -76,10 +76,10 @@ SQLITE_PRAGMAS = (
     "journal_size_limit=67108864",
 )
 # Pages of a new database file (an existing file keeps its own: SQLite fixes it at creation). A
-# run's fold-in arrays are ~2.2 GB of BLOBs at the 360K shape, chained through overflow pages:
-# 64 KiB pages wrote them in 4.1-4.5 s against 9.8-17.8 s with SQLite's default 4 KiB, and the
-# WAL checkpoint after the commit took 7.6-9.2 s against 12.5-13.0 s; the 3.6 M top-N rows and
-# the API's lookups took the same (docs/storage.md).
+# run's fold-in arrays are ~2.2 GB of BLOBs at the 360K shape, chained through overflow pages: with
+# 64 KiB pages a whole publish of that shape took 32-35 s against 43-44 s with SQLite's default
+# 4 KiB; small top-N rows alone write about 15 % slower, the API's lookups took the same
+# (docs/storage.md, docs/performance.md).
 SQLITE_PAGE_SIZE = 65536
 SQLITE_BUSY_SECONDS = 30
 READ_ONLY_SQLITE_POOL = 40  # anyio's default thread limit: the most sync requests FastAPI runs at once
@@ -157,8 +157,8 @@ def _parse(url: str) -> URL:
 
 
 def _wal_mode(cursor) -> None:
-    """Put the database file in WAL mode (it stays so), a new one with ``SQLITE_PAGE_SIZE`` pages: a no-op once it is. Switching needs the
-    file to itself, and SQLite answers "database is locked" at once, without waiting out the busy
+    """Put the database file in WAL mode (it stays so), a new file with ``SQLITE_PAGE_SIZE``
+    pages: a no-op once it is. Switching needs the file to itself, and SQLite answers "database is locked" at once, without waiting out the busy
     timeout, when another process connects at the same moment (seen with four starting together
     on a new file), so the switch is tried again for up to ``SQLITE_BUSY_SECONDS``."""
     deadline = time.monotonic() + SQLITE_BUSY_SECONDS

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,6 +19,9 @@ from pydantic import Field
 
 from tasks.contracts import Factors
 from tasks.models.base import BaseModelConfig
+
+if TYPE_CHECKING:  # the annotation only: configs load without implicit, which is imported to build a model
+    from implicit.cpu.als import AlternatingLeastSquares
 
 
 class FactorParams(BaseModelConfig):
@@ -45,7 +48,7 @@ class ALSConfig(ALSParams):
         description="conjugate-gradient steps per row and pass (implicit's default 3); each costs a pass over its plays",
     )
 
-    def implicit_model(self, calculate_training_loss: bool = False):
+    def implicit_model(self, calculate_training_loss: bool = False) -> AlternatingLeastSquares:
         """implicit's (unfitted) CPU ``AlternatingLeastSquares`` with these settings; construct it
         under ``threadpool_limits(1, "blas")``, where implicit checks the BLAS."""
         from implicit.cpu.als import AlternatingLeastSquares
