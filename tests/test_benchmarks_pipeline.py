@@ -84,6 +84,7 @@ def test_ratios_against_the_raw_libraries_are_measured(quick):
         "fit_ratio",
         "related_speedup",
         "user_speedup",
+        "factor_user_speedup",
         "publish_sqlite_vs_executemany",
     ):
         assert math.isfinite(ratios[name]) and ratios[name] > 0, name
@@ -99,7 +100,11 @@ def test_every_list_is_checked_and_the_choices_recorded(quick):
     # near the random rate (10 / artists); dense blend lists are the yardstick itself
     assert 0.95 < quick["raw"]["related_recall"] <= 1.0
     assert quick["raw"]["user_recall"] == 1.0
-    for name in ("related_recall", "user_recall"):
+    # the ALS part's exact lists against implicit's recommend of the same factors: the same
+    # search, so only ties and misaligned codes could lower it
+    assert quick["raw"]["factor_user_path"] == "exact"
+    assert 0.99 <= quick["raw"]["factor_user_recall"] <= 1.0
+    for name in ("related_recall", "user_recall", "factor_user_recall"):
         assert quick["targets"][name]["value"] == quick["raw"][name]
     precision = quick["precision_at_10"]
     assert set(precision) == {"configuration", "single_als", "popularity"}
