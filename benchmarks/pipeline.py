@@ -20,8 +20,8 @@ it runs, in order:
    the yardstick, implicit's exact ``similar_items`` of the related-artists model and batch
    ``recommend`` of the user model's factor model on a sample (extrapolated) against two of ours:
    the run's user stage (a blend's, with its sparse parts: ``user_speedup``) and that factor
-   model's own lists through the run's user index (``factor_user_speedup``, its recall against
-   implicit's answers), a bare sqlite3 ``executemany`` / psycopg ``COPY`` of as many rows as were
+   model's own lists through the run's user index, or by exact search without one
+   (``factor_user_speedup``, its recall against implicit's answers), a bare sqlite3 ``executemany`` / psycopg ``COPY`` of as many rows as were
    published;
 4. ``flow``: the ``retrain`` Prefect flow on the same file, into a fresh SQLite database (without
    ``PREFECT_API_URL`` Prefect starts a temporary API server for it; the flow run's own time is
