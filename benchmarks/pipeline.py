@@ -21,8 +21,8 @@ it runs, in order:
    ``recommend`` of the user model's factor model on a sample (extrapolated) against two of ours:
    the run's user stage (a blend's, with its sparse parts: ``user_speedup``) and that factor
    model's own lists through the run's user index, or by exact search without one
-   (``factor_user_speedup``, its recall against implicit's answers), a bare sqlite3 ``executemany`` / psycopg ``COPY`` of as many rows as were
-   published;
+   (``factor_user_speedup``, its recall against implicit's answers); a bare sqlite3
+   ``executemany`` / psycopg ``COPY`` of as many rows as were published;
 4. ``flow``: the ``retrain`` Prefect flow on the same file, into a fresh SQLite database (without
    ``PREFECT_API_URL`` Prefect starts a temporary API server for it; the flow run's own time is
    reported apart from that).
@@ -128,7 +128,7 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
     from tasks.index import ArtistIndex, build_index, faiss_choices
     from tasks.models import roles
     from tasks.models.base import fit
-    from tasks.recommend import recommend, user_path, user_top_n, user_top_n_approx
+    from tasks.recommend import factor_top_n, recommend, user_path
     from tasks.split import evaluation_holdout, publish_refit
     from tasks.weight import weight
     from tasks.workspace import code_version
@@ -199,18 +199,13 @@ def run_plain(config: RetrainConfig, stages: Stages, postgres: str | None) -> di
         # the user target as issue 13 words it: the factor model's own top-n, through the user
         # index as the run would list a factor model's users, against implicit's recommend of that
         # model; the blend's stage above also pays for its sparse parts. Not a stage of the run.
-        started = time.perf_counter()
-        if retrieval is users.scorer:
-            top = recommended.users
-        elif user_index is not None:
-            top = user_top_n_approx(user_index, retrieval.user_factors, retrieval.artist_factors, heard, n)
+        if retrieval is users.scorer:  # a factor user model: the run's lists are these
+            top, seconds = recommended.users, recommended.seconds["users"]
         else:
-            top = user_top_n(retrieval, heard, n)
-        factor_users = {
-            "top": top,
-            "seconds": recommended.seconds["users"] if top is recommended.users else time.perf_counter() - started,
-            "path": "index" if user_index is not None else "exact",
-        }
+            started = time.perf_counter()
+            top = factor_top_n(retrieval, user_index, heard, n)
+            seconds = time.perf_counter() - started
+        factor_users = {"top": top, "seconds": seconds, "path": "index" if user_index is not None else "exact"}
     with stages("evaluate"):
         metrics = evaluate_models(evaluated, split, e) + recommended.recall + fit_metrics(published, evaluated)
     outputs = RunOutputs(

@@ -184,6 +184,14 @@ def user_top_n_approx(
     return TopN(ids=ids, scores=scores)
 
 
+def factor_top_n(model: Factors, index: ArtistIndex | None, heard: sp.csr_matrix, n: int) -> TopN:
+    """A factor model's top ``n`` new artists for every user (``heard``: CSR, users x artists):
+    through ``index`` (inner product, over ``model.artist_factors``), or exact without one."""
+    if index is None:
+        return user_top_n(model, heard, n)
+    return user_top_n_approx(index, model.user_factors, model.artist_factors, heard, n)
+
+
 def related_lists(index: ArtistIndex | None, artist_factors: np.ndarray, n: int) -> TopN:
     """Related artists of every artist (``artist_factors``: artists x f float32): through ``index``,
     or by exact search when there is none (``index.engine`` exact)."""
@@ -246,7 +254,7 @@ def recommend(
         ranked = blend_top_n(parts, heard, n, everyone, search=(factors, user_index.searcher()))
         users, shares = ranked.top, ranked.shares
     elif user_index is not None and factors is user_model:
-        users = user_top_n_approx(user_index, factors.user_factors, factors.artist_factors, heard, n)
+        users = factor_top_n(factors, user_index, heard, n)
     elif parts is not None:  # cfg.two_stage: user_top_n's two-stage path, keeping the shares
         ranked = certified_top_n(user_model, parts, heard, n, everyone)
         users, shares = ranked.top, ranked.shares
