@@ -27,8 +27,9 @@ Batch = dict[str, np.ndarray]
 PG_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 # ... and a field count of -1 to end.
 PG_COPY_TRAILER = b"\xff\xff"
-# Rows per INSERT statement on SQLite (x 6 columns stays far below its 32766 bound variables).
-SQLITE_ROWS_PER_INSERT = 50
+# Rows per INSERT statement on SQLite (x 7 columns stays far below its 32766 bound variables): the
+# 12.6 M top-N rows of a 360K-shape run loaded in 12.1 s at 500 a statement, 15.8 s at 50.
+SQLITE_ROWS_PER_INSERT = 500
 # Memory for building a partition's indexes at attach (3.6 M rows sort in ~150 MB).
 PG_INDEX_BUILD_MEMORY = "256MB"
 # psycopg type names for the row-by-row (text-bearing) COPY path.
@@ -165,7 +166,13 @@ def _insert_batches(dbapi, dialect, table: sa.Table, batches: Iterable[Batch]) -
 
 
 def _text(values: np.ndarray) -> np.ndarray:
-    return np.char.decode(values, "utf-8") if values.dtype.kind == "S" else values
+    """Fixed-width UTF-8 bytes as an object array of str (other dtypes unchanged). Such a column
+    holds a few distinct labels (a related list's model), so each is decoded once: decoding every
+    element (``np.char.decode``) took 3.7 s of a 360K-shape publish's 9 M related rows."""
+    if values.dtype.kind != "S":
+        return values
+    labels, inverse = np.unique(values, return_inverse=True)
+    return np.array([label.decode("utf-8") for label in labels.tolist()], dtype=object)[inverse]
 
 
 def _copy_batches(dbapi, target: sql.Identifier, table: sa.Table, batches: Iterable[Batch]) -> int:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.lib.format as npy_format
 import scipy.sparse as sp
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -49,18 +51,27 @@ class ListenerRecommendations:
 
 
 def write_fold_in(conn: Connection, run_id: int, arrays: dict[str, np.ndarray]) -> None:
-    """Store ``arrays`` (name -> array) as run ``run_id``'s, inside ``conn``'s transaction.
-
-    One array's ``.npy`` bytes are in memory at a time and its pieces are views of them (a blend's
-    item-kNN weights are ~1 GB at the 360K shape)."""
+    """Store ``arrays`` (name -> array) as run ``run_id``'s, inside ``conn``'s transaction."""
     for name, array in arrays.items():
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-        data = buffer.getbuffer()
         # one statement per 16 MB piece (~150 at the 360K shape); both drivers copy the view they bind
-        for chunk, start in enumerate(range(0, max(len(data), 1), CHUNK_BYTES)):
-            piece = {"run_id": run_id, "name": name, "chunk": chunk, "data": data[start : start + CHUNK_BYTES]}
-            conn.execute(sa.insert(FoldInArray), piece)
+        for chunk, data in enumerate(npy_pieces(array, CHUNK_BYTES)):
+            conn.execute(sa.insert(FoldInArray), {"run_id": run_id, "name": name, "chunk": chunk, "data": data})
+
+
+def npy_pieces(array: np.ndarray, size: int) -> Iterator[bytes | memoryview]:
+    """``np.save``'s bytes of ``array`` cut into pieces of ``size`` (the last one shorter, the first
+    longer when ``size`` is below the header's ~128 bytes): the first piece is the header and the
+    data's start, the others views of the array's own memory.
+    ``np.save`` into a buffer copied the array first: 6.8 s of a 360K-shape publish's 2.2 GB."""
+    array = np.ascontiguousarray(array)
+    header = io.BytesIO()
+    npy_format.write_array_header_1_0(header, npy_format.header_data_from_array_1_0(array))
+    head = header.getvalue()
+    data = array.reshape(-1).view(np.uint8).data
+    first = max(size - len(head), 0)
+    yield head + data[:first].tobytes()
+    for start in range(first, len(data), size):
+        yield data[start : start + size]
 
 
 def drop_fold_in(conn: Connection, run_ids: list[int]) -> None:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.config import RetrainConfig
 from storage.engine import make_engine
-from storage.foldin import listened_recommendations, parse_listened, read_fold_in
+from storage.foldin import listened_recommendations, npy_pieces, parse_listened, read_fold_in
 from storage.publish import RunOutputs, publish
 from storage.queries import recommendations, related_artists
 from tasks.contracts import Metric
@@ -161,6 +161,21 @@ def test_fold_in_arrays_are_stored_per_run_and_pruned_with_it(db_url, shipped):
     with engine.connect() as conn:
         assert read_fold_in(conn, 1) == {} and set(read_fold_in(conn, 2)) == set(arrays)
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.arange(3000, dtype=np.float32).reshape(100, 30)[:, ::3], np.zeros(0, np.int64), np.arange(5, dtype=np.int64)],
+    ids=["strided 2-d", "empty", "short"],
+)
+def test_stored_pieces_are_np_save_bytes_cut_to_size(array):
+    saved = io.BytesIO()
+    np.save(saved, array, allow_pickle=False)
+    for size in (64, 1000, 1 << 24):
+        pieces = [bytes(piece) for piece in npy_pieces(array, size)]
+        assert b"".join(pieces) == saved.getvalue()
+        assert all(len(piece) == size for piece in pieces[:-1] if size >= 128)
+        np.testing.assert_array_equal(np.load(io.BytesIO(b"".join(pieces))), array)
 
 
 def test_cli_recommend_listened_and_formats(published, shipped, tmp_path):
