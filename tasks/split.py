@@ -3,8 +3,7 @@
 Every split returns a ``Split`` whose ``train + test`` holds exactly the input's pairs. Validation
 for tuning is a second split of ``train`` (``validation_split``), so tuning never sees test pairs.
 
-Both are vectorised: one random key per stored pair, then a rank within each CSR row from a
-``lexsort`` on (key, row); no Python loop over users.
+Both are vectorised (``_held_out``): no Python loop over users.
 """
 
 from __future__ import annotations
@@ -25,15 +24,24 @@ def _check(plays: sp.csr_matrix) -> sp.csr_matrix:
     return plays
 
 
-def _rank_within_rows(plays: sp.csr_matrix, seed: int) -> np.ndarray:
-    """int64, one per stored pair: its position 0..n_u-1 in a random order of its user's row."""
+def _held_out(plays: sp.csr_matrix, n_test: np.ndarray, seed: int) -> np.ndarray:
+    """bool, one per stored pair: among the first ``n_test[u]`` of a random order of its user's row.
+
+    One random key per stored pair, then a rank within each row from a ``lexsort`` on (key, row)
+    of the rows that hold anything out only: with 10,000 evaluated users of Last.fm 360K that
+    sorts 0.5 M pairs instead of 17.5 M. Keys are drawn for every pair, so a row's order is the
+    same whichever rows are split."""
     counts = np.diff(plays.indptr)
     rows = np.repeat(np.arange(plays.shape[0]), counts)
     keys = np.random.default_rng(seed).random(plays.nnz)
-    order = np.lexsort((keys, rows))  # rows ascending, random within a row
-    rank = np.empty(plays.nnz, dtype=np.int64)
-    rank[order] = np.arange(plays.nnz) - plays.indptr[rows[order]]
-    return rank
+    pairs = np.flatnonzero(n_test[rows] > 0)
+    order = pairs[np.lexsort((keys[pairs], rows[pairs]))]  # rows ascending, random within a row
+    # the sorted pairs hold whole rows, one after another: a pair's rank is its place less its row's first
+    first = np.concatenate([[0], np.cumsum(np.where(n_test > 0, counts, 0))])
+    ranked = rows[order]
+    held = np.zeros(plays.nnz, dtype=bool)
+    held[order] = np.arange(len(order)) - first[ranked] < n_test[ranked]
+    return held
 
 
 def _by_mask(plays: sp.csr_matrix, test_mask: np.ndarray, rule: str, seed: int) -> Split:
@@ -83,9 +91,7 @@ def per_user_holdout(
     if users is not None:
         n_test[np.setdiff1d(np.arange(plays.shape[0]), users)] = 0
         rule += f" of {len(users):,} sampled users"
-    rows = np.repeat(np.arange(plays.shape[0]), counts)
-    mask = _rank_within_rows(plays, seed) < n_test[rows]
-    return _by_mask(plays, mask, rule, seed)
+    return _by_mask(plays, _held_out(plays, n_test, seed), rule, seed)
 
 
 def evaluation_holdout(

@@ -69,6 +69,18 @@ def test_per_user_holdout_picks_artists_uniformly(plays):
     assert freq[~eligible_rows].sum() == 0
 
 
+def test_holding_out_some_users_holds_out_what_splitting_everyone_would(plays):
+    """Only the rows that hold anything out are ranked, from keys drawn for every pair: a user's
+    held-out artists are the same whichever other users are split."""
+    everyone = per_user_holdout(plays, seed=5)
+    users = np.array([0, 7, 42, 43, 299])
+    some = per_user_holdout(plays, seed=5, users=users)
+    _assert_partition(some, plays)
+    assert np.array_equal(np.flatnonzero(np.diff(some.test.indptr)), users[np.diff(plays.indptr)[users] >= 5])
+    sampled = np.isin(np.arange(plays.shape[0]), users).astype(np.float32)
+    assert (some.test != sp.diags(sampled) @ everyone.test).nnz == 0
+
+
 def test_validation_is_a_split_of_train_only(plays):
     outer = per_user_holdout(plays, seed=1)
     inner = validation_split(outer)
