@@ -32,7 +32,6 @@ file that defines it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 import scipy.sparse as sp
+
+from tasks.cores import cores
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,6 @@ class RowStats:
     ids: np.ndarray
     values: np.ndarray
     at: np.ndarray
-
-
-def cores() -> int:
-    """Cores this process may use (at least 1)."""
-    return max(1, len(os.sched_getaffinity(0)))
 
 
 def runs(work: np.ndarray, parts: int) -> np.ndarray:

@@ -43,6 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from threadpoolctl import threadpool_limits
 
 from tasks.contracts import Split
+from tasks.cores import cores
 from tasks.errors import RecsError
 from tasks.evaluate import Popularity, evaluate
 from tasks.files import write_text_atomic
@@ -288,11 +289,6 @@ def _worker(
     study.optimize(_Objective(plays, settings, space), n_trials=n_trials, catch=(RecsError,))
 
 
-def default_workers() -> int:
-    """Cores this process may use (at least 1)."""
-    return max(1, len(os.sched_getaffinity(0)))
-
-
 def tune(
     plays: sp.csr_matrix,
     *,
@@ -348,7 +344,7 @@ def tune(
     if queued:
         handle.optimize(objective, n_trials=queued, catch=(RecsError,), callbacks=callbacks)
     trials -= queued
-    workers = min(workers or default_workers(), trials)
+    workers = min(workers or cores(), trials)
     if workers == 1:
         handle.optimize(objective, n_trials=trials, catch=(RecsError,), callbacks=callbacks)
     elif workers > 1:

@@ -26,7 +26,6 @@ Steck's λ is in the hundreds.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Literal
 
@@ -36,6 +35,7 @@ from pydantic import Field
 from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
+from tasks.cores import cores
 from tasks.errors import RecsError
 from tasks.models.base import BaseModelConfig
 
@@ -149,7 +149,7 @@ def fit_ease(train: sp.csr_matrix, cfg: EASEConfig) -> EASE:
     x = sp.csc_matrix(train, dtype=np.float64)[:, kept]
     # base.fit limits BLAS to one thread for implicit's sake; the dense Cholesky inverse is
     # BLAS-3 work that scales with cores, and nothing else runs beside it in this process
-    with threadpool_limits(len(os.sched_getaffinity(0)), "blas"):
+    with threadpool_limits(cores(), "blas"):
         weights = ease_weights(x, cfg.l2)
     params = cfg.params(artists_fitted=len(kept))
     return EASE(cfg.name, params, kept, weights, train.shape[1], time.perf_counter() - start)
