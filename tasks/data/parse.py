@@ -36,8 +36,8 @@ length (the key, which identifies the artist, is never cut). A missing display n
 half of the rows are dropped is refused with a ``RecsError`` (probably the wrong file or format).
 
 Files are read in blocks by pyarrow's streaming CSV reader and cleaned with vectorised pyarrow
-compute, a few blocks at a time over the cores; strings are dictionary-encoded per block, so the 17.5 M-row 360K file stays well inside a
-few GB of memory.
+compute, a few blocks at a time over the cores; strings are dictionary-encoded per block, so the
+17.5 M-row 360K file stays well inside a few GB of memory.
 """
 
 from __future__ import annotations
