@@ -258,6 +258,16 @@ def run(
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         result = retrain(config)
+    except KeyboardInterrupt:
+        # the flow already logged its crash; the user still gets the one line of every failure
+        err_console.print(
+            "[red]error:[/red] the run was stopped (Ctrl-C or SIGTERM); a run stopped before its publish "
+            "committed published nothing and readers keep the current run (`recs runs` shows it); "
+            "run `recs run` again",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(130)
     except RecsError:
         raise
     except Exception as exc:  # a bug or an environment failure: still one line, details in the Prefect log

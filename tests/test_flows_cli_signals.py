@@ -58,7 +58,8 @@ def test_killed_run_leaves_no_server(tmp_path, sig):
         run.send_signal(sig)
         run.wait(timeout=60)
         if sig == signal.SIGTERM:
-            assert run.returncode != 0  # stopped like Ctrl-C, not finished
+            assert run.returncode == 130  # stopped like Ctrl-C, not finished
+            assert b"error: the run was stopped (Ctrl-C or SIGTERM)" in run.stdout.read()
         deadline = time.monotonic() + 30
         while any(map(_alive, tree)) and time.monotonic() < deadline:
             time.sleep(0.2)
